@@ -1,0 +1,5 @@
+import sys
+
+from optrewrite.cli import main
+
+sys.exit(main())

@@ -1,0 +1,361 @@
+"""The rewrite spec: YAML, safe-loaded into frozen dataclasses and validated up front.
+
+Every error names the file, the line where YAML gives one, and the field, e.g.
+``wrap.yaml:7: clip[0].max_norm: must be a positive number, got -1``.
+
+Validation happens in two steps: :func:`load_spec` checks everything that needs no graph;
+:meth:`Spec.bind` checks the selectors and dims against the variables a graph holds.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+from optrewrite.errors import SpecError
+
+SUPPORTED_VERSIONS = (1,)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One selector entry: a shell-style glob, or a regular expression after ``re:``."""
+
+    text: str
+    line: int | None
+    _regex: re.Pattern[str] = field(compare=False, repr=False)
+
+    def matches(self, name: str) -> bool:
+        return self._regex.fullmatch(name) is not None
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Variables whose name matches any of ``include`` and none of ``exclude``."""
+
+    include: tuple[Pattern, ...]
+    exclude: tuple[Pattern, ...]
+    field: str
+    line: int | None
+
+    def matches(self, name: str) -> bool:
+        return any(p.matches(name) for p in self.include) and not any(
+            p.matches(name) for p in self.exclude
+        )
+
+    def select(self, names: Sequence[str]) -> list[str]:
+        return [n for n in names if self.matches(n)]
+
+
+@dataclass(frozen=True)
+class GuardSpec:
+    select: Selector
+
+
+@dataclass(frozen=True)
+class ClipGroup:
+    """A post-update clip-by-norm group (VariableClippingOptimizer)."""
+
+    index: int
+    select: Selector
+    max_norm: float
+    dims: tuple[int, ...] | None  # None: the norm over the whole variable
+    colocate_with_variable: bool
+    use_locking: bool
+    line: int | None
+
+    @property
+    def field(self) -> str:
+        return f"clip[{self.index}]"
+
+
+@dataclass(frozen=True)
+class GlobalNormClip:
+    """Clip the selected gradients by their global norm (clip_gradients_by_global_norm)."""
+
+    clip_norm: float
+    select: Selector
+
+
+@dataclass(frozen=True)
+class UpdateSiteSpec:
+    """An explicit update site of a decomposed ONNX training step."""
+
+    variable: str
+    gradient: str
+    updated: str
+    state: tuple[tuple[str, str], ...]
+    line: int | None
+
+
+@dataclass(frozen=True)
+class Spec:
+    source: str
+    version: int
+    guard: GuardSpec | None
+    clip: tuple[ClipGroup, ...]
+    global_norm_clip: GlobalNormClip | None
+    lower: bool
+    updates: tuple[UpdateSiteSpec, ...]
+
+    def selectors(self) -> list[Selector]:
+        out = [g.select for g in self.clip]
+        if self.guard is not None:
+            out.insert(0, self.guard.select)
+        if self.global_norm_clip is not None:
+            out.append(self.global_norm_clip.select)
+        return out
+
+    def bind(self, ranks: Mapping[str, int | None]) -> None:
+        """Check the spec against a graph's variables (name -> rank, None when unknown).
+
+        Raises SpecError when a selector matches no variable or a clip dim is out of range.
+        """
+        names = sorted(ranks)
+        for sel in self.selectors():
+            if not sel.select(names):
+                shown = ", ".join(p.text for p in sel.include)
+                raise SpecError(
+                    self.source, sel.field, f"selects no variable in the graph ({shown})", sel.line
+                )
+        for group in self.clip:
+            if group.dims is None:
+                continue
+            for name in group.select.select(names):
+                rank = ranks[name]
+                if rank is None:
+                    continue
+                bad = [d for d in group.dims if not -rank <= d < rank]
+                if bad:
+                    raise SpecError(
+                        self.source,
+                        f"{group.field}.dims",
+                        f"dim {bad[0]} is out of range for variable {name!r} of rank {rank}",
+                        group.line,
+                    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Node:
+    """A composed YAML node with its source position, converted on demand."""
+
+    def __init__(self, source: str, node: yaml.Node, path: str) -> None:
+        self.source = source
+        self.node = node
+        self.path = path
+
+    @property
+    def line(self) -> int:
+        return self.node.start_mark.line + 1
+
+    def fail(self, message: str) -> SpecError:
+        return SpecError(self.source, self.path, message, self.line)
+
+    def mapping(self, allowed: Sequence[str]) -> dict[str, _Node]:
+        if not isinstance(self.node, yaml.MappingNode):
+            raise self.fail(f"must be a mapping, got {self._kind()}")
+        out: dict[str, _Node] = {}
+        for key_node, value_node in self.node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            sub = f"{self.path}.{key}" if self.path else str(key)
+            if key not in allowed:
+                raise SpecError(
+                    self.source,
+                    sub,
+                    f"unknown key (expected one of: {', '.join(allowed)})",
+                    key_node.start_mark.line + 1,
+                )
+            if key in out:
+                raise SpecError(self.source, sub, "duplicate key", key_node.start_mark.line + 1)
+            out[key] = _Node(self.source, value_node, sub)
+        return out
+
+    def sequence(self) -> list[_Node]:
+        if not isinstance(self.node, yaml.SequenceNode):
+            raise self.fail(f"must be a list, got {self._kind()}")
+        return [_Node(self.source, n, f"{self.path}[{i}]") for i, n in enumerate(self.node.value)]
+
+    def scalar(self) -> Any:
+        if not isinstance(self.node, yaml.ScalarNode):
+            raise self.fail(f"must be a single value, got {self._kind()}")
+        return yaml.SafeLoader(self.node.value).construct_object(self.node)  # type: ignore[arg-type]
+
+    def string(self) -> str:
+        value = self.scalar()
+        if not isinstance(value, str) or not value:
+            raise self.fail(f"must be a non-empty string, got {value!r}")
+        return value
+
+    def boolean(self) -> bool:
+        value = self.scalar()
+        if not isinstance(value, bool):
+            raise self.fail(f"must be true or false, got {value!r}")
+        return value
+
+    def positive(self) -> float:
+        value = self.scalar()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(f"must be a positive number, got {value!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise self.fail(f"must be a positive number, got {value!r}")
+        return float(value)
+
+    def integer(self) -> int:
+        value = self.scalar()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(f"must be an integer, got {value!r}")
+        return value
+
+    def _kind(self) -> str:
+        if isinstance(self.node, yaml.MappingNode):
+            return "a mapping"
+        if isinstance(self.node, yaml.SequenceNode):
+            return "a list"
+        return repr(self.node.value)
+
+
+def _pattern(node: _Node) -> Pattern:
+    text = node.string()
+    if text.startswith("re:"):
+        try:
+            regex = re.compile(text[3:])
+        except re.error as exc:
+            raise node.fail(f"invalid regular expression {text[3:]!r}: {exc}") from None
+    else:
+        regex = re.compile(fnmatch.translate(text))
+    return Pattern(text=text, line=node.line, _regex=regex)
+
+
+def _selector(parent: dict[str, _Node], owner: _Node, *, default_all: bool) -> Selector:
+    if "variables" in parent:
+        include = tuple(_pattern(n) for n in parent["variables"].sequence())
+        if not include:
+            raise parent["variables"].fail("must list at least one pattern")
+    elif default_all:
+        include = (Pattern(text="*", line=owner.line, _regex=re.compile(".*", re.S)),)
+    else:
+        raise owner.fail("missing required key 'variables'")
+    exclude: tuple[Pattern, ...] = ()
+    if "exclude" in parent:
+        exclude = tuple(_pattern(n) for n in parent["exclude"].sequence())
+    return Selector(include=include, exclude=exclude, field=owner.path, line=owner.line)
+
+
+def _guard(node: _Node) -> GuardSpec:
+    if isinstance(node.node, yaml.ScalarNode) and node.node.value in ("", "~", "null"):
+        node = _Node(node.source, yaml.MappingNode("tag:yaml.org,2002:map", [], node.node.start_mark), node.path)
+    keys = node.mapping(["variables", "exclude"])
+    return GuardSpec(select=_selector(keys, node, default_all=True))
+
+
+def _clip_group(index: int, node: _Node) -> ClipGroup:
+    keys = node.mapping(
+        ["variables", "exclude", "dims", "max_norm", "colocate_with_variable", "use_locking"]
+    )
+    if "max_norm" not in keys:
+        raise node.fail("missing required key 'max_norm'")
+    dims: tuple[int, ...] | None = None
+    if "dims" in keys:
+        dims = tuple(n.integer() for n in keys["dims"].sequence())
+        if len(set(dims)) != len(dims):
+            raise keys["dims"].fail(f"repeats a dim: {list(dims)}")
+    return ClipGroup(
+        index=index,
+        select=_selector(keys, node, default_all=False),
+        max_norm=keys["max_norm"].positive(),
+        dims=dims,
+        colocate_with_variable=keys["colocate_with_variable"].boolean()
+        if "colocate_with_variable" in keys
+        else False,
+        use_locking=keys["use_locking"].boolean() if "use_locking" in keys else False,
+        line=node.line,
+    )
+
+
+def _global_norm_clip(node: _Node) -> GlobalNormClip:
+    keys = node.mapping(["clip_norm", "variables", "exclude"])
+    if "clip_norm" not in keys:
+        raise node.fail("missing required key 'clip_norm'")
+    return GlobalNormClip(
+        clip_norm=keys["clip_norm"].positive(), select=_selector(keys, node, default_all=True)
+    )
+
+
+def _update_site(node: _Node) -> UpdateSiteSpec:
+    keys = node.mapping(["variable", "gradient", "updated", "state"])
+    for required in ("variable", "gradient", "updated"):
+        if required not in keys:
+            raise node.fail(f"missing required key {required!r}")
+    state: list[tuple[str, str]] = []
+    for pair in keys["state"].sequence() if "state" in keys else []:
+        items = pair.sequence()
+        if len(items) != 2:
+            raise pair.fail("must be a pair [state_input, state_output]")
+        state.append((items[0].string(), items[1].string()))
+    return UpdateSiteSpec(
+        variable=keys["variable"].string(),
+        gradient=keys["gradient"].string(),
+        updated=keys["updated"].string(),
+        state=tuple(state),
+        line=node.line,
+    )
+
+
+_TOP_KEYS = ["version", "guard", "clip", "global_norm_clip", "lower", "updates"]
+
+
+def parse_spec(text: str, source: str = "<spec>") -> Spec:
+    """Parse and validate spec text; raise SpecError naming source, line and field."""
+    try:
+        root_node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(source, "", f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
+    if root_node is None:
+        raise SpecError(source, "", "the spec is empty")
+    root = _Node(source, root_node, "")
+    keys = root.mapping(_TOP_KEYS)
+    if "version" not in keys:
+        raise root.fail("missing required key 'version'")
+    version = keys["version"].integer()
+    if version not in SUPPORTED_VERSIONS:
+        raise keys["version"].fail(
+            f"unsupported version {version} (supported: {', '.join(map(str, SUPPORTED_VERSIONS))})"
+        )
+    clip: tuple[ClipGroup, ...] = ()
+    if "clip" in keys:
+        clip = tuple(_clip_group(i, n) for i, n in enumerate(keys["clip"].sequence()))
+    spec = Spec(
+        source=source,
+        version=version,
+        guard=_guard(keys["guard"]) if "guard" in keys else None,
+        clip=clip,
+        global_norm_clip=_global_norm_clip(keys["global_norm_clip"]) if "global_norm_clip" in keys else None,
+        lower=keys["lower"].boolean() if "lower" in keys else False,
+        updates=tuple(_update_site(n) for n in keys["updates"].sequence()) if "updates" in keys else (),
+    )
+    if spec.guard is None and not spec.clip and spec.global_norm_clip is None and not spec.lower:
+        raise root.fail("asks for nothing: give at least one of guard, clip, global_norm_clip, lower")
+    return spec
+
+
+def load_spec(path: str | Path, *, read: Callable[[Path], bytes] | None = None) -> Spec:
+    """Read and validate a spec file; every problem is a SpecError."""
+    p = Path(path)
+    try:
+        raw = (read or Path.read_bytes)(p)
+    except OSError as exc:
+        raise SpecError(str(p), "", f"cannot read spec: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(str(p), "", "the spec is not UTF-8 text") from None
+    return parse_spec(text, source=str(p))
