@@ -111,24 +111,33 @@ class Spec:
             out.append(self.global_norm_clip.select)
         return out
 
-    def bind(self, ranks: Mapping[str, int | None]) -> None:
+    def bind(self, ranks: Mapping[str, int | None], skipped: Mapping[str, str] | None = None) -> None:
         """Check the spec against a graph's variables (name -> rank, None when unknown).
 
-        Raises SpecError when a selector matches no variable or a clip dim is out of range.
+        ``skipped`` maps variables whose update cannot be rewritten to the reason, so that a
+        selector matching only those says why. Raises SpecError when a selector matches no
+        variable or a clip dim is out of range.
         """
         names = sorted(ranks)
         for sel in self.selectors():
             if not sel.select(names):
                 shown = ", ".join(p.text for p in sel.include)
-                raise SpecError(
-                    self.source, sel.field, f"selects no variable in the graph ({shown})", sel.line
-                )
+                message = f"selects no variable with an optimizer update ({shown})"
+                hidden = sel.select(sorted(skipped or {}))
+                if hidden:
+                    message += f"; {hidden[0]!r} is not rewritable: {(skipped or {})[hidden[0]]}"
+                raise SpecError(self.source, sel.field, message, sel.line)
         for group in self.clip:
-            if group.dims is None:
-                continue
             for name in group.select.select(names):
                 rank = ranks[name]
-                if rank is None:
+                if group.dims is None or rank is None:
+                    if group.dims is None and rank is None:
+                        raise SpecError(
+                            self.source,
+                            f"{group.field}.dims",
+                            f"variable {name!r} has an unknown rank: give dims explicitly",
+                            group.line,
+                        )
                     continue
                 bad = [d for d in group.dims if not -rank <= d < rank]
                 if bad:

@@ -1,0 +1,67 @@
+"""What a rewrite found and did: a short human summary and the same as JSON."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SiteEntry:
+    variable: str
+    update: str  # the Apply op or the decomposed group's scope
+    kind: str
+    sparse: bool
+    device: str
+    inserted: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SkipEntry:
+    update: str
+    variable: str | None
+    reason: str
+
+
+@dataclass
+class Report:
+    input: str
+    format: str
+    output: str | None = None
+    changed: bool = False
+    note: str = ""
+    sites: list[SiteEntry] = field(default_factory=list)
+    skipped: list[SkipEntry] = field(default_factory=list)
+    nodes_added: int = 0
+    nodes_changed: int = 0
+
+    def counts(self) -> dict[str, int]:
+        def having(prefix: str) -> int:
+            return sum(1 for s in self.sites if any(a.startswith(prefix) for a in s.inserted))
+
+        return {
+            "updates_found": len(self.sites),
+            "guarded": having("guard"),
+            "clipped": having("clip["),
+            "global_norm_clipped": having("global_norm_clip"),
+            "skipped": len(self.skipped),
+        }
+
+    def to_json(self) -> str:
+        data = {"schema": "optrewrite.report/1", **asdict(self), "counts": self.counts()}
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    def summary(self) -> str:
+        c = self.counts()
+        lines = [
+            f"optrewrite: {self.input} ({self.format}): {c['updates_found']} updates found, "
+            f"{c['guarded']} guarded, {c['clipped']} clipped, "
+            f"{c['global_norm_clipped']} global-norm clipped, {c['skipped']} skipped"
+        ]
+        if self.note:
+            lines.append(f"  {self.note}")
+        for s in self.skipped:
+            lines.append(f"  skipped {s.update}" + (f" ({s.variable})" if s.variable else "") + f": {s.reason}")
+        if self.output:
+            verb = "wrote" if self.changed else "wrote unchanged"
+            lines.append(f"  {verb} {self.output} (+{self.nodes_added} nodes, {self.nodes_changed} rewired)")
+        return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The TensorFlow path: GraphDef / MetaGraphDef loading, update-site discovery and passes."""

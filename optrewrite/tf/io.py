@@ -1,0 +1,254 @@
+"""Loading and saving TensorFlow graphs: GraphDef and MetaGraphDef, binary or text.
+
+The only module of the TF path that parses or serializes files. Binary output is spliced:
+every node the rewrite did not touch is copied as the exact bytes it had in the input, so
+untouched NodeDefs come out byte-identical even when the input was serialized with another
+map order; changed and new nodes are serialized deterministically.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import message as pb_message
+from google.protobuf import text_format
+from google.protobuf import unknown_fields
+
+from optrewrite.errors import InputError
+from optrewrite.tf import proto
+
+GRAPHDEF = "GraphDef"
+METAGRAPH = "MetaGraphDef"
+BINARY = "binary"
+TEXT = "text"
+
+_TEXT_EXTS = {".pbtxt", ".pbtext", ".txt", ".prototxt"}
+_GRAPH_NODE_FIELD = 1  # GraphDef.node
+_META_GRAPH_FIELD = 2  # MetaGraphDef.graph_def
+
+
+@dataclass
+class TfGraphFile:
+    """A loaded TF graph file: its container, encoding, raw bytes and parsed messages."""
+
+    path: Path
+    container: str  # GRAPHDEF or METAGRAPH
+    encoding: str  # BINARY or TEXT
+    raw: bytes
+    message: pb_message.Message  # the GraphDef, or the MetaGraphDef holding it
+    graph: proto.GraphDef = field(repr=False)
+
+    @property
+    def format_name(self) -> str:
+        return f"{self.container} ({self.encoding})"
+
+
+def _fail(path: Path, what: str) -> InputError:
+    return InputError(f"{path}: {what}")
+
+
+def _looks_like_text(raw: bytes) -> bool:
+    head = raw[:4096].lstrip()
+    if not head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    first = head[:1]
+    return first.isalpha() or first == b"#"
+
+
+def _check_graph(path: Path, graph: proto.GraphDef, container: str) -> None:
+    if len(unknown_fields.UnknownFieldSet(graph)):
+        raise _fail(path, f"not a TensorFlow {container}: it holds fields the schema does not know")
+    if not graph.node:
+        raise _fail(path, f"the {container} holds no nodes")
+    seen: set[str] = set()
+    for node in graph.node:
+        if not node.name or not node.op:
+            raise _fail(path, f"not a TensorFlow {container}: a node has no name or op")
+        if node.name in seen:
+            raise _fail(path, f"duplicate node name {node.name!r}")
+        seen.add(node.name)
+    for node in graph.node:
+        for inp in node.input:
+            src = inp[1:] if inp.startswith("^") else inp.split(":", 1)[0]
+            if src not in seen:
+                raise _fail(path, f"node {node.name!r} has input {inp!r}, which names no node")
+
+
+def _parse_binary(path: Path, raw: bytes, container: str) -> pb_message.Message:
+    msg = proto.MetaGraphDef() if container == METAGRAPH else proto.GraphDef()
+    try:
+        msg.ParseFromString(raw)
+    except (pb_message.DecodeError, RuntimeError, ValueError):
+        raise _fail(path, f"not a binary TensorFlow {container} (truncated or corrupt)") from None
+    return msg
+
+
+def _parse_text(path: Path, raw: bytes, container: str) -> pb_message.Message:
+    msg = proto.MetaGraphDef() if container == METAGRAPH else proto.GraphDef()
+    try:
+        text_format.Parse(raw.decode("utf-8"), msg)
+    except (text_format.ParseError, UnicodeDecodeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _fail(path, f"not a text TensorFlow {container}: {detail}") from None
+    return msg
+
+
+def _text_container(raw: bytes) -> str:
+    head = raw[:65536].decode("utf-8", "replace")
+    for line in head.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key = line.split()[0].rstrip(":{")
+        return METAGRAPH if key in ("meta_info_def", "graph_def", "saver_def", "collection_def",
+                                    "signature_def", "asset_file_def", "object_graph_def") else GRAPHDEF
+    return GRAPHDEF
+
+
+def load(path: Path, raw: bytes) -> TfGraphFile:
+    """Parse ``raw`` (the bytes of ``path``) as a TF graph; the extension and content decide how.
+
+    ``.meta`` is a MetaGraphDef, anything else a GraphDef; ``.pbtxt``-like extensions and
+    content that reads as text are parsed as text format. Raises InputError on anything
+    that is not a well-formed graph.
+    """
+    if not raw:
+        raise _fail(path, "the file is empty")
+    ext = path.suffix.lower()
+    text = ext in _TEXT_EXTS or (ext not in (".pb", ".graphdef") and _looks_like_text(raw))
+    if text:
+        container = _text_container(raw) if ext != ".meta" else METAGRAPH
+        message = _parse_text(path, raw, container)
+    else:
+        container = METAGRAPH if ext == ".meta" else GRAPHDEF
+        message = _parse_binary(path, raw, container)
+    if container == METAGRAPH:
+        assert isinstance(message, proto.MetaGraphDef)
+        if len(unknown_fields.UnknownFieldSet(message)):
+            raise _fail(path, "not a TensorFlow MetaGraphDef: it holds fields the schema does not know")
+        if not message.HasField("graph_def"):
+            raise _fail(path, "the MetaGraphDef holds no graph_def")
+        graph = message.graph_def
+    else:
+        assert isinstance(message, proto.GraphDef)
+        graph = message
+    _check_graph(path, graph, container)
+    return TfGraphFile(
+        path=path,
+        container=container,
+        encoding=TEXT if text else BINARY,
+        raw=raw,
+        message=message,
+        graph=graph,
+    )
+
+
+# ------------------------------------------------------------------------- saving
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = 0
+    shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def top_level_fields(buf: bytes) -> list[tuple[int, int, int, int]]:
+    """Top-level fields of a serialized message: (field number, start, payload start, end)."""
+    fields = []
+    pos = 0
+    n = len(buf)
+    while pos < n:
+        start = pos
+        tag, pos = _read_varint(buf, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _, pos = _read_varint(buf, pos)
+            payload = start
+        elif wire == 1:
+            pos += 8
+            payload = start
+        elif wire == 2:
+            length, payload = _read_varint(buf, pos)
+            pos = payload + length
+        elif wire == 5:
+            pos += 4
+            payload = start
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        fields.append((number, start, payload, pos))
+    return fields
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
+
+
+def splice_graph(raw_graph: bytes, graph: proto.GraphDef, changed: set[int], first_new: int) -> bytes:
+    """Serialize ``graph`` reusing ``raw_graph``'s bytes for every node not in ``changed``.
+
+    ``graph.node[:first_new]`` are the input's nodes in input order; the rest are new and are
+    written after the input's last node.
+    """
+    parts: list[bytes] = []
+    index = 0
+    fields = top_level_fields(raw_graph)
+    last_node_field = max((i for i, f in enumerate(fields) if f[0] == _GRAPH_NODE_FIELD), default=-1)
+    for i, (number, start, _payload, end) in enumerate(fields):
+        if number == _GRAPH_NODE_FIELD:
+            if index in changed:
+                parts.append(
+                    _length_delimited(number, graph.node[index].SerializeToString(deterministic=True))
+                )
+            else:
+                parts.append(raw_graph[start:end])
+            index += 1
+        else:
+            parts.append(raw_graph[start:end])
+        if i == last_node_field:
+            for node in graph.node[first_new:]:
+                parts.append(_length_delimited(_GRAPH_NODE_FIELD, node.SerializeToString(deterministic=True)))
+    if index != first_new:
+        raise AssertionError(f"spliced {index} nodes, expected {first_new}")
+    return b"".join(parts)
+
+
+def serialize(loaded: TfGraphFile, changed: set[int], first_new: int) -> bytes:
+    """The output bytes for ``loaded`` after its graph was edited in place."""
+    if loaded.encoding == TEXT:
+        return text_format.MessageToString(loaded.message).encode("utf-8")
+    if loaded.container == GRAPHDEF:
+        return splice_graph(loaded.raw, loaded.graph, changed, first_new)
+    parts = []
+    graph_fields = 0
+    for number, start, payload, end in top_level_fields(loaded.raw):
+        if number == _META_GRAPH_FIELD:
+            graph_fields += 1
+            new_graph = splice_graph(loaded.raw[payload:end], loaded.graph, changed, first_new)
+            parts.append(_length_delimited(number, new_graph))
+        else:
+            parts.append(loaded.raw[start:end])
+    if graph_fields != 1:
+        raise AssertionError(f"MetaGraphDef has {graph_fields} graph_def fields")
+    return b"".join(parts)

@@ -1,0 +1,53 @@
+"""All-zero-gradient guard (MultitaskOptimizerWrapper).
+
+For each selected update site, with g its gradient (the values of a sparse gradient)::
+
+    nonzero = Any(Cast(Reshape(g, [-1]), bool), [0])      # NaN counts as non-zero, -0.0 as zero
+    switch  = Switch(nonzero, nonzero)
+    pivot_t = Identity(switch:1)                            # dead when g is all zero
+    pivot_f = Identity(switch:0)                            # dead otherwise
+    every state write of the update  +=  ^pivot_t          # skipped when g is all zero
+    applied = Identity(pivot_t, ^update)                    # live once the update ran
+    merge   = Merge(pivot_f, applied)                       # live every step
+
+This is the v1 ``cond`` structure: a dead control input makes the writes dead, so the
+variable and its slots keep their values, while the Merge keeps everything that waited
+for the update (the train op, global_step, Adam's beta powers) running every step.
+"""
+from __future__ import annotations
+
+from optrewrite.tf import proto
+from optrewrite.tf.graph import GraphEditor
+from optrewrite.tf.passes import SiteState
+
+TAG = "guard"
+
+
+def guard(g: GraphEditor, state: SiteState) -> None:
+    site = state.site
+    at = state.placement
+    scope = f"{site.scope}/optrewrite_guard"
+    T = g.type_attr
+    shape = g.const(f"{scope}/flat/shape", [-1], proto.DT_INT32, placement=at, tag=TAG)
+    flat = g.add(f"{scope}/flat", "Reshape", [state.gradient, shape],
+                 attrs={"T": T(site.dtype), "Tshape": T(proto.DT_INT32)}, placement=at, tag=TAG)
+    as_bool = g.add(f"{scope}/as_bool", "Cast", [flat],
+                    attrs={"SrcT": T(site.dtype), "DstT": T(proto.DT_BOOL), "Truncate": g.bool_attr(False)},
+                    placement=at, tag=TAG)
+    axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
+    nonzero = g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
+                    attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, placement=at, tag=TAG)
+    switch = g.add(f"{scope}/switch", "Switch", [nonzero, nonzero],
+                   attrs={"T": T(proto.DT_BOOL)}, placement=at, tag=TAG)
+    pivot_t = g.add(f"{scope}/pivot_t", "Identity", [f"{switch}:1"],
+                    attrs={"T": T(proto.DT_BOOL)}, placement=at, tag=TAG)
+    pivot_f = g.add(f"{scope}/pivot_f", "Identity", [f"{switch}:0"],
+                    attrs={"T": T(proto.DT_BOOL)}, placement=at, tag=TAG)
+    for write in site.writes:
+        g.add_control_input(write, pivot_t)
+    applied = g.add(f"{scope}/applied", "Identity", [pivot_t], control=state.after,
+                    attrs={"T": T(proto.DT_BOOL)}, placement=at, tag=TAG)
+    merge = g.add(f"{scope}/merge", "Merge", [pivot_f, applied],
+                  attrs={"T": T(proto.DT_BOOL), "N": g.int_attr(2)}, placement=at, tag=TAG)
+    state.after = [merge]
+    state.actions.append(TAG)

@@ -1,0 +1,286 @@
+"""Finding the optimizer's per-variable updates in a GraphDef.
+
+An *update site* is everything one optimizer does to one variable in a step:
+
+1. one ``Apply*`` / ``SparseApply*`` / ``ResourceApply*`` / ``ResourceSparseApply*`` op, whose
+   variable, slot, gradient and indices inputs come from ``update_ops.json`` (generated from
+   TensorFlow's op registry by tools/gen_tf_op_table.py); or
+2. a *decomposed group*: the ops under one ``<optimizer>/update_<var>/`` name scope that write
+   state without an Apply op — GradientDescent on a sparse gradient (``ScatterSub`` /
+   ``ResourceScatterAdd``) and Adam on a sparse gradient (``Assign`` + ``ScatterAdd`` +
+   ``AssignSub`` or their resource forms). The group is guarded and clipped as one unit.
+
+A candidate that cannot be rewritten safely is returned as a :class:`Skip` with the reason.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+from optrewrite.tf import proto
+from optrewrite.tf.graph import TAG_ATTR, GraphEditor, canonical_tensor, node_of
+
+VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp"})
+_PASS_THROUGH = frozenset({"Identity", "RefIdentity"})
+# Ops that write variable state inside a decomposed update group.
+WRITE_OPS = frozenset(
+    {
+        "Assign", "AssignAdd", "AssignSub", "ScatterAdd", "ScatterSub", "ScatterUpdate",
+        "ScatterMul", "ScatterDiv", "ScatterMax", "ScatterMin",
+        "AssignVariableOp", "AssignAddVariableOp", "AssignSubVariableOp",
+        "ResourceScatterAdd", "ResourceScatterSub", "ResourceScatterUpdate",
+        "ResourceScatterMul", "ResourceScatterDiv", "ResourceScatterMax", "ResourceScatterMin",
+    }
+)  # fmt: skip
+_SCATTER_ADDS = frozenset({"ScatterAdd", "ScatterSub", "ResourceScatterAdd", "ResourceScatterSub"})
+
+
+def _load_table() -> dict[str, dict]:
+    text = resources.files("optrewrite.tf").joinpath("update_ops.json").read_text()
+    return json.loads(text)["ops"]
+
+
+UPDATE_OPS: dict[str, dict] = _load_table()
+
+
+@dataclass(frozen=True)
+class UpdateSite:
+    key: str  # the Apply op's name, or the decomposed group's scope
+    kind: str  # the Apply op type, or "GradientDescent (decomposed)" / "Adam (decomposed)"
+    variable: str
+    resource: bool
+    dtype: int
+    shape: tuple[int, ...] | None  # None: unknown rank
+    sparse: bool
+    gradient: str  # canonical tensor name ("x:0")
+    indices: str | None
+    indices_dtype: int  # DT_INT32 or DT_INT64; meaningless without indices
+    slots: tuple[str, ...]
+    members: frozenset[str]  # the nodes of the update
+    writes: tuple[str, ...]  # members that write state: made dead when guarded
+    sinks: tuple[str, ...]  # members that nodes outside the update depend on
+    grad_uses: tuple[tuple[str, int], ...]  # (member, input position) consuming the gradient
+    device: str
+    scope: str  # where inserted nodes are named
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.shape is None else len(self.shape)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """An update the rewrite will not touch, and why."""
+
+    key: str
+    variable: str | None
+    reason: str
+
+
+def _resolve_variable(g: GraphEditor, tensor: str) -> proto.NodeDef | None:
+    node = g.producer(tensor)
+    for _ in range(8):
+        if node.op in VARIABLE_OPS:
+            return node
+        if node.op not in _PASS_THROUGH or not node.input:
+            return None
+        node = g.producer(node.input[0])
+    return None
+
+
+def _shape(var: proto.NodeDef) -> tuple[int, ...] | None:
+    if "shape" not in var.attr:
+        return None
+    shape = var.attr["shape"].shape
+    if shape.unknown_rank:
+        return None
+    return tuple(d.size for d in shape.dim)
+
+
+def _dtype(var: proto.NodeDef) -> int:
+    return var.attr["dtype"].type
+
+
+def _scope_of(name: str) -> str:
+    return name.rsplit("/", 1)[0] if "/" in name else ""
+
+
+def _is_update_scope(scope: str) -> bool:
+    return any(part.startswith("update_") for part in scope.split("/"))
+
+
+def _sinks(g: GraphEditor, members: frozenset[str]) -> tuple[list[str], str | None]:
+    """Members consumed from outside the update; a reason when one is consumed as data."""
+    sinks = []
+    for name in sorted(members):
+        outside = [g.graph.node[i] for i in g.consumers(name)]
+        outside = [n for n in outside if n.name not in members and TAG_ATTR not in n.attr]
+        if not outside:
+            continue
+        for consumer in outside:
+            for inp in consumer.input:
+                if not inp.startswith("^") and node_of(inp) == name:
+                    return [], f"its output {name!r} is used as data by {consumer.name!r}"
+        sinks.append(name)
+    return sinks, None
+
+
+def _grad_uses(g: GraphEditor, members: frozenset[str], gradient: str) -> list[tuple[str, int]]:
+    uses = []
+    for name in sorted(members):
+        for pos, inp in enumerate(g.node(name).input):
+            if not inp.startswith("^") and canonical_tensor(inp) == gradient:
+                uses.append((name, pos))
+    return uses
+
+
+def _apply_site(g: GraphEditor, node: proto.NodeDef) -> UpdateSite | Skip:
+    info = UPDATE_OPS[node.op]
+    var = _resolve_variable(g, node.input[info["var"]])
+    if var is None:
+        return Skip(node.name, None, f"the variable input {node.input[info['var']]!r} is not a variable node")
+    slots = []
+    for pos in info["slots"]:
+        slot = _resolve_variable(g, node.input[pos])
+        if slot is None:
+            return Skip(node.name, var.name, f"slot input {node.input[pos]!r} is not a variable node")
+        slots.append(slot.name)
+    members = frozenset({node.name})
+    sinks, why = _sinks(g, members)
+    if why:
+        return Skip(node.name, var.name, why)
+    gradient = canonical_tensor(node.input[info["grad"]])
+    return UpdateSite(
+        key=node.name,
+        kind=node.op,
+        variable=var.name,
+        resource=info["resource"],
+        dtype=_dtype(var),
+        shape=_shape(var),
+        sparse=info["sparse"],
+        gradient=gradient,
+        indices=canonical_tensor(node.input[info["indices"]]) if info["indices"] is not None else None,
+        indices_dtype=node.attr["Tindices"].type if "Tindices" in node.attr else proto.DT_INT32,
+        slots=tuple(slots),
+        members=members,
+        writes=(node.name,),
+        sinks=tuple(sinks),
+        grad_uses=((node.name, info["grad"]),),
+        device=node.device,
+        scope=_scope_of(node.name) or node.name,
+    )
+
+
+def _strip(g: GraphEditor, tensor: str, members: frozenset[str]) -> str:
+    """The gradient behind a scatter's ``updates``: peel the optimizer's own scaling ops."""
+    node = g.producer(tensor)
+    if node.name not in members:
+        return canonical_tensor(tensor)
+    if node.op == "Mul" and len(node.input) >= 2:
+        a, b = node.input[0], node.input[1]
+        if canonical_tensor(a) == canonical_tensor(b):  # grad * grad (Adam's v)
+            return canonical_tensor(a)
+        inner = g.producer(a)
+        if inner.name in members and inner.op == "Neg":  # -grad * lr (resource GradientDescent)
+            return canonical_tensor(inner.input[0])
+        if inner.name in members and inner.op == "Mul" and canonical_tensor(inner.input[0]) == canonical_tensor(inner.input[1]):
+            return canonical_tensor(inner.input[0])
+        return canonical_tensor(a)
+    return canonical_tensor(tensor)
+
+
+def _group_site(g: GraphEditor, scope: str, members: frozenset[str], writes: list[str]) -> UpdateSite | Skip:
+    targets: dict[str, proto.NodeDef] = {}
+    for name in writes:
+        var = _resolve_variable(g, g.node(name).input[0])
+        if var is None:
+            return Skip(scope, None, f"{name!r} writes to something that is not a variable node")
+        targets[name] = var
+    # The updated variable is the one the scope is named after: <opt>/update_<var name>.
+    var = None
+    for cand in sorted({v.name for v in targets.values()}, key=len, reverse=True):
+        parts = cand.split("/")
+        if any(scope.endswith("update_" + "/".join(parts[i:])) for i in range(len(parts))):
+            var = g.node(cand)
+            break
+    if var is None:
+        return Skip(scope, None, "no variable written in this update scope matches its name")
+    scatters = [w for w in writes if g.node(w).op in _SCATTER_ADDS]
+    if not scatters:
+        return Skip(scope, var.name, "update group without a scatter op: not a known decomposed update")
+    grads = {_strip(g, g.node(s).input[2], members) for s in scatters}
+    indices = {canonical_tensor(g.node(s).input[1]) for s in scatters}
+    if len(grads) != 1 or len(indices) != 1:
+        return Skip(scope, var.name, "its scatter ops disagree on the gradient or indices")
+    gradient = grads.pop()
+    if node_of(gradient) in members and g.producer(gradient).op not in ("UnsortedSegmentSum",):
+        return Skip(scope, var.name, f"cannot tell the gradient apart from the update math ({gradient})")
+    sinks, why = _sinks(g, members)
+    if why:
+        return Skip(scope, var.name, why)
+    resource = var.op == "VarHandleOp"
+    slots = tuple(sorted({v.name for v in targets.values()} - {var.name}))
+    kind = "Adam (decomposed)" if slots else "GradientDescent (decomposed)"
+    primary = next((w for w in writes if targets[w].name == var.name), writes[0])
+    return UpdateSite(
+        key=scope,
+        kind=kind,
+        variable=var.name,
+        resource=resource,
+        dtype=_dtype(var),
+        shape=_shape(var),
+        sparse=True,
+        gradient=gradient,
+        indices=indices.pop(),
+        indices_dtype=g.node(scatters[0]).attr["Tindices"].type,
+        slots=slots,
+        members=members,
+        writes=tuple(writes),
+        sinks=tuple(sinks),
+        grad_uses=tuple(_grad_uses(g, members, gradient)),
+        device=g.node(primary).device,
+        scope=scope,
+    )
+
+
+def find_update_sites(g: GraphEditor) -> tuple[list[UpdateSite], list[Skip]]:
+    """All update sites of the graph, in graph order, and the candidates skipped."""
+    applies: list[proto.NodeDef] = []
+    group_writes: dict[str, list[str]] = {}
+    apply_scopes: set[str] = set()
+    for node in g.graph.node:
+        if TAG_ATTR in node.attr:
+            continue
+        if node.op in UPDATE_OPS:
+            applies.append(node)
+            apply_scopes.add(_scope_of(node.name))
+        elif node.op in WRITE_OPS:
+            scope = _scope_of(node.name)
+            if scope and _is_update_scope(scope):
+                group_writes.setdefault(scope, []).append(node.name)
+    for scope in apply_scopes:
+        group_writes.pop(scope, None)
+
+    members: dict[str, set[str]] = {scope: set() for scope in group_writes}
+    if members:
+        for node in g.graph.node:
+            if TAG_ATTR in node.attr:
+                continue
+            scope = node.name
+            while "/" in scope:
+                scope = scope.rsplit("/", 1)[0]
+                if scope in members:
+                    members[scope].add(node.name)
+                    break
+
+    found: list[tuple[int, UpdateSite | Skip]] = []
+    for node in applies:
+        found.append((g.index[node.name], _apply_site(g, node)))
+    for scope, writes in group_writes.items():
+        first = min(g.index[w] for w in writes)
+        found.append((first, _group_site(g, scope, frozenset(members[scope]), writes)))
+    found.sort(key=lambda item: item[0])
+    sites = [s for _, s in found if isinstance(s, UpdateSite)]
+    skips = [s for _, s in found if isinstance(s, Skip)]
+    return sites, skips
