@@ -1,0 +1,136 @@
+"""Regenerate the golden fixtures under fixtures/.
+
+Each fixture is a folder with an input graph, a spec.yaml, and expected.txt: the canonical
+text (optrewrite.canonical) of the rewritten graph. tests/test_fixtures.py rewrites every
+input and compares. After a deliberate change, regenerate and review the diff:
+
+    python tools/regen_fixtures.py            # rewrite expected.txt from the committed inputs
+    python tools/regen_fixtures.py --inputs   # also rebuild the input graphs (needs TensorFlow)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+
+SPECS = {
+    "momentum_ref_dense": """\
+version: 1
+guard:
+  variables: ["*"]
+clip:
+  - variables: ["dense/kernel"]
+    dims: [1]
+    max_norm: 1.0
+""",
+    "adam_resource_sparse": """\
+version: 1
+guard:
+  variables: ["*"]
+  exclude: ["re:.*/bias"]
+clip:
+  - variables: ["emb"]
+    dims: [1]
+    max_norm: 1.0
+global_norm_clip:
+  clip_norm: 5.0
+""",
+    "gd_ref_sparse_meta": """\
+version: 1
+guard:
+  variables: ["emb"]
+clip:
+  - variables: ["emb"]
+    dims: [0, 1]
+    max_norm: 2.0
+    colocate_with_variable: true
+    use_locking: true
+""",
+}
+INPUTS = {
+    "momentum_ref_dense": "input.pb",
+    "adam_resource_sparse": "input.pbtxt",
+    "gd_ref_sparse_meta": "input.meta",
+}
+
+
+def _build_inputs() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf  # noqa: PLC0415
+
+    tf1 = tf.compat.v1
+
+    def model(resource: bool, sparse: bool, make_opt):  # type: ignore[no-untyped-def]
+        graph = tf.Graph()
+        with graph.as_default():
+            x = tf1.placeholder(tf.float32, [None, 3], name="x")
+            mask = tf1.placeholder(tf.float32, [], name="mask")
+            w = tf1.get_variable("dense/kernel", initializer=np.arange(6, dtype=np.float32).reshape(3, 2) / 6,
+                                 use_resource=resource)
+            b = tf1.get_variable("dense/bias", initializer=np.zeros(2, np.float32), use_resource=resource)
+            loss = mask * tf.reduce_sum(tf.square(tf.matmul(x, w) + b))
+            if sparse:
+                ids = tf1.placeholder(tf.int32, [None], name="ids")
+                emb = tf1.get_variable("emb", initializer=np.ones((5, 2), np.float32), use_resource=resource)
+                loss += tf.reduce_sum(tf.gather(emb, ids))
+            step = tf1.train.get_or_create_global_step()
+            train = make_opt().minimize(loss, global_step=step, name="train")
+            tf1.add_to_collection("train_op", train)
+            tf1.variables_initializer(tf1.global_variables(), name="init")
+        return graph
+
+    cases = {
+        "momentum_ref_dense": model(False, False, lambda: tf1.train.MomentumOptimizer(0.1, 0.9)),
+        "adam_resource_sparse": model(True, True, lambda: tf1.train.AdamOptimizer(0.01)),
+        "gd_ref_sparse_meta": model(False, True, lambda: tf1.train.GradientDescentOptimizer(0.5)),
+    }
+    for name, graph in cases.items():
+        folder = FIXTURES / name
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / INPUTS[name]
+        if target.suffix == ".meta":
+            with graph.as_default():
+                meta = tf1.train.export_meta_graph()
+            target.write_bytes(meta.SerializeToString(deterministic=True))
+        elif target.suffix == ".pbtxt":
+            tf.io.write_graph(graph.as_graph_def(), str(folder), target.name, as_text=True)
+        else:
+            target.write_bytes(graph.as_graph_def().SerializeToString(deterministic=True))
+
+
+def expected_text(folder: Path) -> str:
+    """The canonical text of the fixture's input rewritten by its spec."""
+    from optrewrite.api import rewrite_file  # noqa: PLC0415
+    from optrewrite.canonical import canonical_text  # noqa: PLC0415
+    from optrewrite.tf import io  # noqa: PLC0415
+
+    src = next(p for p in sorted(folder.iterdir()) if p.name.startswith("input."))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"output{src.suffix}"
+        rewrite_file(src, folder / "spec.yaml", output=out)
+        return canonical_text(io.load(out, out.read_bytes()))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--inputs", action="store_true", help="rebuild the input graphs with TensorFlow")
+    args = parser.parse_args()
+    if args.inputs:
+        _build_inputs()
+    for name, spec in SPECS.items():
+        folder = FIXTURES / name
+        (folder / "spec.yaml").write_text(spec)
+        (folder / "expected.txt").write_text(expected_text(folder))
+        print(f"wrote {folder.relative_to(ROOT)}/expected.txt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
