@@ -1,0 +1,255 @@
+"""The command line: exit codes, messages, nothing lost, nothing half-written.
+
+These run the real CLI in a subprocess where the point is what a user sees (one line on
+stderr, no traceback), and in-process otherwise.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from optrewrite import fileio
+from optrewrite.cli import main
+from optrewrite.tf import io
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+DENSE = FIXTURES / "momentum_ref_dense"
+SPARSE = FIXTURES / "adam_resource_sparse"
+META = FIXTURES / "gd_ref_sparse_meta"
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "optrewrite", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=120,
+    )
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A copy of the dense fixture's input and spec, so tests can see the input stay intact."""
+    (tmp_path / "graph.pb").write_bytes((DENSE / "input.pb").read_bytes())
+    (tmp_path / "wrap.yaml").write_text((DENSE / "spec.yaml").read_text())
+    return tmp_path
+
+
+def test_default_output_is_beside_the_input_and_input_is_untouched(work: Path) -> None:
+    before = digest(work / "graph.pb")
+    proc = run_cli(work / "graph.pb", "--spec", work / "wrap.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "graph.rewritten.pb").exists()
+    assert digest(work / "graph.pb") == before
+    assert "2 updates found, 2 guarded, 1 clipped" in proc.stderr
+
+
+def test_report_json_matches_the_summary(work: Path) -> None:
+    import json
+
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(work / "o.pb"),
+                 "--report", str(work / "r.json"), "-q"]) == 0
+    report = json.loads((work / "r.json").read_text())
+    assert report["counts"] == {"updates_found": 2, "guarded": 2, "clipped": 1,
+                                "global_norm_clipped": 0, "skipped": 0}
+    assert {s["variable"]: s["inserted"] for s in report["sites"]} == {
+        "dense/kernel": ["guard", "clip[0]"], "dense/bias": ["guard"]}
+
+
+def test_same_input_and_spec_give_the_same_bytes(work: Path) -> None:
+    for name in ("a.pb", "b.pb"):
+        assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(work / name), "-q"]) == 0
+    assert (work / "a.pb").read_bytes() == (work / "b.pb").read_bytes()
+
+
+@pytest.mark.parametrize("case", [DENSE, SPARSE, META], ids=lambda p: p.name)
+def test_rewriting_the_output_again_changes_nothing(case: Path, tmp_path: Path) -> None:
+    src = next(case.glob("input.*"))
+    once, twice = tmp_path / f"once{src.suffix}", tmp_path / f"twice{src.suffix}"
+    assert main([str(src), "--spec", str(case / "spec.yaml"), "-o", str(once), "-q"]) == 0
+    assert main([str(once), "--spec", str(case / "spec.yaml"), "-o", str(twice), "-q"]) == 0
+    assert twice.read_bytes() == once.read_bytes()
+
+
+def test_rewriting_a_rewritten_graph_with_another_spec_is_refused(work: Path) -> None:
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(work / "o.pb"), "-q"]) == 0
+    (work / "other.yaml").write_text("version: 1\nguard:\n  variables: [dense/kernel]\n")
+    proc = run_cli(work / "o.pb", "--spec", work / "other.yaml", "-o", work / "o2.pb")
+    assert proc.returncode == 2
+    assert "already rewritten by optrewrite with a different spec" in proc.stderr
+    assert not (work / "o2.pb").exists()
+
+
+@pytest.mark.parametrize("case", [DENSE, META], ids=lambda p: p.name)
+def test_untouched_nodes_keep_their_exact_bytes(case: Path, tmp_path: Path) -> None:
+    src = next(case.glob("input.*"))
+    out = tmp_path / f"out{src.suffix}"
+    assert main([str(src), "--spec", str(case / "spec.yaml"), "-o", str(out), "-q"]) == 0
+    raw_in, raw_out = src.read_bytes(), out.read_bytes()
+    if src.suffix == ".meta":
+        raw_in = next(raw_in[p:e] for n, _s, p, e in io.top_level_fields(raw_in) if n == 2)
+        raw_out = next(raw_out[p:e] for n, _s, p, e in io.top_level_fields(raw_out) if n == 2)
+    spans_in = [raw_in[s:e] for n, s, _p, e in io.top_level_fields(raw_in) if n == 1]
+    spans_out = [raw_out[s:e] for n, s, _p, e in io.top_level_fields(raw_out) if n == 1]
+    from optrewrite.tf import proto
+
+    def parsed(span: bytes) -> proto.NodeDef:
+        node = proto.NodeDef()
+        node.ParseFromString(span[io.top_level_fields(span)[0][2]:])
+        return node
+
+    same_content = [i for i in range(len(spans_in)) if parsed(spans_in[i]) == parsed(spans_out[i])]
+    assert len(same_content) > len(spans_in) // 2
+    assert all(spans_in[i] == spans_out[i] for i in same_content)
+    # the non-node fields (versions, library, and the MetaGraphDef's other fields) are kept verbatim
+    others = lambda raw: [raw[s:e] for n, s, _p, e in io.top_level_fields(raw) if n != 1]  # noqa: E731
+    assert others(raw_in) == others(raw_out)
+
+
+def test_metagraph_keeps_collections_saver_and_signatures(tmp_path: Path) -> None:
+    src = META / "input.meta"
+    out = tmp_path / "out.meta"
+    assert main([str(src), "--spec", str(META / "spec.yaml"), "-o", str(out), "-q"]) == 0
+    a, b = io.load(src, src.read_bytes()).message, io.load(out, out.read_bytes()).message
+    assert a.collection_def == b.collection_def
+    assert a.saver_def == b.saver_def
+    assert a.signature_def == b.signature_def
+    assert a.meta_info_def == b.meta_info_def
+
+
+def test_text_input_gives_text_output(tmp_path: Path) -> None:
+    out = tmp_path / "out.pbtxt"
+    assert main([str(SPARSE / "input.pbtxt"), "--spec", str(SPARSE / "spec.yaml"), "-o", str(out), "-q"]) == 0
+    assert out.read_text().lstrip().startswith("node {")
+
+
+# ----------------------------------------------------------------------------- bad input
+
+GARBAGE = {
+    "empty.pb": b"",
+    "truncated.pb": (DENSE / "input.pb").read_bytes()[:-37],
+    "random.pb": bytes(range(256)) * 8,
+    "text_as_binary.pb": b"hello world, not a graph\n",
+    "random.pbtxt": b"node { name: 'a' op: \n",
+    "binary.meta": os.urandom(0) + b"\xff\xff\xff\xff",
+    "graph_as_meta.meta": b"\x0a\x03\x0a\x01a",
+    "model.onnx": b"\x08\x07\x12\x04test",
+    "dangling.pbtxt": b"node { name: 'a' op: 'Identity' input: 'nowhere' }\n",
+    "dup.pbtxt": b"node { name: 'a' op: 'NoOp' }\nnode { name: 'a' op: 'NoOp' }\n",
+    "no_updates.pbtxt": b"node { name: 'a' op: 'NoOp' }\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(GARBAGE))
+def test_bad_graph_files_exit_2_with_one_line_and_write_nothing(name: str, work: Path) -> None:
+    bad = work / name
+    bad.write_bytes(GARBAGE[name])
+    before = digest(bad)
+    proc = run_cli(bad, "--spec", work / "wrap.yaml", "-o", work / f"out{bad.suffix}")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("optrewrite: error: ")
+    assert "Traceback" not in proc.stderr
+    assert digest(bad) == before
+    assert sorted(p.name for p in work.iterdir()) == sorted(["graph.pb", "wrap.yaml", name])
+
+
+SPEC_ERRORS = {
+    "invalid yaml": ("version: 1\nguard: [\n", "invalid YAML"),
+    "unknown key": ("version: 1\nguard: {}\nextra: 1\n", "wrap2.yaml:3: extra: unknown key"),
+    "wrong type": ("version: 1\nguard:\n  variables: 3\n", "guard.variables: must be a list"),
+    "version": ("version: 9\nguard:\n", "unsupported version 9"),
+    "norm": ("version: 1\nclip:\n  - variables: ['*']\n    max_norm: 0\n", "clip[0].max_norm: must be a positive number"),
+    "dims": ("version: 1\nclip:\n  - variables: [dense/bias]\n    dims: [1]\n    max_norm: 1\n",
+             "dim 1 is out of range for variable 'dense/bias' of rank 1"),
+    "regex": ("version: 1\nguard:\n  variables: ['re:[']\n", "invalid regular expression"),
+    "no match": ("version: 1\nguard:\n  variables: ['nothing*']\n", "guard: selects no variable"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(SPEC_ERRORS))
+def test_spec_errors_exit_2_naming_file_line_and_field(key: str, work: Path) -> None:
+    text, expected = SPEC_ERRORS[key]
+    (work / "wrap2.yaml").write_text(text)
+    proc = run_cli(work / "graph.pb", "--spec", work / "wrap2.yaml", "-o", work / "out.pb")
+    assert proc.returncode == 2
+    assert expected in proc.stderr and "wrap2.yaml" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert not (work / "out.pb").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("{g}", "--spec", "{s}", "-o", "{g}"),
+        ("{g}", "--spec", "{s}", "-o", "{d}/./graph.pb"),
+        ("{g}", "--spec", "{s}", "--report", "{g}"),
+        ("{g}",),
+        ("{d}/missing.pb", "--spec", "{s}"),
+        ("{g}", "--spec", "{d}/missing.yaml"),
+        ("{g}", "--spec", "{s}", "-o", "{d}/no/such/dir/out.pb"),
+        ("{g}", "--spec", "{s}", "--bogus"),
+        ("{d}", "--spec", "{s}", "-o", "{d}/x.pb"),
+    ],
+    ids=["out-is-in", "out-is-in-spelled-otherwise", "report-is-in", "no-spec", "missing-input",
+         "missing-spec", "missing-out-dir", "unknown-flag", "input-is-dir"],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], work: Path) -> None:
+    before = digest(work / "graph.pb")
+    argv = [a.format(g=work / "graph.pb", s=work / "wrap.yaml", d=work) for a in args]
+    proc = run_cli(*argv)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert digest(work / "graph.pb") == before
+    assert sorted(p.name for p in work.iterdir()) == ["graph.pb", "wrap.yaml"]
+
+
+def test_symlinked_output_onto_the_input_is_refused(work: Path) -> None:
+    (work / "link.pb").symlink_to(work / "graph.pb")
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(work / "link.pb")]) == 2
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "out.pb"
+    target.write_bytes(b"old")
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        fileio.write_atomic(target, b"new contents")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.pb"]
+
+
+def test_atomic_write_replaces_whole_file_with_normal_permissions(tmp_path: Path) -> None:
+    target = tmp_path / "out.pb"
+    target.write_bytes(b"old old old")
+    fileio.write_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_help_and_version_exit_0() -> None:
+    assert run_cli("--help").returncode == 0
+    proc = run_cli("--version")
+    assert proc.returncode == 0 and "optrewrite" in proc.stdout
+
+
+def test_rewriting_does_not_import_tensorflow(work: Path) -> None:
+    code = (
+        "import sys; from optrewrite.cli import main; "
+        f"rc = main([{str(work / 'graph.pb')!r}, '--spec', {str(work / 'wrap.yaml')!r}, '-q']); "
+        "assert rc == 0; assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print('ok')"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "ok", proc.stderr
