@@ -1,0 +1,24 @@
+"""Test-wide settings: quiet, reproducible TensorFlow.
+
+The environment variables must be set before anything imports tensorflow: oneDNN
+reorders float reductions (REFERENCE.md §5), which breaks bit-for-bit comparisons.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tf_config() -> Any:
+    """A single-threaded session ConfigProto, with TF op determinism switched on."""
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
+    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
