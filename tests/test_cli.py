@@ -253,3 +253,15 @@ def test_rewriting_does_not_import_tensorflow(work: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_format_comes_from_content_when_the_extension_disagrees(tmp_path: Path) -> None:
+    text_named_pb = tmp_path / "graph.pb"
+    text_named_pb.write_bytes((SPARSE / "input.pbtxt").read_bytes())
+    binary_named_odd = tmp_path / "graph.bin"
+    binary_named_odd.write_bytes((DENSE / "input.pb").read_bytes())
+    for src, spec in ((text_named_pb, SPARSE), (binary_named_odd, DENSE)):
+        out = tmp_path / f"out{src.suffix}"
+        assert main([str(src), "--spec", str(spec / "spec.yaml"), "-o", str(out), "-q"]) == 0
+        assert io.load(out, out.read_bytes()).encoding == io.load(src, src.read_bytes()).encoding
+    assert io.load(text_named_pb, text_named_pb.read_bytes()).encoding == io.TEXT

@@ -112,26 +112,48 @@ def _text_container(raw: bytes) -> str:
 def load(path: Path, raw: bytes) -> TfGraphFile:
     """Parse ``raw`` (the bytes of ``path``) as a TF graph; the extension and content decide how.
 
-    ``.meta`` is a MetaGraphDef, anything else a GraphDef; ``.pbtxt``-like extensions and
-    content that reads as text are parsed as text format. Raises InputError on anything
-    that is not a well-formed graph.
+    ``.meta`` is a MetaGraphDef, anything else a GraphDef (a text file says which by its first
+    field). ``.pbtxt``-like extensions are text format; ``.pb`` and ``.meta`` are binary, or
+    text when they do not parse as binary but read as text; other names go by content.
+    Raises InputError on anything that is not a well-formed graph.
     """
     if not raw:
         raise _fail(path, "the file is empty")
     ext = path.suffix.lower()
-    text = ext in _TEXT_EXTS or (ext not in (".pb", ".graphdef") and _looks_like_text(raw))
-    if text:
-        container = _text_container(raw) if ext != ".meta" else METAGRAPH
-        message = _parse_text(path, raw, container)
+    textual = _looks_like_text(raw)
+    if ext in _TEXT_EXTS:
+        encodings = [TEXT]
+    elif ext in (".pb", ".graphdef", ".meta"):
+        encodings = [BINARY, TEXT] if textual else [BINARY]
     else:
-        container = METAGRAPH if ext == ".meta" else GRAPHDEF
-        message = _parse_binary(path, raw, container)
+        encodings = [TEXT, BINARY] if textual else [BINARY]
+    first_error: InputError | None = None
+    for encoding in encodings:
+        if encoding == TEXT:
+            container = METAGRAPH if ext == ".meta" else _text_container(raw)
+            parse = _parse_text
+        else:
+            container = METAGRAPH if ext == ".meta" else GRAPHDEF
+            parse = _parse_binary
+        try:
+            message = parse(path, raw, container)
+            if container == GRAPHDEF and len(unknown_fields.UnknownFieldSet(message)):
+                raise _fail(path, "not a TensorFlow GraphDef: it holds fields the schema does not know")
+            break
+        except InputError as exc:
+            first_error = first_error or exc
+    else:
+        assert first_error is not None
+        raise first_error
+    text = encoding == TEXT
     if container == METAGRAPH:
         assert isinstance(message, proto.MetaGraphDef)
         if len(unknown_fields.UnknownFieldSet(message)):
             raise _fail(path, "not a TensorFlow MetaGraphDef: it holds fields the schema does not know")
         if not message.HasField("graph_def"):
             raise _fail(path, "the MetaGraphDef holds no graph_def")
+        if not text and sum(1 for f in top_level_fields(raw) if f[0] == _META_GRAPH_FIELD) != 1:
+            raise _fail(path, "the MetaGraphDef holds its graph_def in several pieces; re-export it")
         graph = message.graph_def
     else:
         assert isinstance(message, proto.GraphDef)
