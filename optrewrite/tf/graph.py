@@ -9,17 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import numpy as np
+import struct
 
 from optrewrite.tf import proto
 
 TAG_ATTR = "_optrewrite"
-_NP_DTYPES = {
-    proto.DT_FLOAT: np.float32,
-    proto.DT_DOUBLE: np.float64,
-    proto.DT_HALF: np.float16,
-    proto.DT_INT32: np.int32,
-    proto.DT_INT64: np.int64,
+_STRUCT_CODES = {
+    proto.DT_FLOAT: "f",
+    proto.DT_DOUBLE: "d",
+    proto.DT_HALF: "e",
+    proto.DT_INT32: "i",
+    proto.DT_INT64: "q",
 }
 
 
@@ -47,13 +47,54 @@ class Placement:
     colocate_with: str | None = None
 
 
+@dataclass
+class Topology:
+    """Name index and consumer tables of a graph, built in one pass over every input."""
+
+    index: dict[str, int]
+    data_consumers: dict[str, list[int]]
+    control_consumers: dict[str, list[int]]
+
+
+class GraphError(ValueError):
+    """The graph itself is malformed (duplicate names, dangling inputs)."""
+
+
+def build_topology(graph: proto.GraphDef) -> Topology:
+    index: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        if not node.name or not node.op:
+            raise GraphError("a node has no name or op")
+        if index.setdefault(node.name, i) != i:
+            raise GraphError(f"duplicate node name {node.name!r}")
+    data: dict[str, list[int]] = {}
+    control: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.node):
+        for inp in node.input:
+            if not inp:
+                raise GraphError(f"node {node.name!r} has an empty input")
+            if inp[0] == "^":
+                src, table = inp[1:], control
+            else:
+                src, table = inp.split(":", 1)[0], data
+            if src not in index:
+                raise GraphError(f"node {node.name!r} has input {inp!r}, which names no node")
+            lst = table.get(src)
+            if lst is None:
+                table[src] = [i]
+            elif lst[-1] != i:
+                lst.append(i)
+    return Topology(index=index, data_consumers=data, control_consumers=control)
+
+
 class GraphEditor:
-    def __init__(self, graph: proto.GraphDef) -> None:
+    def __init__(self, graph: proto.GraphDef, topology: Topology | None = None) -> None:
         self.graph = graph
         self.first_new = len(graph.node)
-        self.index = {node.name: i for i, node in enumerate(graph.node)}
+        topo = topology or build_topology(graph)
+        self.index = topo.index
+        self._topology: Topology | None = topo
         self.changed: set[int] = set()
-        self._consumers: dict[str, list[int]] | None = None
 
     # ----------------------------------------------------------------- queries
     def node(self, name: str) -> proto.NodeDef:
@@ -65,26 +106,21 @@ class GraphEditor:
     def producer(self, tensor: str) -> proto.NodeDef:
         return self.node(node_of(tensor))
 
-    def consumers(self, name: str) -> list[int]:
-        """Indices of nodes with any input (data or control) from node ``name``."""
-        if self._consumers is None:
-            table: dict[str, list[int]] = {}
-            for i, node in enumerate(self.graph.node):
-                for inp in node.input:
-                    src = node_of(inp)
-                    lst = table.get(src)
-                    if lst is None:
-                        table[src] = [i]
-                    elif lst[-1] != i:
-                        lst.append(i)
-            self._consumers = table
-        return self._consumers.get(name, [])
+    def _topo(self) -> Topology:
+        if self._topology is None:
+            raise AssertionError("consumer tables are only valid before the first edit")
+        return self._topology
+
+    def data_consumers(self, name: str) -> list[int]:
+        """Indices of the input graph's nodes that take an output of ``name`` as data."""
+        return self._topo().data_consumers.get(name, [])
+
+    def control_consumers(self, name: str) -> list[int]:
+        """Indices of the input graph's nodes with a control input ^name."""
+        return self._topo().control_consumers.get(name, [])
 
     def is_new(self, name: str) -> bool:
         return self.index[name] >= self.first_new
-
-    def tagged(self) -> list[proto.NodeDef]:
-        return [n for n in self.graph.node if TAG_ATTR in n.attr]
 
     # ----------------------------------------------------------------- edits
     def unique_name(self, name: str) -> str:
@@ -121,9 +157,7 @@ class GraphEditor:
             node.attr["_class"].list.s.append(f"loc:@{placement.colocate_with}".encode())
         node.attr[TAG_ATTR].s = tag.encode()
         self.index[name] = len(self.graph.node) - 1
-        if self._consumers is not None:
-            for inp in node.input:
-                self._consumers.setdefault(node_of(inp), []).append(self.index[name])
+        self._topology = None
         return name
 
     def mark_changed(self, name: str) -> None:
@@ -137,31 +171,34 @@ class GraphEditor:
         if ctl not in node.input:
             node.input.append(ctl)
             self.mark_changed(name)
-            if self._consumers is not None:
-                self._consumers.setdefault(source, []).append(self.index[name])
+            self._topology = None
 
     def replace_input(self, name: str, position: int, tensor: str) -> None:
         node = self.node(name)
         node.input[position] = tensor
         self.mark_changed(name)
-        self._consumers = None
+        self._topology = None
 
-    def reroute_control(self, consumer: str, old: str, new: str) -> None:
-        """In ``consumer``, replace the control input ^old by ^new (once)."""
+    def reroute_controls(self, consumer: str, mapping: dict[str, str]) -> None:
+        """In ``consumer``, replace each control input ^old by ^mapping[old], keeping order.
+
+        One rewrite of the input list per consumer, however many inputs change: a train op
+        waiting for thousands of updates is rewired in linear time.
+        """
         node = self.node(consumer)
-        inputs = list(node.input)
-        ctl_old, ctl_new = f"^{old}", f"^{new}"
-        out = []
-        for inp in inputs:
-            if inp == ctl_old:
-                inp = ctl_new
-            if inp == ctl_new and ctl_new in out:
+        out: list[str] = []
+        seen: set[str] = set()
+        for inp in node.input:
+            if inp[0] == "^" and inp[1:] in mapping:
+                inp = "^" + mapping[inp[1:]]
+            if inp in seen:
                 continue
+            seen.add(inp)
             out.append(inp)
         del node.input[:]
         node.input.extend(out)
         self.mark_changed(consumer)
-        self._consumers = None
+        self._topology = None
 
     # ----------------------------------------------------------------- attrs and consts
     @staticmethod
@@ -176,19 +213,13 @@ class GraphEditor:
     def int_attr(value: int) -> proto.AttrValue:
         return proto.AttrValue(i=value)
 
-    def const(self, name: str, value: object, dtype: int, *, placement: Placement, tag: str) -> str:
-        """A Const node holding ``value`` (a scalar or nested list) as ``dtype``."""
+    def const(self, name: str, value: float | int | list, dtype: int, *, placement: Placement, tag: str) -> str:
+        """A Const node holding ``value`` (a scalar or a flat list) as ``dtype``."""
         tensor = proto.TensorProto(dtype=dtype)
-        array = np.asarray(value)
-        for dim in array.shape:
-            tensor.tensor_shape.dim.add(size=dim)
-        if dtype == proto.DT_BFLOAT16:
-            bits = np.asarray(array, np.float32).reshape(-1).view(np.uint32)
-            # round to nearest even, as TF's float -> bfloat16 conversion does
-            rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-            tensor.tensor_content = rounded.tobytes()
-        else:
-            tensor.tensor_content = np.asarray(array, _NP_DTYPES[dtype]).tobytes()
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list):
+            tensor.tensor_shape.dim.add(size=len(values))
+        tensor.tensor_content = pack_values(values, dtype)
         return self.add(
             name,
             "Const",
@@ -196,3 +227,16 @@ class GraphEditor:
             placement=placement,
             tag=tag,
         )
+
+
+def _bfloat16_bits(value: float) -> int:
+    """float32 -> bfloat16 by rounding to nearest even, as TensorFlow converts."""
+    (bits,) = struct.unpack("<I", struct.pack("<f", value))
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) & 0xFFFF
+
+
+def pack_values(values: list, dtype: int) -> bytes:
+    """Little-endian tensor_content bytes of ``values`` as ``dtype``."""
+    if dtype == proto.DT_BFLOAT16:
+        return struct.pack(f"<{len(values)}H", *(_bfloat16_bits(float(v)) for v in values))
+    return struct.pack(f"<{len(values)}{_STRUCT_CODES[dtype]}", *values)

@@ -16,6 +16,7 @@ from google.protobuf import unknown_fields
 
 from optrewrite.errors import InputError
 from optrewrite.tf import proto
+from optrewrite.tf.graph import GraphError, Topology, build_topology
 
 GRAPHDEF = "GraphDef"
 METAGRAPH = "MetaGraphDef"
@@ -37,6 +38,7 @@ class TfGraphFile:
     raw: bytes
     message: pb_message.Message  # the GraphDef, or the MetaGraphDef holding it
     graph: proto.GraphDef = field(repr=False)
+    topology: Topology = field(repr=False)
 
     @property
     def format_name(self) -> str:
@@ -59,23 +61,15 @@ def _looks_like_text(raw: bytes) -> bool:
     return first.isalpha() or first == b"#"
 
 
-def _check_graph(path: Path, graph: proto.GraphDef, container: str) -> None:
+def _check_graph(path: Path, graph: proto.GraphDef, container: str) -> Topology:
     if len(unknown_fields.UnknownFieldSet(graph)):
         raise _fail(path, f"not a TensorFlow {container}: it holds fields the schema does not know")
     if not graph.node:
         raise _fail(path, f"the {container} holds no nodes")
-    seen: set[str] = set()
-    for node in graph.node:
-        if not node.name or not node.op:
-            raise _fail(path, f"not a TensorFlow {container}: a node has no name or op")
-        if node.name in seen:
-            raise _fail(path, f"duplicate node name {node.name!r}")
-        seen.add(node.name)
-    for node in graph.node:
-        for inp in node.input:
-            src = inp[1:] if inp.startswith("^") else inp.split(":", 1)[0]
-            if src not in seen:
-                raise _fail(path, f"node {node.name!r} has input {inp!r}, which names no node")
+    try:
+        return build_topology(graph)
+    except GraphError as exc:
+        raise _fail(path, f"not a valid TensorFlow {container}: {exc}") from None
 
 
 def _parse_binary(path: Path, raw: bytes, container: str) -> pb_message.Message:
@@ -158,7 +152,7 @@ def load(path: Path, raw: bytes) -> TfGraphFile:
     else:
         assert isinstance(message, proto.GraphDef)
         graph = message
-    _check_graph(path, graph, container)
+    topology = _check_graph(path, graph, container)
     return TfGraphFile(
         path=path,
         container=container,
@@ -166,6 +160,7 @@ def load(path: Path, raw: bytes) -> TfGraphFile:
         raw=raw,
         message=message,
         graph=graph,
+        topology=topology,
     )
 
 

@@ -62,16 +62,16 @@ def _plan(sites: list[UpdateSite], spec: Spec) -> tuple[dict, str]:
 
 
 def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
-    g = GraphEditor(loaded.graph)
+    g = GraphEditor(loaded.graph, loaded.topology)
     report = Report(input=str(loaded.path), format=loaded.format_name)
-    sites, skips = find_update_sites(g)
+    found = find_update_sites(g)
+    sites, skips = found.sites, found.skips
     report.skipped = [SkipEntry(s.key, s.variable, s.reason) for s in skips]
     spec.bind({s.variable: s.rank for s in sites}, {s.variable: s.reason for s in skips if s.variable})
     plan, digest = _plan(sites, spec)
 
-    existing = g.tagged()
-    if existing:
-        records = [n for n in existing if n.attr[TAG_ATTR].s == PLAN_TAG.encode()]
+    if found.tagged:
+        records = [g.node(n) for n in found.tagged if g.node(n).attr[TAG_ATTR].s == PLAN_TAG.encode()]
         recorded = records[0].attr[PLAN_ATTR].s.decode() if records else None
         if recorded != digest:
             raise InputError(
@@ -86,7 +86,7 @@ def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
     states = {site.key: SiteState.start(site) for site in sites}
     # Who waits for each update, taken before any edit: these are rewired at the end.
     waiting = {
-        site.key: {sink: [g.graph.node[i].name for i in g.consumers(sink)
+        site.key: {sink: [g.graph.node[i].name for i in g.control_consumers(sink)
                           if g.graph.node[i].name not in site.members] for sink in site.sinks}
         for site in sites
     }
@@ -101,14 +101,16 @@ def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
             if group.select.matches(state.site.variable):
                 clip(g, state, group)
 
+    rewire: dict[str, dict[str, str]] = {}
     for state in states.values():
-        site = state.site
         if not any(a == "guard" or a.startswith("clip[") for a in state.actions):
             continue
         (final,) = state.after
-        for sink, consumers in waiting[site.key].items():
+        for sink, consumers in waiting[state.site.key].items():
             for consumer in consumers:
-                g.reroute_control(consumer, sink, final)
+                rewire.setdefault(consumer, {})[sink] = final
+    for consumer, mapping in rewire.items():
+        g.reroute_controls(consumer, mapping)
 
     g.add(PLAN_NODE, "NoOp", placement=Placement(device=""), tag=PLAN_TAG)
     g.node(PLAN_NODE).attr[PLAN_ATTR].s = digest.encode()

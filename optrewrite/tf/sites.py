@@ -111,18 +111,19 @@ def _is_update_scope(scope: str) -> bool:
 
 
 def _sinks(g: GraphEditor, members: frozenset[str]) -> tuple[list[str], str | None]:
-    """Members consumed from outside the update; a reason when one is consumed as data."""
+    """Members that nodes outside the update wait for; a reason when one is used as data."""
+
+    def outside(i: int) -> bool:
+        node = g.graph.node[i]
+        return node.name not in members and TAG_ATTR not in node.attr
+
     sinks = []
     for name in sorted(members):
-        outside = [g.graph.node[i] for i in g.consumers(name)]
-        outside = [n for n in outside if n.name not in members and TAG_ATTR not in n.attr]
-        if not outside:
-            continue
-        for consumer in outside:
-            for inp in consumer.input:
-                if not inp.startswith("^") and node_of(inp) == name:
-                    return [], f"its output {name!r} is used as data by {consumer.name!r}"
-        sinks.append(name)
+        for i in g.data_consumers(name):
+            if outside(i):
+                return [], f"its output {name!r} is used as data by {g.graph.node[i].name!r}"
+        if any(outside(i) for i in g.control_consumers(name)):
+            sinks.append(name)
     return sinks, None
 
 
@@ -244,13 +245,22 @@ def _group_site(g: GraphEditor, scope: str, members: frozenset[str], writes: lis
     )
 
 
-def find_update_sites(g: GraphEditor) -> tuple[list[UpdateSite], list[Skip]]:
-    """All update sites of the graph, in graph order, and the candidates skipped."""
+@dataclass(frozen=True)
+class Discovery:
+    sites: list[UpdateSite]  # in graph order
+    skips: list[Skip]
+    tagged: list[str]  # nodes an earlier optrewrite run inserted
+
+
+def find_update_sites(g: GraphEditor) -> Discovery:
+    """All update sites of the graph, the candidates skipped, and earlier inserted nodes."""
     applies: list[proto.NodeDef] = []
     group_writes: dict[str, list[str]] = {}
     apply_scopes: set[str] = set()
+    tagged: list[str] = []
     for node in g.graph.node:
         if TAG_ATTR in node.attr:
+            tagged.append(node.name)
             continue
         if node.op in UPDATE_OPS:
             applies.append(node)
@@ -265,7 +275,7 @@ def find_update_sites(g: GraphEditor) -> tuple[list[UpdateSite], list[Skip]]:
     members: dict[str, set[str]] = {scope: set() for scope in group_writes}
     if members:
         for node in g.graph.node:
-            if TAG_ATTR in node.attr:
+            if "update_" not in node.name or TAG_ATTR in node.attr:
                 continue
             scope = node.name
             while "/" in scope:
@@ -283,4 +293,4 @@ def find_update_sites(g: GraphEditor) -> tuple[list[UpdateSite], list[Skip]]:
     found.sort(key=lambda item: item[0])
     sites = [s for _, s in found if isinstance(s, UpdateSite)]
     skips = [s for _, s in found if isinstance(s, Skip)]
-    return sites, skips
+    return Discovery(sites=sites, skips=skips, tagged=tagged)

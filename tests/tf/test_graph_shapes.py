@@ -26,7 +26,8 @@ def _sites(graph_def):  # type: ignore[no-untyped-def]
     from optrewrite.tf import proto
 
     g = GraphEditor(proto.GraphDef.FromString(graph_def.SerializeToString()))
-    return find_update_sites(g)
+    found = find_update_sites(g)
+    return found.sites, found.skips
 
 
 def test_partitioned_variables_two_optimizers_nested_scopes_and_import_prefix() -> None:
