@@ -215,11 +215,13 @@ State = dict[str, np.ndarray]
 
 @dataclass(frozen=True)
 class Run:
-    """states[0]: after init; states[t + 1]: after step t; zero_grad[t]: variables whose
-    gradient was all zero in step t (as fetched in the same run)."""
+    """states[0]: after init; states[t + 1]: after step t. zero_grad[t]: the variables whose
+    gradient was all zero in step t, grad_sq[t]: each gradient's sum of squares (a sparse
+    one's values, duplicates not summed), both as fetched in the same run."""
 
     states: list[State]
     zero_grad: list[frozenset[str]]
+    grad_sq: list[dict[str, float]]
 
 
 def variable_names(graph_def: Any) -> list[str]:
@@ -231,7 +233,8 @@ def _readers(graph: tf.Graph, names: Sequence[str]) -> dict[str, tf.Tensor]:
     for name in names:
         op = graph.get_operation_by_name(name)
         if op.type == "VarHandleOp":
-            out[name] = tf.raw_ops.ReadVariableOp(resource=op.outputs[0], dtype=op.get_attr("dtype"))
+            dtype = op.get_attr("dtype")
+            out[name] = tf.raw_ops.ReadVariableOp(resource=op.outputs[0], dtype=dtype)
         else:
             out[name] = tf.identity(op.outputs[0])
     return out
@@ -240,7 +243,9 @@ def _readers(graph: tf.Graph, names: Sequence[str]) -> dict[str, tf.Tensor]:
 class Session:
     """A session over an imported GraphDef; ``init`` has run once."""
 
-    def __init__(self, graph_def: Any, config: Any, *, variables: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, graph_def: Any, config: Any, *, variables: Sequence[str] | None = None
+    ) -> None:
         self.graph = tf.Graph()
         with self.graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
@@ -252,13 +257,20 @@ class Session:
     def state(self) -> State:
         return self.session.run(self.reads)
 
-    def step(self, feed: Mapping[str, Any], fetch: Mapping[str, str] | None = None) -> dict[str, Any]:
+    def step(
+        self, feed: Mapping[str, Any], fetch: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Run ``train`` once; return the tensors named in ``fetch``, from the same run."""
         tensors = {k: self.graph.get_tensor_by_name(v) for k, v in (fetch or {}).items()}
         _, fetched = self.session.run([self.train_op, tensors], feed_dict=dict(feed))
         return fetched
 
     def close(self) -> None:
         self.session.close()
+
+
+def _sum_of_squares(value: np.ndarray) -> float:
+    return float(np.sum(np.square(value, dtype=np.float64)))
 
 
 def train(
@@ -273,14 +285,15 @@ def train(
     sess = Session(graph_def, config, variables=variables)
     try:
         states = [sess.state()]
-        zero_grad = []
+        zero_grad, grad_sq = [], []
         for batch in batches:
             fetched = sess.step(batch.feed(), grads)
             zero_grad.append(frozenset(v for v, g in fetched.items() if not np.any(g)))
+            grad_sq.append({v: _sum_of_squares(g) for v, g in fetched.items()})
             states.append(sess.state())
     finally:
         sess.close()
-    return Run(states, zero_grad)
+    return Run(states, zero_grad, grad_sq)
 
 
 # --------------------------------------------------------------------------- the rewriter

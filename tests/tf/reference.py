@@ -231,7 +231,9 @@ def _clip_sparse(grad: tf.IndexedSlices, var: Any, max_norm: float, dims: Sequen
     return var.scatter_sub(tf.IndexedSlices(delta, indices, grad.dense_shape))
 
 
-def clip_after(update: Any, grads_and_vars: GradsAndVars, group: ClipGroup, *, name: str) -> tf.Operation:
+def clip_after(
+    update: Any, grads_and_vars: GradsAndVars, group: ClipGroup, *, name: str
+) -> tf.Operation:
     """After ``update``, clip each selected variable that has a gradient; group it all."""
     clip_ops = []
     with tf.name_scope(name), tf.control_dependencies([update]):

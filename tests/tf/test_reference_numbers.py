@@ -29,7 +29,9 @@ from .reference import (
 
 HOW = pytest.mark.parametrize("how", ["reference", "optrewrite"])
 KIND = pytest.mark.parametrize("resource", [False, True], ids=["ref", "resource"])
-DTYPE = pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=["f16", "f32", "f64"])
+DTYPE = pytest.mark.parametrize(
+    "dtype", [np.float16, np.float32, np.float64], ids=["f16", "f32", "f64"]
+)
 
 Builder = Callable[[RewriteConfig | None], Any]
 
@@ -105,8 +107,28 @@ def test_guard_keeps_momentum_of_all_zero_gradients(
         sess.step({"g0:0": g0, "g1:0": g1})
         state = sess.state()
         for name, value in expected.items():
-            np.testing.assert_allclose(state[name], value, rtol=1e-6, err_msg=f"step {step}: {name}")
+            np.testing.assert_allclose(
+                state[name], value, rtol=1e-6, err_msg=f"step {step}: {name}"
+            )
     sess.close()
+
+
+@HOW
+@KIND
+def test_guard_counts_negative_zero_as_zero_and_nan_as_nonzero(
+    how: str, resource: bool, tf_config: Any, tmp_path: Path
+) -> None:
+    graph_def = _graph(_momentum_graph(resource), GUARD, how, tmp_path)
+    sess = model.Session(graph_def, tf_config, variables=["var0", "var0/Momentum"])
+    sess.step({"g0:0": [-0.0, -0.0], "g1:0": G1})
+    state = sess.state()
+    np.testing.assert_array_equal(state["var0"], [1.0, 2.0])
+    np.testing.assert_array_equal(state["var0/Momentum"], [0.0, 0.0])
+    sess.step({"g0:0": [np.nan, 0.0], "g1:0": ZERO})
+    state = sess.state()
+    sess.close()
+    np.testing.assert_array_equal(state["var0/Momentum"], [np.nan, 0.0])
+    np.testing.assert_array_equal(state["var0"], [np.nan, 2.0])
 
 
 # --------------------------------------------------------------------------- §1 global norm
@@ -151,14 +173,17 @@ def test_reference_global_norm_matches_seed(tf_config: Any) -> None:
 
 @HOW
 @KIND
-def test_global_norm_clip_matches_seed(how: str, resource: bool, tf_config: Any, tmp_path: Path) -> None:
+def test_global_norm_clip_matches_seed(
+    how: str, resource: bool, tf_config: Any, tmp_path: Path
+) -> None:
     config = RewriteConfig(global_norm_clip=GlobalNormClip(clip_norm=1.0))
     graph_def = _graph(_global_norm_graph(resource), config, how, tmp_path)
     sess = model.Session(graph_def, tf_config, variables=["var0", "var1", "var2", "var3"])
     sess.step({})
     state = sess.state()
     sess.close()
-    np.testing.assert_allclose(state["var0"], [1.0 - 10.0 / GLOBAL_NORM, 2.0 - 15.0 / GLOBAL_NORM], rtol=1e-6)
+    var0 = [1.0 - 10.0 / GLOBAL_NORM, 2.0 - 15.0 / GLOBAL_NORM]
+    np.testing.assert_allclose(state["var0"], var0, rtol=1e-6)
     np.testing.assert_allclose(state["var1"], [3.0, 4.0 - 5.0 / GLOBAL_NORM], rtol=1e-6)
     np.testing.assert_array_equal(state["var2"], [3.0, 4.0])  # all-zero gradient
     np.testing.assert_array_equal(state["var3"], [3.0, 4.0])  # no gradient
