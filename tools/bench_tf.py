@@ -157,7 +157,8 @@ class Block:
 
         block = proto.GraphDef()
         block.ParseFromString(raw)
-        sites, skips = find_update_sites(GraphEditor(block))
+        found = find_update_sites(GraphEditor(block))
+        sites, skips = found.sites, found.skips
         if skips:
             raise RuntimeError(f"the block has updates optrewrite skips: {skips}")
         return cls(raw, len(block.node), len(sites), tuple(s for site in sites for s in site.sinks))

@@ -222,32 +222,61 @@ def _length_delimited(number: int, payload: bytes) -> bytes:
     return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
+def _node_spans(buf: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Byte spans of a serialized GraphDef's node fields, and of its other fields, in order."""
+    nodes: list[tuple[int, int]] = []
+    others: list[tuple[int, int]] = []
+    pos, n = 0, len(buf)
+    read = _read_varint
+    while pos < n:
+        start = pos
+        tag = buf[pos]
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = read(buf, pos)
+        wire = tag & 7
+        if wire == 2:
+            length = buf[pos]
+            if length < 0x80:
+                pos += 1 + length
+            else:
+                length, pos = read(buf, pos)
+                pos += length
+        elif wire == 0:
+            _, pos = read(buf, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        (nodes if tag >> 3 == _GRAPH_NODE_FIELD else others).append((start, pos))
+    return nodes, others
+
+
 def splice_graph(raw_graph: bytes, graph: proto.GraphDef, changed: set[int], first_new: int) -> bytes:
     """Serialize ``graph`` reusing ``raw_graph``'s bytes for every node not in ``changed``.
 
     ``graph.node[:first_new]`` are the input's nodes in input order; the rest are new and are
-    written after the input's last node.
+    written after the input's last node, then the input's other fields (versions, library).
+    Protobuf readers accept fields in any order, and TF's own writers put nodes first.
     """
+    nodes, others = _node_spans(raw_graph)
+    if len(nodes) != first_new:
+        raise AssertionError(f"found {len(nodes)} nodes in the input bytes, expected {first_new}")
     parts: list[bytes] = []
-    index = 0
-    fields = top_level_fields(raw_graph)
-    last_node_field = max((i for i, f in enumerate(fields) if f[0] == _GRAPH_NODE_FIELD), default=-1)
-    for i, (number, start, _payload, end) in enumerate(fields):
-        if number == _GRAPH_NODE_FIELD:
-            if index in changed:
-                parts.append(
-                    _length_delimited(number, graph.node[index].SerializeToString(deterministic=True))
-                )
-            else:
-                parts.append(raw_graph[start:end])
-            index += 1
-        else:
-            parts.append(raw_graph[start:end])
-        if i == last_node_field:
-            for node in graph.node[first_new:]:
-                parts.append(_length_delimited(_GRAPH_NODE_FIELD, node.SerializeToString(deterministic=True)))
-    if index != first_new:
-        raise AssertionError(f"spliced {index} nodes, expected {first_new}")
+    run_start = 0  # first node of the current run of untouched nodes
+    for i in sorted(changed):
+        if run_start < i:
+            parts.append(raw_graph[nodes[run_start][0]:nodes[i - 1][1]])
+        parts.append(_length_delimited(_GRAPH_NODE_FIELD, graph.node[i].SerializeToString(deterministic=True)))
+        run_start = i + 1
+    if run_start < first_new:
+        parts.append(raw_graph[nodes[run_start][0]:nodes[first_new - 1][1]])
+    for node in graph.node[first_new:]:
+        parts.append(_length_delimited(_GRAPH_NODE_FIELD, node.SerializeToString(deterministic=True)))
+    parts.extend(raw_graph[a:b] for a, b in others)
     return b"".join(parts)
 
 
