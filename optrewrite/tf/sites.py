@@ -293,4 +293,9 @@ def find_update_sites(g: GraphEditor) -> Discovery:
     found.sort(key=lambda item: item[0])
     sites = [s for _, s in found if isinstance(s, UpdateSite)]
     skips = [s for _, s in found if isinstance(s, Skip)]
+    for function in g.graph.library.function:
+        for node in function.node_def:
+            if node.op in UPDATE_OPS:
+                skips.append(Skip(f"{function.signature.name}/{node.name}", None,
+                                  "inside a library function; updates in functions are not rewritten"))
     return Discovery(sites=sites, skips=skips, tagged=tagged)

@@ -96,3 +96,22 @@ def test_loaded_graph_survives_text_round_trip(container: str, tmp_path: Path) -
     loaded = io.load(src, src.read_bytes())
     assert loaded.container == (io.METAGRAPH if container == "meta" else io.GRAPHDEF)
     assert len(loaded.graph.node) > 10
+
+
+def test_updates_inside_library_functions_are_reported_as_skipped() -> None:
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        v = tf.compat.v1.get_variable("v", initializer=[1.0, 2.0], use_resource=True)
+
+        @tf.function
+        def step(handle: tf.Tensor, g: tf.Tensor) -> None:
+            tf.raw_ops.ResourceApplyGradientDescent(var=handle, alpha=tf.constant(0.1), delta=g)
+
+        step(v.handle, tf.constant([0.5, 0.5]))
+    graph_def = graph.as_graph_def()
+    assert graph_def.library.function
+    sites, skips = _sites(graph_def)
+    assert sites == []
+    assert [s.reason for s in skips] == ["inside a library function; updates in functions are not rewritten"]
