@@ -35,10 +35,6 @@ def canonical_tensor(tensor: str) -> str:
     return tensor if ":" in tensor else f"{tensor}:0"
 
 
-def short_tensor(tensor: str) -> str:
-    return tensor[:-2] if tensor.endswith(":0") else tensor
-
-
 @dataclass(frozen=True)
 class Placement:
     """Where inserted nodes go: the device of their update, and optional colocation."""
@@ -100,9 +96,6 @@ class GraphEditor:
     def node(self, name: str) -> proto.NodeDef:
         return self.graph.node[self.index[name]]
 
-    def has(self, name: str) -> bool:
-        return name in self.index
-
     def producer(self, tensor: str) -> proto.NodeDef:
         return self.node(node_of(tensor))
 
@@ -118,9 +111,6 @@ class GraphEditor:
     def control_consumers(self, name: str) -> list[int]:
         """Indices of the input graph's nodes with a control input ^name."""
         return self._topo().control_consumers.get(name, [])
-
-    def is_new(self, name: str) -> bool:
-        return self.index[name] >= self.first_new
 
     # ----------------------------------------------------------------- edits
     def unique_name(self, name: str) -> str:

@@ -18,7 +18,7 @@ from optrewrite.tf.graph import GraphEditor, Placement, node_of
 from optrewrite.tf.passes import SiteState
 
 TAG = "global_norm_clip"
-_PASS_THROUGH_OPS = frozenset({"NextIteration"})
+_LOOP_BACK_EDGES = frozenset({"NextIteration"})  # while-loop back edges are not dependencies
 
 
 def _check_acyclic(g: GraphEditor, states: list[SiteState]) -> None:
@@ -37,7 +37,7 @@ def _check_acyclic(g: GraphEditor, states: list[SiteState]) -> None:
                 "clipping them together would create a cycle"
             )
         node = g.node(name)
-        if node.op in _PASS_THROUGH_OPS:
+        if node.op in _LOOP_BACK_EDGES:
             continue
         stack.extend(node_of(i) for i in node.input)
 
