@@ -1,7 +1,8 @@
 """Rewritten graphs train like the construction-time reference, step by step.
 
 For every optimizer × {ref, resource} variables × {dense, sparse} embedding gradient × spec
-variant: the plain two-task graph (tests/tf/model.py) is exported, rewritten by the CLI, and
+variant (guard all; guard all + four chained clip groups; guard all + global-norm clip; all
+three on different subsets): the plain two-task graph (tests/tf/model.py) is exported, rewritten by the CLI, and
 trained 20 steps with task masks that zero some gradients; the reference graph (the same
 model with tests/tf/reference.py wrapping the optimizer) is trained on the same data.
 
@@ -12,9 +13,10 @@ model with tests/tf/reference.py wrapping the optimizer) is trained on the same 
   1. a variable whose gradient was all zero keeps its slots (and, unless clipped, its value);
   2. every clipped variable (sparse path: every row touched in the step) is within max_norm;
   3. non-slot state (global_step, beta powers) advances every step as in the plain graph;
-- the guard was seen to matter: in some step the plain graph changed a variable or a slot
-  whose gradient was all zero (for GradientDescent and Adagrad a zero gradient changes
-  nothing, so there the rewritten graph must at least contain the guard's Switch ops).
+- the test could fail: all-zero gradients occur, clip groups and the global-norm clip bite,
+  and in some step the plain graph changed a guarded variable or a slot whose gradient was
+  all zero (for GradientDescent and Adagrad a zero gradient changes nothing, so there the
+  rewritten graph must at least contain the guard's Switch ops).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from . import model
 from .reference import ClipGroup, GlobalNormClip, RewriteConfig, Selection
 
 GUARD_ALL = Selection(("*",))
-VARIANTS = ("guard", "clip", "global_norm")
+VARIANTS = ("guard", "clip", "global_norm", "mixed")
 
 # FTRL and AdagradDA recompute the weights from their accumulators in the first step, which
 # leaves them ~10x smaller: their clip norms are scaled so that clipping still bites.
@@ -51,10 +53,20 @@ def variant_config(variant: str, optimizer: str) -> RewriteConfig:
                 ClipGroup(Selection(("task_*/kernel",)), max_norm=0.9 * k),  # whole variable
             ),
         )
-    assert variant == "global_norm"
+    if variant == "global_norm":
+        return RewriteConfig(
+            guard=GUARD_ALL,
+            global_norm_clip=GlobalNormClip(0.5, Selection(("*",), exclude=("task_b/*",))),
+        )
+    assert variant == "mixed"  # all three, each on a different subset
+    k = CLIP_SCALE.get(optimizer, 1.0)
     return RewriteConfig(
-        guard=GUARD_ALL,
-        global_norm_clip=GlobalNormClip(0.5, Selection(("*",), exclude=("task_b/*",))),
+        guard=Selection(("*",), exclude=("task_a/*", "emb")),
+        clip=(
+            ClipGroup(Selection(("emb", "task_a/kernel")), max_norm=0.9 * k, dims=(1,)),
+            ClipGroup(Selection(("re:task_b/.*",)), max_norm=0.9 * k),
+        ),
+        global_norm_clip=GlobalNormClip(0.5, Selection(("re:(shared|task_a)/.*", "emb"))),
     )
 
 
@@ -147,11 +159,13 @@ def _first_difference(a: model.Run, b: model.Run, names: list[str]) -> str | Non
 
 
 def _check_guard(run: model.Run, plain: Plain, config: RewriteConfig, who: str) -> None:
-    """A variable with an all-zero gradient keeps its slots, and its value unless clipped."""
+    """A guarded variable with an all-zero gradient keeps its slots, and its value unless
+    clipped."""
     trainable = set(plain.built.grads)
+    guarded = {v for v in trainable if config.guard is not None and config.guard.matches(v)}
     for t, zero in enumerate(run.zero_grad):
         before, after = run.states[t], run.states[t + 1]
-        for var in sorted(zero):
+        for var in sorted(zero & guarded):
             kept = _slots(var, plain.variables, trainable)
             if not any(_clip_targets(config, var)):
                 kept.append(var)
@@ -204,16 +218,17 @@ def _check_non_slot_state(run: model.Run, plain: Plain, who: str) -> None:
     assert int(run.states[-1]["global_step"]) == len(run.zero_grad), who
 
 
-def _check_guard_mattered(case: Case, plain: Plain, rewritten: Any) -> None:
-    """The plain graph changed some state of a variable whose gradient was all zero."""
+def _check_guard_mattered(case: Case, plain: Plain, config: RewriteConfig, rewritten: Any) -> None:
+    """The plain graph changed some state of a guarded variable whose gradient was all zero."""
     if case.optimizer in ZERO_GRADIENT_IS_A_NO_OP:
         guards = [n for n in rewritten.node if n.op in ("Switch", "RefSwitch")]
         assert guards, "no Switch/RefSwitch in the rewritten graph: the guard is missing"
         return
     trainable = set(plain.built.grads)
     run = plain.run
+    assert config.guard is not None
     for t, zero in enumerate(run.zero_grad):
-        for var in zero:
+        for var in filter(config.guard.matches, zero):
             watched = [var, *_slots(var, plain.variables, trainable)]
             if _changed(run.states[t], run.states[t + 1], watched):
                 return
@@ -253,7 +268,7 @@ def test_rewritten_graph_trains_like_reference(
         violations = _clip_violations(run, plain, config, batches)
         assert not violations, f"{who}: clipped norms over max_norm: {violations[:3]}"
         _check_non_slot_state(run, plain, who)
-    _check_guard_mattered(case, plain, rewritten)
+    _check_guard_mattered(case, plain, config, rewritten)
     if case.resource:
         difference = _first_difference(got, want, plain.variables)
         assert difference is None, f"rewritten graph differs from the reference: {difference}"
