@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from optrewrite.errors import InputError
 from optrewrite.report import Report, SiteEntry, SkipEntry
-from optrewrite.spec import Spec
+from optrewrite.spec import ClipGroup, Spec
 from optrewrite.tf import io
 from optrewrite.tf.graph import TAG_ATTR, GraphEditor, Placement
 from optrewrite.tf.passes import SiteState
@@ -36,29 +36,54 @@ class Outcome:
     report: Report
 
 
-def _plan(sites: list[UpdateSite], spec: Spec) -> tuple[dict, str]:
+@dataclass(frozen=True)
+class Selection:
+    """What the spec asks for at one update site."""
+
+    site: UpdateSite
+    global_norm: bool
+    guard: bool
+    clips: tuple[ClipGroup, ...]
+
+    def actions(self) -> list[str]:
+        """The action names, as the report lists them."""
+        names = ["global_norm_clip"] if self.global_norm else []
+        names += ["guard"] if self.guard else []
+        return names + [f"clip[{g.index}]" for g in self.clips]
+
+
+def _select(sites: list[UpdateSite], spec: Spec) -> list[Selection]:
     gnc = spec.global_norm_clip
-    entries = []
-    for site in sites:
-        actions = []
-        if gnc is not None and gnc.select.matches(site.variable):
-            actions.append("global_norm_clip")
-        if spec.guard is not None and spec.guard.select.matches(site.variable):
-            actions.append("guard")
-        for group in spec.clip:
-            if group.select.matches(site.variable):
-                actions.append(
-                    f"clip[{group.index}] max_norm={group.max_norm!r} dims={list(group.dims) if group.dims is not None else None} "
-                    f"colocate={group.colocate_with_variable} use_locking={group.use_locking}"
-                )
-        entries.append([site.key, site.variable, actions])
+    return [
+        Selection(
+            site=site,
+            global_norm=gnc is not None and gnc.select.matches(site.variable),
+            guard=spec.guard is not None and spec.guard.select.matches(site.variable),
+            clips=tuple(g for g in spec.clip if g.select.matches(site.variable)),
+        )
+        for site in sites
+    ]
+
+
+def _plan_digest(selections: list[Selection], spec: Spec) -> str:
+    """A digest of every action with its parameters, recorded on the plan node."""
+    gnc = spec.global_norm_clip
     plan = {
         "format": 1,
         "global_norm_clip": gnc.clip_norm if gnc is not None else None,
-        "sites": entries,
+        "sites": [
+            [
+                sel.site.key,
+                sel.site.variable,
+                [*(["global_norm_clip"] if sel.global_norm else []), *(["guard"] if sel.guard else []),
+                 *(f"clip[{g.index}] max_norm={g.max_norm!r} "
+                   f"dims={list(g.dims) if g.dims is not None else None} "
+                   f"colocate={g.colocate_with_variable} use_locking={g.use_locking}" for g in sel.clips)],
+            ]
+            for sel in selections
+        ],
     }
-    digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
-    return plan, digest
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
 
 
 def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
@@ -68,7 +93,8 @@ def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
     sites, skips = found.sites, found.skips
     report.skipped = [SkipEntry(s.key, s.variable, s.reason) for s in skips]
     spec.bind({s.variable: s.rank for s in sites}, {s.variable: s.reason for s in skips if s.variable})
-    plan, digest = _plan(sites, spec)
+    selections = _select(sites, spec)
+    digest = _plan_digest(selections, spec)
 
     if found.tagged:
         records = [g.node(n) for n in found.tagged if g.node(n).attr[TAG_ATTR].s == PLAN_TAG.encode()]
@@ -78,8 +104,7 @@ def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
                 f"{loaded.path}: already rewritten by optrewrite with a different spec; "
                 "rewrite the original graph instead"
             )
-        for site, (_key, _var, actions) in zip(sites, plan["sites"]):
-            report.sites.append(_entry(site, [a.split(" ", 1)[0] for a in actions]))
+        report.sites = [_entry(sel.site, sel.actions()) for sel in selections]
         report.note = "already rewritten with this spec: nothing to do"
         return Outcome(data=loaded.raw, report=report)
 
@@ -91,20 +116,20 @@ def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
         for site in sites
     }
 
-    selected = [states[key] for key, _var, actions in plan["sites"] if "global_norm_clip" in actions]
+    selected = [states[sel.site.key] for sel in selections if sel.global_norm]
     if spec.global_norm_clip is not None and selected:
         global_norm_clip(g, selected, spec.global_norm_clip.clip_norm)
-    for state in states.values():
-        if spec.guard is not None and spec.guard.select.matches(state.site.variable):
-            guard(g, state)
-        for group in spec.clip:
-            if group.select.matches(state.site.variable):
-                clip(g, state, group)
+    for sel in selections:
+        if sel.guard:
+            guard(g, states[sel.site.key])
+        for group in sel.clips:
+            clip(g, states[sel.site.key], group)
 
     rewire: dict[str, dict[str, str]] = {}
-    for state in states.values():
-        if not any(a == "guard" or a.startswith("clip[") for a in state.actions):
+    for sel in selections:
+        if not (sel.guard or sel.clips):
             continue
+        state = states[sel.site.key]
         (final,) = state.after
         for sink, consumers in waiting[state.site.key].items():
             for consumer in consumers:
