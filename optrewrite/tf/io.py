@@ -192,40 +192,12 @@ def _varint(value: int) -> bytes:
 
 
 def top_level_fields(buf: bytes) -> list[tuple[int, int, int, int]]:
-    """Top-level fields of a serialized message: (field number, start, payload start, end)."""
+    """Top-level fields of a serialized message: (field number, start, payload start, end).
+
+    One-byte tags and lengths, by far the most common, are decoded inline: a 200k-node
+    GraphDef is scanned field by field on every binary write.
+    """
     fields = []
-    pos = 0
-    n = len(buf)
-    while pos < n:
-        start = pos
-        tag, pos = _read_varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _, pos = _read_varint(buf, pos)
-            payload = start
-        elif wire == 1:
-            pos += 8
-            payload = start
-        elif wire == 2:
-            length, payload = _read_varint(buf, pos)
-            pos = payload + length
-        elif wire == 5:
-            pos += 4
-            payload = start
-        else:
-            raise ValueError(f"unsupported wire type {wire}")
-        fields.append((number, start, payload, pos))
-    return fields
-
-
-def _length_delimited(number: int, payload: bytes) -> bytes:
-    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
-
-
-def _node_spans(buf: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """Byte spans of a serialized GraphDef's node fields, and of its other fields, in order."""
-    nodes: list[tuple[int, int]] = []
-    others: list[tuple[int, int]] = []
     pos, n = 0, len(buf)
     read = _read_varint
     while pos < n:
@@ -236,13 +208,14 @@ def _node_spans(buf: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]
         else:
             tag, pos = read(buf, pos)
         wire = tag & 7
+        payload = start
         if wire == 2:
             length = buf[pos]
             if length < 0x80:
-                pos += 1 + length
+                payload = pos + 1
             else:
-                length, pos = read(buf, pos)
-                pos += length
+                length, payload = read(buf, pos)
+            pos = payload + length
         elif wire == 0:
             _, pos = read(buf, pos)
         elif wire == 1:
@@ -251,8 +224,12 @@ def _node_spans(buf: bytes) -> tuple[list[tuple[int, int]], list[tuple[int, int]
             pos += 4
         else:
             raise ValueError(f"unsupported wire type {wire}")
-        (nodes if tag >> 3 == _GRAPH_NODE_FIELD else others).append((start, pos))
-    return nodes, others
+        fields.append((tag >> 3, start, payload, pos))
+    return fields
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _varint((number << 3) | 2) + _varint(len(payload)) + payload
 
 
 def splice_graph(raw_graph: bytes, graph: proto.GraphDef, changed: set[int], first_new: int) -> bytes:
@@ -262,7 +239,9 @@ def splice_graph(raw_graph: bytes, graph: proto.GraphDef, changed: set[int], fir
     written after the input's last node, then the input's other fields (versions, library).
     Protobuf readers accept fields in any order, and TF's own writers put nodes first.
     """
-    nodes, others = _node_spans(raw_graph)
+    fields = top_level_fields(raw_graph)
+    nodes = [(start, end) for number, start, _p, end in fields if number == _GRAPH_NODE_FIELD]
+    others = [(start, end) for number, start, _p, end in fields if number != _GRAPH_NODE_FIELD]
     if len(nodes) != first_new:
         raise AssertionError(f"found {len(nodes)} nodes in the input bytes, expected {first_new}")
     parts: list[bytes] = []
