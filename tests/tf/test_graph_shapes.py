@@ -90,7 +90,7 @@ def test_rewritten_metagraph_reimports_and_its_train_op_trains(tmp_path: Path, t
 
 
 @pytest.mark.parametrize("container", ["graphdef", "meta"])
-def test_loaded_graph_survives_text_round_trip(container: str, tmp_path: Path) -> None:
+def test_fixture_inputs_load_as_their_container(container: str, tmp_path: Path) -> None:
     case = ROOT / "fixtures" / ("gd_ref_sparse_meta" if container == "meta" else "adam_resource_sparse")
     src = next(case.glob("input.*"))
     loaded = io.load(src, src.read_bytes())
