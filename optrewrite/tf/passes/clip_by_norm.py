@@ -63,11 +63,7 @@ def clip(g: GraphEditor, state: SiteState, group: ClipGroup) -> None:
     at = state.placement
     tag = clip_tag(group)
     scope = g.unique_name(f"{site.scope}/optrewrite_clip_{group.index}")
-    rank = site.rank
-    dims = list(range(rank)) if group.dims is None and rank is not None else list(group.dims or [])
-    if group.dims is None and rank is None:
-        raise ValueError(f"{site.variable}: unknown rank; give clip dims explicitly")
-    dims = [d % rank for d in dims] if rank is not None else dims
+    dims = _resolve_dims(group.dims, site.rank, site.variable)
     T = {"T": g.type_attr(site.dtype)}
     var, dtype = site.variable, site.dtype
     kw = {"placement": at, "tag": tag}
@@ -116,3 +112,11 @@ def clip(g: GraphEditor, state: SiteState, group: ClipGroup) -> None:
     state.after = [write]
     state.actions.append(tag)
 
+
+def _resolve_dims(dims: tuple[int, ...] | None, rank: int | None, variable: str) -> list[int]:
+    """The clip dims as non-negative axes; None means every axis (Spec.bind checks the rank)."""
+    if rank is None:
+        if dims is None:
+            raise ValueError(f"{variable}: unknown rank; give clip dims explicitly")
+        return list(dims)
+    return list(range(rank)) if dims is None else [d % rank for d in dims]
