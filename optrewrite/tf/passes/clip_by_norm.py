@@ -54,14 +54,10 @@ def clip_by_norm_subgraph(
     return g.add(scope, "Identity", [div], attrs=T, **co)
 
 
-def clip_tag(group: ClipGroup) -> str:
-    return f"clip[{group.index}]"
-
-
 def clip(g: GraphEditor, state: SiteState, group: ClipGroup) -> None:
     site = state.site
     at = state.placement
-    tag = clip_tag(group)
+    tag = group.field  # "clip[<index>]"
     scope = g.unique_name(f"{site.scope}/optrewrite_clip_{group.index}")
     dims = _resolve_dims(group.dims, site.rank, site.variable)
     T = {"T": g.type_attr(site.dtype)}
