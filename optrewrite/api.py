@@ -18,10 +18,26 @@ def read_input(path: Path) -> bytes:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
-def rewrite_bytes(path: Path, raw: bytes, spec: Spec) -> tuple[bytes, Report]:
-    """Rewrite the graph held in ``raw`` (read from ``path``, whose name picks the format)."""
-    if path.suffix.lower() == ".onnx":
-        raise InputError(f"{path}: ONNX models are not supported by this version of optrewrite")
+def is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ".onnx"
+
+
+def rewrite_bytes(path: Path, raw: bytes, spec: Spec, *, lower: bool = False) -> tuple[bytes, Report]:
+    """Rewrite the graph held in ``raw`` (read from ``path``, whose name picks the format).
+
+    An ONNX model whose weights live in external files is rewritten with its data references
+    as they are, relative to ``path``'s directory (see :func:`rewrite_file` for placing them).
+    """
+    if is_onnx(path):
+        from optrewrite.onnx import io as onnx_io  # noqa: PLC0415
+        from optrewrite.onnx.rewrite import rewrite_onnx  # noqa: PLC0415
+
+        outcome = rewrite_onnx(onnx_io.load(path, raw), spec, lower=lower)
+        return outcome.data, outcome.report
+    if lower or spec.lower:
+        raise InputError(f"{path}: lowering applies to ONNX models only")
+    if spec.updates:
+        raise InputError(f"{spec.source}: updates: names update sites of ONNX models only; {path} is a TensorFlow graph")
     from optrewrite.tf import io  # noqa: PLC0415
     from optrewrite.tf.rewrite import rewrite_tf  # noqa: PLC0415
 
@@ -36,10 +52,14 @@ def rewrite_file(
     *,
     output: Path | str | None = None,
     report_path: Path | str | None = None,
+    lower: bool = False,
 ) -> Report:
     """Rewrite ``input_path`` by the spec at ``spec_path``; write the output atomically.
 
     Nothing is written unless the whole rewrite succeeds; the input is never modified.
+    ``lower`` replaces ONNX preview-training ops by standard ops (as ``lower: true`` does).
+    An ONNX output is checked with the onnx checker before it replaces anything; external
+    data files it references are placed beside it when it goes to another directory.
     """
     src = Path(input_path)
     out = Path(output) if output is not None else default_output(src)
@@ -50,9 +70,41 @@ def rewrite_file(
             raise InputError(f"{report_path}: the report would overwrite the output")
     spec = load_spec(spec_path)
     raw = read_input(src)
-    data, report = rewrite_bytes(src, raw, spec)
-    report.output = str(out)
-    write_atomic(out, data)
+    if is_onnx(src):
+        report = _rewrite_onnx_file(src, raw, spec, out, lower=lower)
+    else:
+        data, report = rewrite_bytes(src, raw, spec, lower=lower)
+        report.output = str(out)
+        write_atomic(out, data)
     if report_path is not None:
         write_atomic(Path(report_path), report.to_json().encode())
     return report
+
+
+def _rewrite_onnx_file(src: Path, raw: bytes, spec: Spec, out: Path, *, lower: bool) -> Report:
+    from optrewrite.onnx import io as onnx_io  # noqa: PLC0415
+    from optrewrite.onnx.rewrite import rewrite_onnx  # noqa: PLC0415
+
+    if str(out.parent) and not out.parent.is_dir():
+        raise InputError(f"{out}: the output directory does not exist")
+    outcome = rewrite_onnx(onnx_io.load(src, raw), spec, lower=lower)
+    outcome.report.output = str(out)
+    placed = onnx_io.place_external_files(outcome.model, src.parent, out.parent, src)
+
+    def verify(tmp: Path) -> None:
+        try:
+            onnx_io.check_written(tmp)
+        except onnx_io.CheckFailed as exc:
+            try:
+                onnx_io.check_written(src)
+            except onnx_io.CheckFailed as bad_input:
+                raise InputError(f"{src}: not a valid ONNX model: {bad_input}") from None
+            raise AssertionError(f"the rewritten model fails the onnx checker: {exc}") from None
+
+    try:
+        write_atomic(out, outcome.data, verify=verify)
+    except BaseException:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        raise
+    return outcome.report

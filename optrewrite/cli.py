@@ -1,4 +1,4 @@
-"""Command line: ``optrewrite INPUT --spec SPEC [-o OUTPUT] [--report FILE.json]``.
+"""Command line: ``optrewrite INPUT --spec SPEC [-o OUTPUT] [--lower] [--report FILE.json]``.
 
 Exit codes: 0 success; 2 an input, spec or usage error (one line on stderr, nothing
 written); 3 an internal failure.
@@ -26,11 +26,14 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="optrewrite",
         description="Insert all-zero-gradient guards and post-update clip-by-norm into an "
-        "exported training graph (TensorFlow GraphDef .pb/.pbtxt or MetaGraphDef .meta).",
+        "exported training graph (TensorFlow GraphDef .pb/.pbtxt or MetaGraphDef .meta, or an "
+        "ONNX training step .onnx).",
     )
     p.add_argument("input", type=Path, help="the training graph to rewrite (never modified)")
     p.add_argument("--spec", type=Path, required=True, help="the YAML rewrite spec")
     p.add_argument("-o", "--output", type=Path, help="output path (default: <stem>.rewritten<ext>)")
+    p.add_argument("--lower", action="store_true",
+                   help="ONNX: replace ai.onnx.preview.training ops by standard ops (as 'lower: true' does)")
     p.add_argument("--report", type=Path, help="also write the report as JSON to this file")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     p.add_argument("--version", action="version", version=f"optrewrite {__version__}")
@@ -41,7 +44,7 @@ def run(argv: Sequence[str]) -> int:
     from optrewrite.api import rewrite_file  # noqa: PLC0415  (keeps --help fast)
 
     args = _parser().parse_args(argv)
-    report = rewrite_file(args.input, args.spec, output=args.output, report_path=args.report)
+    report = rewrite_file(args.input, args.spec, output=args.output, report_path=args.report, lower=args.lower)
     if not args.quiet:
         print(report.summary(), file=sys.stderr)
     return EXIT_OK

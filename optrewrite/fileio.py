@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from optrewrite.errors import InputError
 
@@ -24,8 +25,12 @@ def check_distinct(input_path: Path, output_path: Path) -> None:
         raise InputError(f"{output_path}: the output would overwrite the input; choose another -o")
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+def write_atomic(path: Path, data: bytes, *, verify: Callable[[Path], None] | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
+
+    ``verify`` runs on the complete temporary file, beside ``path``, before it replaces
+    anything; when it raises, nothing is written.
+    """
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise InputError(f"{path}: the output directory does not exist")
@@ -38,6 +43,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if verify is not None:
+            verify(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -1,0 +1,1 @@
+"""The ONNX path: ai.onnx.preview.training updates and decomposed update steps."""

@@ -1,0 +1,1 @@
+"""The ONNX rewrite passes, one a module. Each emits standard ONNX ops into a Block."""

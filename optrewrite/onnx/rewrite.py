@@ -1,0 +1,347 @@
+"""The ONNX rewrite: find update sites, select them by the spec, emit the passes, record the plan.
+
+Order per tensor, as on the TensorFlow path: global-norm clip of the gradient, then the
+zero-gradient guard (which tests the clipped gradient), then the clip groups in spec order.
+Every rewritten update keeps its output names: the last inserted op of a tensor produces
+the name the original update produced, so graph outputs and consumers are unchanged.
+
+1. A preview-training node whose tensors are selected is replaced. Lowered, each tensor's
+   update becomes standard ops (:mod:`.passes.lower_training_ops`); otherwise unguarded
+   tensors stay in one reduced node of the same kind and name, and each guarded tensor
+   gets a one-tensor node of its own inside its ``If``.
+2. A decomposed site's update ops (those the update's outputs need and nothing else does)
+   move inside the guard's ``If``, so a skipped step does not compute them.
+
+The plan (spec digest) is recorded in the model's ``metadata_props`` under ``optrewrite.plan``:
+rewriting a model that carries one with the same spec changes nothing, with a different spec
+it is an input error, since actions do not stack.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import onnx
+
+from optrewrite.errors import InputError, SpecError
+from optrewrite.onnx import io
+from optrewrite.onnx.graph import PREFIX, Block, Editor
+from optrewrite.onnx.passes import lower_training_ops as lowering
+from optrewrite.onnx.passes.clip_by_norm import clip_by_norm
+from optrewrite.onnx.passes.global_norm_clip import global_norm_clip
+from optrewrite.onnx.passes.guard_zero_grad import any_nonzero, guarded
+from optrewrite.onnx.sites import PREVIEW_DOMAIN, Discovery, TrainingNode, UpdateSite, find_update_sites
+from optrewrite.report import Report, SiteEntry, SkipEntry
+from optrewrite.spec import ClipGroup, Spec
+
+PLAN_KEY = "optrewrite.plan"
+
+
+@dataclass
+class Outcome:
+    data: bytes
+    report: Report
+    model: onnx.ModelProto
+
+
+@dataclass(frozen=True)
+class Selection:
+    site: UpdateSite
+    global_norm: bool
+    guard: bool
+    clips: tuple[ClipGroup, ...]
+    lower: bool
+
+    @property
+    def touched(self) -> bool:
+        return self.global_norm or self.guard or bool(self.clips) or self.lower
+
+    def actions(self) -> list[str]:
+        names = ["global_norm_clip"] if self.global_norm else []
+        names += ["guard"] if self.guard else []
+        names += [f"clip[{g.index}]" for g in self.clips]
+        return names + (["lower"] if self.lower else [])
+
+
+def plan_digest(spec: Spec, lower: bool) -> str:
+    body = {
+        "format": 1,
+        "lower": lower,
+        "guard": _selector(spec.guard.select) if spec.guard else None,
+        "clip": [{**_selector(g.select), "max_norm": g.max_norm, "dims": g.dims} for g in spec.clip],
+        "global_norm_clip": {**_selector(spec.global_norm_clip.select), "clip_norm": spec.global_norm_clip.clip_norm}
+        if spec.global_norm_clip else None,
+        "updates": [[u.variable, u.gradient, u.updated, u.state] for u in spec.updates],
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _selector(sel) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+    return {"include": [p.text for p in sel.include], "exclude": [p.text for p in sel.exclude]}
+
+
+def rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool = False) -> Outcome:
+    lower = lower or spec.lower
+    model = loaded.model
+    report = Report(input=str(loaded.path), format=loaded.format_name)
+    digest = plan_digest(spec, lower)
+    recorded = next((p.value for p in model.metadata_props if p.key == PLAN_KEY), None)
+    if recorded is not None:
+        if recorded != digest:
+            raise InputError(
+                f"{loaded.path}: already rewritten by optrewrite with a different spec; "
+                "rewrite the original model instead"
+            )
+        report.note = "already rewritten with this spec: nothing to do"
+        return Outcome(data=loaded.raw, report=report, model=model)
+
+    ed = Editor(model)
+    found = find_update_sites(ed, spec, loaded.path)
+    report.skipped = [SkipEntry(s.key, s.variable, s.reason) for s in found.skips]
+    spec.bind({s.variable: s.rank for s in found.sites}, {s.variable: s.reason for s in found.skips if s.variable})
+    if lower and not found.nodes:
+        raise InputError(f"{loaded.path}: nothing to lower: the model has no {PREVIEW_DOMAIN} update node")
+
+    selections = {s.key: _select(s, spec, lower) for s in found.sites}
+    if any(sel.touched for sel in selections.values()):
+        ed.require_opset(loaded.path)
+    gradients = _global_norm_clip(ed, found, selections, spec)
+    for tn in found.nodes:
+        _rewrite_training_node(ed, tn, [selections[s.key] for s in tn.sites], gradients, lower)
+    for site in found.sites:
+        if site.node is None and selections[site.key].touched:
+            _rewrite_decomposed(ed, selections[site.key], gradients)
+    ed.finish()
+    model.metadata_props.add(key=PLAN_KEY, value=digest)
+
+    report.sites = [
+        SiteEntry(variable=s.variable, update=s.key, kind=s.kind, sparse=False, device="",
+                  inserted=selections[s.key].actions())
+        for s in found.sites
+    ]
+    report.changed = True
+    report.nodes_added = ed.created
+    report.nodes_changed = len(ed.replace)
+    if model.ir_version > io.MAX_IR_VERSION:
+        report.note = f"IR version {model.ir_version} written as {io.MAX_IR_VERSION}, the newest onnxruntime 1.31 loads"
+    return Outcome(data=io.serialize(model), report=report, model=model)
+
+
+def _select(site: UpdateSite, spec: Spec, lower: bool) -> Selection:
+    gnc = spec.global_norm_clip
+    return Selection(
+        site=site,
+        global_norm=gnc is not None and gnc.select.matches(site.variable),
+        guard=spec.guard is not None and spec.guard.select.matches(site.variable),
+        clips=tuple(g for g in spec.clip if g.select.matches(site.variable)),
+        lower=lower and site.node is not None,
+    )
+
+
+def _scope(site: UpdateSite) -> str:
+    return f"{PREFIX}/{site.variable}"
+
+
+def _global_norm_clip(ed: Editor, found: Discovery, selections: dict[str, Selection],
+                      spec: Spec) -> dict[str, str]:
+    """Emit the global-norm clip; return each clipped site's new gradient name."""
+    chosen = [s for s in found.sites if selections[s.key].global_norm]
+    if not chosen:
+        return {}
+    types = sorted({onnx.TensorProto.DataType.Name(s.elem_type).lower() for s in chosen})
+    if len(types) != 1:
+        assert spec.global_norm_clip is not None
+        raise SpecError(spec.source, "global_norm_clip",
+                        f"the selected gradients have different element types ({', '.join(types)})")
+    assert spec.global_norm_clip is not None
+    b = ed.block(f"{PREFIX}/global_norm_clip")
+    clipped = global_norm_clip(b, [s.gradient for s in chosen], spec.global_norm_clip.clip_norm, chosen[0].elem_type)
+    # Placed before the first update that reads a clipped gradient; the final ordering pass
+    # moves it later when a gradient is produced after that point.
+    ed.before.setdefault(_first_use(ed, chosen), []).extend(b.nodes)
+    return {s.key: c for s, c in zip(chosen, clipped)}
+
+
+def _first_use(ed: Editor, sites: list[UpdateSite]) -> int:
+    firsts = []
+    for site in sites:
+        if site.node is not None:
+            firsts.append(site.node)
+        else:
+            firsts.extend(i for i, n in enumerate(ed.graph.node) if site.gradient in n.input)
+    return min(firsts) if firsts else len(ed.graph.node) - 1
+
+
+def _rewrite_training_node(ed: Editor, tn: TrainingNode, sels: list[Selection],
+                           gradients: dict[str, str], lower: bool) -> None:
+    if not any(sel.touched for sel in sels):
+        return
+    node = ed.graph.node[tn.index]
+    attrs = lowering.attributes(node, tn.sites[0].key)
+    r, t = node.input[0], node.input[1]
+    b = ed.block(f"{PREFIX}/{node.name or tn.kind}")
+    shared = None
+    if lower:
+        r_type = ed.elem_type(r) or tn.sites[0].elem_type
+        shared = {elem: lowering.shared_scalars(b, tn.kind, attrs, r, t, r_type, elem)
+                  for elem in sorted({s.elem_type for s in tn.sites})}
+    kept: list[tuple[UpdateSite, str, str]] = []  # unguarded, not lowered: (site, gradient, X')
+    tails: list[Block] = []
+    for sel in sels:
+        site = sel.site
+        g = gradients.get(site.key, site.gradient)
+        x_out = ed.fresh(f"{site.updated}/{PREFIX}_unclipped") if sel.clips else site.updated
+        outs = [x_out, *(new for _, new in site.states)]
+        olds = [site.variable, *(old for old, _ in site.states)]
+        if sel.guard:
+            then = ed.block(f"{_scope(site)}/update")
+            results = [ed.fresh(f"{o}/{PREFIX}_updated") for o in outs]
+            if lower:
+                assert shared is not None
+                lowering.update(then, tn.kind, attrs, shared[site.elem_type], site.variable, g,
+                                olds[1:], site.elem_type, results)
+            else:
+                then.emit(tn.kind, [r, t, *olds[:1], g, *olds[1:]], outs=results,
+                          domain=PREVIEW_DOMAIN, **attrs)
+            guard = ed.block(f"{_scope(site)}/guard")
+            cond = any_nonzero(guard, g, site.elem_type)
+            guarded(guard, cond, then, results, olds, outs, [ed.types.get(o) for o in olds])
+            tails.append(guard)
+        elif lower:
+            assert shared is not None
+            lowering.update(b, tn.kind, attrs, shared[site.elem_type], site.variable, g, olds[1:],
+                            site.elem_type, outs)
+        else:
+            kept.append((site, g, x_out))
+        if sel.clips:
+            tails.append(_clip_chain(ed, site, sel.clips, x_out))
+    replacement = list(b.nodes)
+    if kept:
+        n = len(kept)
+        states = len(kept[0][0].states)
+        inputs = [r, t, *(s.variable for s, _, _ in kept), *(g for _, g, _ in kept)]
+        outputs = [x for _, _, x in kept]
+        for k in range(states):
+            inputs += [s.states[k][0] for s, _, _ in kept]
+            outputs += [s.states[k][1] for s, _, _ in kept]
+        reduced = onnx.NodeProto()
+        reduced.CopyFrom(node)
+        del reduced.input[:], reduced.output[:]
+        reduced.input.extend(inputs)
+        reduced.output.extend(outputs)
+        assert len(outputs) == n * (1 + states)
+        replacement.append(reduced)
+    for tail in tails:
+        replacement.extend(tail.nodes)
+    ed.replace[tn.index] = replacement
+
+
+def _clip_chain(ed: Editor, site: UpdateSite, groups: tuple[ClipGroup, ...], x: str) -> Block:
+    b = ed.block(f"{_scope(site)}/clip")
+    for k, group in enumerate(groups):
+        last = k == len(groups) - 1
+        out = site.updated if last else ed.fresh(f"{site.updated}/{PREFIX}_{group.field}")
+        clip_by_norm(b, x, group, site.elem_type, out)
+        x = out
+    return b
+
+
+def _rewrite_decomposed(ed: Editor, sel: Selection, gradients: dict[str, str]) -> None:
+    """Guard and clip an update written in plain ops (a spec ``updates:`` entry)."""
+    site = sel.site
+    nodes = ed.graph.node
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    outs = [site.updated, *(new for _, new in site.states)]
+    olds = [site.variable, *(old for old, _ in site.states)]
+    cone = _ancestors(nodes, producer, [producer[o] for o in outs])
+    grad_side = _ancestors(nodes, producer, [producer[site.gradient]] if site.gradient in producer else [])
+    cone -= grad_side
+
+    g = site.gradient
+    if site.key in gradients:
+        g = gradients[site.key]
+        uses = _descendants(nodes, site.gradient) & cone
+        for i in uses:
+            nodes[i].input[:] = [g if name == site.gradient else name for name in nodes[i].input]
+
+    final = ed.fresh(f"{site.updated}/{PREFIX}_unclipped") if sel.clips else site.updated
+    if sel.guard:
+        moved = _movable(ed, nodes, cone, set(outs))
+        if any(producer[o] not in moved for o in outs):
+            # Some of the update's results are read elsewhere: it runs every step and the
+            # guard selects its results (computed, then discarded on a skipped step).
+            moved = set()
+        renamed = {o: ed.fresh(f"{o}/{PREFIX}_updated") for o in outs}
+        for i in cone:
+            node = nodes[i]
+            node.input[:] = [renamed.get(x, x) for x in node.input]
+            node.output[:] = [renamed.get(x, x) for x in node.output]
+        then = ed.block(f"{_scope(site)}/update")
+        for i in sorted(moved):
+            then.nodes.append(nodes[i])
+            ed.replace[i] = []
+        results = [renamed[o] if moved else then.op("Identity", [renamed[o]]) for o in outs]
+        guard = ed.block(f"{_scope(site)}/guard")
+        cond = any_nonzero(guard, g, site.elem_type)
+        guarded(guard, cond, then, results, olds, [final, *outs[1:]], [ed.types.get(o) for o in olds])
+        ed.after.setdefault(max(producer[o] for o in outs), []).extend(guard.nodes)
+    elif sel.clips:
+        i = producer[site.updated]
+        nodes[i].output[:] = [final if o == site.updated else o for o in nodes[i].output]
+    if sel.clips:
+        ed.after.setdefault(max(producer[o] for o in outs), []).extend(
+            _clip_chain(ed, site, sel.clips, final).nodes)
+
+
+def _ancestors(nodes, producer: dict[str, int], start: list[int]) -> set[int]:  # type: ignore[no-untyped-def]
+    seen: set[int] = set()
+    stack = list(start)
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        stack.extend(producer[name] for name in nodes[i].input if name in producer)
+    return seen
+
+
+def _descendants(nodes, tensor: str) -> set[int]:  # type: ignore[no-untyped-def]
+    users: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in n.input:
+            users.setdefault(name, []).append(i)
+    seen: set[int] = set()
+    stack = list(users.get(tensor, []))
+    while stack:
+        i = stack.pop()
+        if i in seen:
+            continue
+        seen.add(i)
+        for out in nodes[i].output:
+            stack.extend(users.get(out, []))
+    return seen
+
+
+def _movable(ed: Editor, nodes, cone: set[int], site_outputs: set[str]) -> set[int]:  # type: ignore[no-untyped-def]
+    """The cone's nodes whose results nothing outside the cone reads (site outputs excepted)."""
+    from optrewrite.onnx.graph import node_uses  # noqa: PLC0415
+
+    graph_outputs = {o.name for o in ed.graph.output}
+    readers: dict[str, set[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in node_uses(n) if n.op_type in ("If", "Loop", "Scan") else n.input:
+            readers.setdefault(name, set()).add(i)
+    moved = set(cone)
+    changed = True
+    while changed:
+        changed = False
+        for i in sorted(moved):
+            for out in nodes[i].output:
+                if out in site_outputs:
+                    continue
+                if out in graph_outputs or readers.get(out, set()) - moved:
+                    moved.discard(i)
+                    changed = True
+                    break
+    return moved

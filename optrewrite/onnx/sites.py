@@ -1,0 +1,194 @@
+"""Finding the per-tensor updates of an ONNX training step.
+
+1. ``ai.onnx.preview.training`` Adam / Adagrad / Momentum nodes: one node updates N tensors;
+   inputs are ``R, T, X_1..X_N, G_1..G_N`` then each state's block, outputs ``X'_1..X'_N``
+   then each state's new block. Each tensor i is one site, named by X_i's tensor name.
+2. Decomposed steps written in plain ops: the spec's ``updates:`` entries name the sites.
+3. onnxruntime training artifacts (``com.microsoft`` optimizer ops over tensor sequences)
+   are refused: see :data:`ORT_OPTIMIZERS`.
+
+Training nodes inside subgraphs or local functions are reported as skipped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+from optrewrite.errors import InputError, SpecError
+from optrewrite.onnx.graph import Editor, subgraphs
+from optrewrite.spec import Spec
+
+PREVIEW_DOMAIN = "ai.onnx.preview.training"
+STATES = {"Adagrad": ("H",), "Momentum": ("V",), "Adam": ("V", "H")}
+FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+
+ORT_OPTIMIZERS = frozenset({
+    "AdamWOptimizer", "SGDOptimizerV2", "AdamOptimizer", "SGDOptimizer", "LambOptimizer",
+})
+_ORT_REFUSAL = (
+    "it updates a whole sequence of tensors in place under one update_signal, so the step "
+    "cannot be skipped for one tensor while the others update, and splitting the sequence "
+    "would change the optimizer onnxruntime-training runs; rewrite the training graph before "
+    "generating artifacts (ai.onnx.preview.training ops, or plain ops named in the spec's updates:)"
+)
+
+
+@dataclass(frozen=True)
+class UpdateSite:
+    key: str  # "Adam 'node'[i]" or "updates[k]"
+    kind: str  # Adam | Adagrad | Momentum | decomposed
+    variable: str
+    gradient: str
+    updated: str  # the tensor that becomes the variable's next value
+    states: tuple[tuple[str, str], ...]  # (current, next) per optimizer state
+    elem_type: int
+    rank: int | None
+    node: int | None = None  # index of the preview-training node
+    slot: int = 0  # the tensor's position among the node's N
+
+
+@dataclass(frozen=True)
+class Skip:
+    key: str
+    variable: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrainingNode:
+    index: int
+    kind: str
+    n: int
+    sites: tuple[UpdateSite, ...]
+
+
+@dataclass
+class Discovery:
+    sites: list[UpdateSite] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+    nodes: list[TrainingNode] = field(default_factory=list)
+
+
+def _label(node: onnx.NodeProto, index: int) -> str:
+    return f"{node.op_type} {node.name!r}" if node.name else f"{node.op_type} #{index}"
+
+
+def _typed(ed: Editor, name: str, where: str) -> tuple[int, int | None]:
+    elem = ed.elem_type(name)
+    if elem is None:
+        ed.learn_types()
+        elem = ed.elem_type(name)
+    if elem is None:
+        raise InputError(f"{where}: the element type of {name!r} is unknown; add it to the graph's value_info")
+    if elem not in FLOAT_TYPES:
+        raise InputError(
+            f"{where}: {name!r} is {onnx.TensorProto.DataType.Name(elem).lower()}; "
+            "only float and double tensors are updated"
+        )
+    return elem, ed.rank(name)
+
+
+def _training_node(ed: Editor, index: int, node: onnx.NodeProto) -> TrainingNode:
+    label = _label(node, index)
+    states = STATES[node.op_type]
+    width = 2 + len(states)
+    body = len(node.input) - 2
+    if body <= 0 or body % width or len(node.output) != body // width * (1 + len(states)):
+        raise InputError(
+            f"{label}: expected R, T and {width} blocks of N inputs and {1 + len(states)} blocks "
+            f"of N outputs, got {len(node.input)} inputs and {len(node.output)} outputs"
+        )
+    n = body // width
+    sites = []
+    for i in range(n):
+        x, g = node.input[2 + i], node.input[2 + n + i]
+        state_pairs = tuple(
+            (node.input[2 + (2 + k) * n + i], node.output[(1 + k) * n + i]) for k in range(len(states))
+        )
+        if not x or not g or not node.output[i] or any(not a or not b for a, b in state_pairs):
+            raise InputError(f"{label}: tensor {i} has an empty input or output name")
+        elem, rank = _typed(ed, x, label)
+        sites.append(UpdateSite(
+            key=f"{label}[{i}]", kind=node.op_type, variable=x, gradient=g, updated=node.output[i],
+            states=state_pairs, elem_type=elem, rank=rank, node=index, slot=i,
+        ))
+    return TrainingNode(index=index, kind=node.op_type, n=n, sites=tuple(sites))
+
+
+def _nested_training(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    found = []
+    for node in graph.node:
+        if node.domain == PREVIEW_DOMAIN and node.op_type in STATES:
+            found.append(node)
+        for sub in subgraphs(node):
+            found.extend(_nested_training(sub))
+    return found
+
+
+def find_update_sites(ed: Editor, spec: Spec, source: object) -> Discovery:
+    found = Discovery()
+    for index, node in enumerate(ed.graph.node):
+        if node.domain == "com.microsoft" and node.op_type in ORT_OPTIMIZERS:
+            raise InputError(
+                f"{source}: {_label(node, index)} is an onnxruntime training optimizer "
+                f"(com.microsoft::{node.op_type}); optrewrite cannot guard it per tensor: {_ORT_REFUSAL}"
+            )
+        if node.domain == PREVIEW_DOMAIN and node.op_type in STATES:
+            tn = _training_node(ed, index, node)
+            found.nodes.append(tn)
+            found.sites.extend(tn.sites)
+        else:
+            for sub in subgraphs(node):
+                for inner in _nested_training(sub):
+                    found.skips.append(Skip(
+                        key=_label(inner, index), variable=inner.input[2] if len(inner.input) > 2 else None,
+                        reason=f"inside a subgraph of {_label(node, index)}; updates in subgraphs are not rewritten",
+                    ))
+    for function in ed.model.functions:
+        for inner in function.node:
+            if inner.domain == PREVIEW_DOMAIN and inner.op_type in STATES:
+                found.skips.append(Skip(
+                    key=f"{function.domain}::{function.name}/{_label(inner, 0)}", variable=None,
+                    reason="inside a local function; updates in functions are not rewritten",
+                ))
+    found.sites.extend(_declared_sites(ed, spec, found))
+    return found
+
+
+def _declared_sites(ed: Editor, spec: Spec, found: Discovery) -> list[UpdateSite]:
+    """The spec's ``updates:`` entries, checked against the graph."""
+    produced = {out for node in ed.graph.node for out in node.output if out}
+    holders = ed.graph_inputs | ed.initializers
+    known = holders | produced
+    taken = {s.variable: s.key for s in found.sites}
+    outputs_taken = {s.updated for s in found.sites}
+    sites = []
+    for k, entry in enumerate(spec.updates):
+        field_ = f"updates[{k}]"
+
+        def fail(sub: str, message: str) -> SpecError:
+            return SpecError(spec.source, f"{field_}.{sub}", message, entry.line)  # noqa: B023
+
+        if entry.variable not in holders:
+            raise fail("variable", f"{entry.variable!r} is not a graph input or initializer")
+        if entry.variable in taken:
+            raise fail("variable", f"{entry.variable!r} is already updated by {taken[entry.variable]}")
+        if entry.gradient not in known:
+            raise fail("gradient", f"no tensor named {entry.gradient!r}")
+        for sub, name in [("updated", entry.updated), *((f"state[{j}][1]", b) for j, (_, b) in enumerate(entry.state))]:
+            if name not in produced:
+                raise fail(sub, f"{name!r} is not produced by any node")
+            if name in outputs_taken:
+                raise fail(sub, f"{name!r} is already named by another update")
+            outputs_taken.add(name)
+        for j, (old, _) in enumerate(entry.state):
+            if old not in holders:
+                raise fail(f"state[{j}][0]", f"{old!r} is not a graph input or initializer")
+        elem, rank = _typed(ed, entry.variable, f"{spec.source}: {field_}")
+        taken[entry.variable] = field_
+        sites.append(UpdateSite(
+            key=field_, kind="decomposed", variable=entry.variable, gradient=entry.gradient,
+            updated=entry.updated, states=tuple(entry.state), elem_type=elem, rank=rank,
+        ))
+    return sites
