@@ -22,6 +22,7 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 from optrewrite.errors import InputError
 
 PREFIX = "optrewrite"
+PREVIEW_DOMAIN = "ai.onnx.preview.training"
 MIN_OPSET = 13  # ReduceSum takes its axes as an input from opset 13 on
 DEFAULT_OPSET = 17
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
@@ -93,7 +94,7 @@ class Block:
         ed = self.editor
         node_name = ed.fresh(f"{self.scope}/{op_type}")
         if outs is None:
-            outs = [ed.fresh(f"{node_name}:{k}" if outputs > 1 else node_name) for k in range(outputs)]
+            outs = [node_name] if outputs == 1 else [ed.fresh(f"{node_name}:{k}") for k in range(outputs)]
         ed.created += 1
         self.nodes.append(helper.make_node(op_type, list(inputs), list(outs), name=node_name,
                                            domain=domain or None, **attrs))

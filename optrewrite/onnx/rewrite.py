@@ -26,12 +26,12 @@ import onnx
 
 from optrewrite.errors import InputError, SpecError
 from optrewrite.onnx import io
-from optrewrite.onnx.graph import PREFIX, Block, Editor
+from optrewrite.onnx.graph import PREFIX, PREVIEW_DOMAIN, Block, Editor
 from optrewrite.onnx.passes import lower_training_ops as lowering
 from optrewrite.onnx.passes.clip_by_norm import clip_by_norm
 from optrewrite.onnx.passes.global_norm_clip import global_norm_clip
-from optrewrite.onnx.passes.guard_zero_grad import any_nonzero, guarded
-from optrewrite.onnx.sites import PREVIEW_DOMAIN, Discovery, TrainingNode, UpdateSite, find_update_sites
+from optrewrite.onnx.passes.guard_zero_grad import any_nonzero, branches, guarded
+from optrewrite.onnx.sites import Discovery, TrainingNode, UpdateSite, find_update_sites
 from optrewrite.report import Report, SiteEntry, SkipEntry
 from optrewrite.spec import ClipGroup, Spec
 
@@ -206,7 +206,8 @@ def _rewrite_training_node(ed: Editor, tn: TrainingNode, sels: list[Selection],
                           domain=PREVIEW_DOMAIN, **attrs)
             guard = ed.block(f"{_scope(site)}/guard")
             cond = any_nonzero(guard, g, site.elem_type)
-            guarded(guard, cond, then, results, olds, outs, [ed.types.get(o) for o in olds])
+            guarded(guard, cond, then, results, olds, outs, [ed.types.get(o) for o in olds],
+                    select=lower and not branches(ed.opset or 0))
             tails.append(guard)
         elif lower:
             assert shared is not None
@@ -267,7 +268,7 @@ def _rewrite_decomposed(ed: Editor, sel: Selection, gradients: dict[str, str]) -
 
     final = ed.fresh(f"{site.updated}/{PREFIX}_unclipped") if sel.clips else site.updated
     if sel.guard:
-        moved = _movable(ed, nodes, cone, set(outs))
+        moved = _movable(ed, nodes, cone, set(outs)) if branches(ed.opset or 0) else set()
         if any(producer[o] not in moved for o in outs):
             # Some of the update's results are read elsewhere: it runs every step and the
             # guard selects its results (computed, then discarded on a skipped step).
@@ -281,10 +282,12 @@ def _rewrite_decomposed(ed: Editor, sel: Selection, gradients: dict[str, str]) -
         for i in sorted(moved):
             then.nodes.append(nodes[i])
             ed.replace[i] = []
-        results = [renamed[o] if moved else then.op("Identity", [renamed[o]]) for o in outs]
+        select = not branches(ed.opset or 0)
+        results = [renamed[o] if moved or select else then.op("Identity", [renamed[o]]) for o in outs]
         guard = ed.block(f"{_scope(site)}/guard")
         cond = any_nonzero(guard, g, site.elem_type)
-        guarded(guard, cond, then, results, olds, [final, *outs[1:]], [ed.types.get(o) for o in olds])
+        guarded(guard, cond, then, results, olds, [final, *outs[1:]], [ed.types.get(o) for o in olds],
+                select=select)
         ed.after.setdefault(max(producer[o] for o in outs), []).extend(guard.nodes)
     elif sel.clips:
         i = producer[site.updated]

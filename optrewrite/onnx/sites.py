@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 import onnx
 
 from optrewrite.errors import InputError, SpecError
-from optrewrite.onnx.graph import Editor, subgraphs
+from optrewrite.onnx.graph import PREVIEW_DOMAIN, Editor, subgraphs
 from optrewrite.spec import Spec
 
-PREVIEW_DOMAIN = "ai.onnx.preview.training"
 STATES = {"Adagrad": ("H",), "Momentum": ("V",), "Adam": ("V", "H")}
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
 

@@ -2,13 +2,21 @@
 
 ::
 
-    update = ReduceMin(Cast(G == 0, E), keepdims=0) < 1      # some element is non-zero
+    update = Not(ReduceSum(Abs(G), keepdims=0) <= 0)         # some element is non-zero
     X', S'_1.. = If(update,
                     then: the update's ops (moved inside, so a skipped step does no work),
                     else: Identity(X), Identity(S_1), ..)
 
--0.0 compares equal to zero; NaN does not, so a NaN gradient is applied, as in the seed.
-The branch outputs take the types of X and the states.
+A sum of absolute values is zero exactly when every element is zero or -0.0; a NaN makes it
+NaN, for which ``<= 0`` is false, so a NaN gradient is applied, as in the seed (an infinity
+likewise). The branch outputs take the types of X and the states.
+
+onnxruntime's CUDA provider has no ``If`` kernel for ai.onnx opset 21 and newer. For such
+models, and only when the update is made of standard ops, the guard selects instead::
+
+    X' = Where(update, <X updated>, X)   (and each state likewise)
+
+which computes the update on every step and keeps the old values on a skipped one.
 """
 from __future__ import annotations
 
@@ -19,15 +27,31 @@ import onnx
 from optrewrite.onnx.graph import Block, branch, value_info
 
 
+LAST_OPSET_WITH_CUDA_IF = 20
+
+
 def any_nonzero(b: Block, g: str, elem: int) -> str:
-    zero = b.op("Cast", [b.op("Equal", [g, b.const(0.0, elem)])], to=elem)
-    return b.op("Less", [b.op("ReduceMin", [zero], keepdims=0), b.const(1.0, elem)])
+    total = b.op("ReduceSum", [b.op("Abs", [g])], keepdims=0)
+    return b.op("Not", [b.op("LessOrEqual", [total, b.const(0.0, elem)])])
+
+
+def branches(opset: int) -> bool:
+    """Whether the guard may skip work with ``If`` at this ai.onnx opset (see above)."""
+    return opset <= LAST_OPSET_WITH_CUDA_IF
 
 
 def guarded(b: Block, cond: str, then: Block, results: Sequence[str], keep: Sequence[str],
-            outs: Sequence[str], types: Sequence[onnx.TypeProto | None]) -> None:
-    """Emit ``outs = If(cond, then's ``results``, ``keep`` unchanged)``."""
+            outs: Sequence[str], types: Sequence[onnx.TypeProto | None], *, select: bool = False) -> None:
+    """Emit ``outs = If(cond, then's ``results``, ``keep`` unchanged)``.
+
+    With ``select``, ``then``'s nodes run unconditionally and Where picks the results.
+    """
     ed = b.editor
+    if select:
+        b.nodes.extend(then.nodes)
+        for result, old, out in zip(results, keep, outs):
+            b.op("Where", [cond, result, old], out=out)
+        return
     else_ = ed.block(f"{b.scope}/else")
     kept = [else_.op("Identity", [k]) for k in keep]
     then_g = branch(ed.fresh(f"{b.scope}/then"), then.nodes,

@@ -26,21 +26,26 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
-from optrewrite.onnx.graph import Block
+from optrewrite.errors import InputError
+from optrewrite.onnx.graph import PREVIEW_DOMAIN, Block
 
-DEFAULTS = {
-    "Adagrad": {"decay_factor": 0.0, "epsilon": 1e-6, "norm_coefficient": 0.0},
-    "Momentum": {"norm_coefficient": None, "alpha": None, "beta": None, "mode": None},
-    "Adam": {"alpha": 0.9, "beta": 0.999, "epsilon": 1e-6, "norm_coefficient": 0.0,
-             "norm_coefficient_post": 0.0},
-}
+def defaults(op_type: str) -> dict[str, object]:
+    """The operator's attribute defaults from its schema (None: required).
+
+    Float attributes are stored as float32, so a default of 0.9 is 0.8999999761581421;
+    the lowering uses the stored values, as every runtime does.
+    """
+    schema = onnx.defs.get_schema(op_type, 1, PREVIEW_DOMAIN)
+    out: dict[str, object] = {}
+    for name, attr in schema.attributes.items():
+        value = helper.get_attribute_value(attr.default_value) if attr.default_value.name else None
+        out[name] = value.decode() if isinstance(value, bytes) else value
+    return out
 
 
-def attributes(node: onnx.NodeProto, source: str) -> dict[str, object]:
+def attributes(node: onnx.NodeProto, source: object) -> dict[str, object]:
     """The node's attributes with the operator's defaults; a required one missing is an error."""
-    from optrewrite.errors import InputError  # noqa: PLC0415
-
-    values: dict[str, object] = dict(DEFAULTS[node.op_type])
+    values = defaults(node.op_type)
     for attr in node.attribute:
         if attr.name not in values:
             raise InputError(f"{source}: unknown attribute {attr.name!r} of {node.op_type}")
