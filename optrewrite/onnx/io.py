@@ -2,8 +2,9 @@
 
 Weights stored in external files are never read: the model is parsed with its external-data
 references as they are. When the output goes to another directory, each referenced data
-file is copied beside it (streamed, or hard-linked where the file system allows), because
-onnxruntime and the onnx checker refuse data paths that leave the model's directory.
+file is copied beside it (streamed by the OS, never held in memory), because onnxruntime and
+the onnx checker refuse data paths that leave the model's directory, and the checker also
+refuses data files with more than one hard link.
 """
 from __future__ import annotations
 
@@ -123,11 +124,7 @@ def place_external_files(model: onnx.ModelProto, src_dir: Path, dst_dir: Path, s
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
         try:
-            os.unlink(tmp)
-            try:
-                os.link(path, tmp)
-            except OSError:
-                shutil.copyfile(path, tmp)
+            shutil.copyfile(path, tmp)
             os.replace(tmp, target)
             created.append(target)
         except BaseException:
