@@ -6,9 +6,22 @@ graphs that differ only in node order print the same.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from google.protobuf import text_format
 
 from optrewrite.tf import io, proto
+
+
+def canonical_file(path: Path) -> str:
+    """The canonical text of a graph file of either format (ONNX by its ``.onnx`` suffix)."""
+    if path.suffix.lower() == ".onnx":
+        import onnx  # noqa: PLC0415
+
+        from optrewrite.onnx.canonical import canonical_text as onnx_text  # noqa: PLC0415
+
+        return onnx_text(onnx.load(str(path), load_external_data=False))
+    return canonical_text(io.load(path, path.read_bytes()))
 
 
 def graph_text(graph: proto.GraphDef) -> str:

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from optrewrite.api import rewrite_file
-from optrewrite.canonical import canonical_text
-from optrewrite.tf import io
+from optrewrite.canonical import canonical_file
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 CASES = sorted(p for p in FIXTURES.iterdir() if (p / "expected.txt").exists())
@@ -17,7 +16,7 @@ CASES = sorted(p for p in FIXTURES.iterdir() if (p / "expected.txt").exists())
 
 def test_fixtures_cover_every_input_format() -> None:
     suffixes = {next(c.glob("input.*")).suffix for c in CASES}
-    assert suffixes >= {".pb", ".pbtxt", ".meta"}
+    assert suffixes >= {".pb", ".pbtxt", ".meta", ".onnx"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -25,7 +24,7 @@ def test_fixture_rewrites_to_expected_text(case: Path, tmp_path: Path) -> None:
     src = next(case.glob("input.*"))
     out = tmp_path / f"out{src.suffix}"
     rewrite_file(src, case / "spec.yaml", output=out)
-    actual = canonical_text(io.load(out, out.read_bytes()))
+    actual = canonical_file(out)
     expected = (case / "expected.txt").read_text()
     if actual != expected:
         diff = "".join(

@@ -5,7 +5,7 @@ text (optrewrite.canonical) of the rewritten graph. tests/test_fixtures.py rewri
 input and compares. After a deliberate change, regenerate and review the diff:
 
     python tools/regen_fixtures.py            # rewrite expected.txt from the committed inputs
-    python tools/regen_fixtures.py --inputs   # also rebuild the input graphs (needs TensorFlow)
+    python tools/regen_fixtures.py --inputs   # also rebuild the input graphs (TF ones need TensorFlow)
 """
 from __future__ import annotations
 
@@ -53,12 +53,86 @@ clip:
     colocate_with_variable: true
     use_locking: true
 """,
+    "adam_preview_lowered": """\
+version: 1
+lower: true
+guard: {}
+clip:
+  - variables: ["dense/kernel"]
+    dims: [1]
+    max_norm: 1.0
+global_norm_clip:
+  clip_norm: 5.0
+""",
+    "momentum_preview_guarded": """\
+version: 1
+guard:
+  variables: ["head/*"]
+""",
+    "decomposed_momentum": """\
+version: 1
+guard: {}
+clip:
+  - variables: ["W"]
+    max_norm: 2.0
+updates:
+  - variable: W
+    gradient: dW
+    updated: W_new
+    state: [[m, m_new]]
+""",
 }
 INPUTS = {
     "momentum_ref_dense": "input.pb",
     "adam_resource_sparse": "input.pbtxt",
     "gd_ref_sparse_meta": "input.meta",
+    "adam_preview_lowered": "input.onnx",
+    "momentum_preview_guarded": "input.onnx",
+    "decomposed_momentum": "input.onnx",
 }
+
+
+def _build_onnx_inputs() -> None:
+    import onnx  # noqa: PLC0415
+    from onnx import TensorProto, helper  # noqa: PLC0415
+
+    F = TensorProto.FLOAT
+    training = "ai.onnx.preview.training"
+    vi = helper.make_tensor_value_info
+
+    def save(name: str, nodes: list, inputs: list, outputs: list) -> None:  # type: ignore[type-arg]
+        graph = helper.make_graph(nodes, name, inputs, outputs)
+        model = helper.make_model(graph, ir_version=10, producer_name="regen_fixtures", opset_imports=[
+            helper.make_opsetid("", 17), helper.make_opsetid(training, 1)])
+        onnx.checker.check_model(model, full_check=True)
+        (FIXTURES / name).mkdir(parents=True, exist_ok=True)
+        onnx.save(model, FIXTURES / name / INPUTS[name])
+
+    def preview(name: str, op: str, params: dict[str, list[int]], states: int, **attrs: object) -> None:
+        xs = list(params)
+        blocks = [xs, [f"{x}/grad" for x in xs], *([f"{x}/state{k}" for x in xs] for k in range(states))]
+        inputs = [vi("lr", F, []), vi("step", TensorProto.INT64, [])]
+        inputs += [vi(n, F, params[xs[i % len(xs)]]) for block in blocks for i, n in enumerate(block)]
+        outs = [f"{n}/next" for block in [blocks[0], *blocks[2:]] for n in block]
+        outputs = [vi(n, F, params[xs[i % len(xs)]]) for i, n in enumerate(outs)]
+        node = helper.make_node(op, ["lr", "step", *(n for b in blocks for n in b)], outs,
+                                name="optimizer", domain=training, **attrs)
+        save(name, [node], inputs, outputs)
+
+    preview("adam_preview_lowered", "Adam", {"dense/kernel": [3, 2], "dense/bias": [2]}, 2,
+            norm_coefficient=0.001)
+    preview("momentum_preview_guarded", "Momentum", {"body/w": [4], "head/a": [4, 1], "head/b": [4, 1]}, 1,
+            alpha=0.9, beta=1.0, mode="nesterov", norm_coefficient=0.0)
+    # W_new = W - lr * (0.9 * m + dW), written in plain ops.
+    nodes = [
+        helper.make_node("Mul", ["momentum", "m"], ["m_decay"], name="m_decay"),
+        helper.make_node("Add", ["m_decay", "dW"], ["m_new"], name="m_new"),
+        helper.make_node("Mul", ["lr", "m_new"], ["step"], name="step"),
+        helper.make_node("Sub", ["W", "step"], ["W_new"], name="W_new"),
+    ]
+    save("decomposed_momentum", nodes,
+         [vi("W", F, [2, 3]), vi("m", F, [2, 3]), vi("dW", F, [2, 3]), vi("lr", F, []), vi("momentum", F, [])],
+         [vi("W_new", F, [2, 3]), vi("m_new", F, [2, 3])])
 
 
 def _build_inputs() -> None:
@@ -108,22 +182,23 @@ def _build_inputs() -> None:
 def expected_text(folder: Path) -> str:
     """The canonical text of the fixture's input rewritten by its spec."""
     from optrewrite.api import rewrite_file  # noqa: PLC0415
-    from optrewrite.canonical import canonical_text  # noqa: PLC0415
-    from optrewrite.tf import io  # noqa: PLC0415
+    from optrewrite.canonical import canonical_file  # noqa: PLC0415
 
     src = next(p for p in sorted(folder.iterdir()) if p.name.startswith("input."))
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"output{src.suffix}"
         rewrite_file(src, folder / "spec.yaml", output=out)
-        return canonical_text(io.load(out, out.read_bytes()))
+        return canonical_file(out)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--inputs", action="store_true", help="rebuild the input graphs with TensorFlow")
+    parser.add_argument("--inputs", action="store_true",
+                        help="rebuild the input graphs (the TensorFlow ones need TensorFlow)")
     args = parser.parse_args()
     if args.inputs:
         _build_inputs()
+        _build_onnx_inputs()
     for name, spec in SPECS.items():
         folder = FIXTURES / name
         (folder / "spec.yaml").write_text(spec)
