@@ -63,5 +63,5 @@ class Report:
             lines.append(f"  skipped {s.update}" + (f" ({s.variable})" if s.variable else "") + f": {s.reason}")
         if self.output:
             verb = "wrote" if self.changed else "wrote unchanged"
-            lines.append(f"  {verb} {self.output} (+{self.nodes_added} nodes, {self.nodes_changed} rewired)")
+            lines.append(f"  {verb} {self.output} (+{self.nodes_added} nodes, {self.nodes_changed} changed)")
         return "\n".join(lines)
