@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Sequence
 
 import onnx
 
 from optrewrite.errors import InputError, SpecError
 from optrewrite.onnx import io
-from optrewrite.onnx.graph import PREFIX, PREVIEW_DOMAIN, Block, Editor
+from optrewrite.onnx.graph import PREFIX, PREVIEW_DOMAIN, Block, Editor, node_uses
 from optrewrite.onnx.passes import lower_training_ops as lowering
 from optrewrite.onnx.passes.clip_by_norm import clip_by_norm
 from optrewrite.onnx.passes.global_norm_clip import global_norm_clip
@@ -109,9 +110,11 @@ def rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool = False) -> Out
     gradients = _global_norm_clip(ed, found, selections, spec)
     for tn in found.nodes:
         _rewrite_training_node(ed, tn, [selections[s.key] for s in tn.sites], gradients, lower)
-    for site in found.sites:
-        if site.node is None and selections[site.key].touched:
-            _rewrite_decomposed(ed, selections[site.key], gradients)
+    declared = [selections[s.key] for s in found.sites if s.node is None and selections[s.key].touched]
+    if declared:
+        index = _Index.build(ed, [sel.site for sel in declared])
+        for sel in declared:
+            _rewrite_decomposed(ed, index, sel, gradients)
     ed.finish()
     model.metadata_props.add(key=PLAN_KEY, value=digest)
 
@@ -164,13 +167,12 @@ def _global_norm_clip(ed: Editor, found: Discovery, selections: dict[str, Select
 
 
 def _first_use(ed: Editor, sites: list[UpdateSite]) -> int:
-    firsts = []
-    for site in sites:
-        if site.node is not None:
-            firsts.append(site.node)
-        else:
-            firsts.extend(i for i, n in enumerate(ed.graph.node) if site.gradient in n.input)
-    return min(firsts) if firsts else len(ed.graph.node) - 1
+    """The first node that reads one of the sites' gradients for its update."""
+    firsts = [s.node for s in sites if s.node is not None]
+    wanted = {s.gradient for s in sites if s.node is None}
+    if wanted:
+        firsts += [next(i for i, n in enumerate(ed.graph.node) if not wanted.isdisjoint(n.input))]
+    return min(firsts)
 
 
 def _rewrite_training_node(ed: Editor, tn: TrainingNode, sels: list[Selection],
@@ -248,27 +250,50 @@ def _clip_chain(ed: Editor, site: UpdateSite, groups: tuple[ClipGroup, ...], x: 
     return b
 
 
-def _rewrite_decomposed(ed: Editor, sel: Selection, gradients: dict[str, str]) -> None:
+@dataclass
+class _Index:
+    """Who produces and who reads each tensor, and which nodes the gradients need.
+
+    Built once for all declared sites: a site's edits rename only its own results and move
+    only nodes no other site reads, so the index stays valid for the next site.
+    """
+
+    producer: dict[str, int]
+    readers: dict[str, set[int]]
+    gradient_side: set[int]  # nodes some selected gradient depends on: they always run
+
+    @classmethod
+    def build(cls, ed: Editor, sites: list[UpdateSite]) -> "_Index":
+        nodes = ed.graph.node
+        producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+        readers: dict[str, set[int]] = {}
+        for i, n in enumerate(nodes):
+            for name in node_uses(n):
+                readers.setdefault(name, set()).add(i)
+        for o in ed.graph.output:
+            readers.setdefault(o.name, set()).add(-1)
+        starts = [producer[s.gradient] for s in sites if s.gradient in producer]
+        return cls(producer, readers, _ancestors(nodes, producer, starts, stop=set()))
+
+
+def _rewrite_decomposed(ed: Editor, index: _Index, sel: Selection, gradients: dict[str, str]) -> None:
     """Guard and clip an update written in plain ops (a spec ``updates:`` entry)."""
     site = sel.site
     nodes = ed.graph.node
-    producer = {out: i for i, n in enumerate(nodes) for out in n.output if out}
+    producer = index.producer
     outs = [site.updated, *(new for _, new in site.states)]
     olds = [site.variable, *(old for old, _ in site.states)]
-    cone = _ancestors(nodes, producer, [producer[o] for o in outs])
-    grad_side = _ancestors(nodes, producer, [producer[site.gradient]] if site.gradient in producer else [])
-    cone -= grad_side
+    cone = _ancestors(nodes, producer, [producer[o] for o in outs], stop=index.gradient_side)
 
     g = site.gradient
     if site.key in gradients:
         g = gradients[site.key]
-        uses = _descendants(nodes, site.gradient) & cone
-        for i in uses:
+        for i in index.readers.get(site.gradient, set()) & cone:
             nodes[i].input[:] = [g if name == site.gradient else name for name in nodes[i].input]
 
     final = ed.fresh(f"{site.updated}/{PREFIX}_unclipped") if sel.clips else site.updated
     if sel.guard:
-        moved = _movable(ed, nodes, cone, set(outs)) if branches(ed.opset or 0) else set()
+        moved = _movable(nodes, index, cone, set(outs)) if branches(ed.opset or 0) else set()
         if any(producer[o] not in moved for o in outs):
             # Some of the update's results are read elsewhere: it runs every step and the
             # guard selects its results (computed, then discarded on a skipped step).
@@ -297,54 +322,28 @@ def _rewrite_decomposed(ed: Editor, sel: Selection, gradients: dict[str, str]) -
             _clip_chain(ed, site, sel.clips, final).nodes)
 
 
-def _ancestors(nodes, producer: dict[str, int], start: list[int]) -> set[int]:  # type: ignore[no-untyped-def]
+def _ancestors(nodes: Sequence[onnx.NodeProto], producer: dict[str, int], start: list[int], *,
+               stop: set[int]) -> set[int]:
+    """``start`` and the nodes they depend on, not walking into ``stop``."""
     seen: set[int] = set()
-    stack = list(start)
+    stack = [i for i in start if i not in stop]
     while stack:
         i = stack.pop()
         if i in seen:
             continue
         seen.add(i)
-        stack.extend(producer[name] for name in nodes[i].input if name in producer)
+        stack.extend(j for name in node_uses(nodes[i]) if (j := producer.get(name)) is not None and j not in stop)
     return seen
 
 
-def _descendants(nodes, tensor: str) -> set[int]:  # type: ignore[no-untyped-def]
-    users: dict[str, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for name in n.input:
-            users.setdefault(name, []).append(i)
-    seen: set[int] = set()
-    stack = list(users.get(tensor, []))
-    while stack:
-        i = stack.pop()
-        if i in seen:
-            continue
-        seen.add(i)
-        for out in nodes[i].output:
-            stack.extend(users.get(out, []))
-    return seen
-
-
-def _movable(ed: Editor, nodes, cone: set[int], site_outputs: set[str]) -> set[int]:  # type: ignore[no-untyped-def]
+def _movable(nodes: Sequence[onnx.NodeProto], index: _Index, cone: set[int], site_outputs: set[str]) -> set[int]:
     """The cone's nodes whose results nothing outside the cone reads (site outputs excepted)."""
-    from optrewrite.onnx.graph import node_uses  # noqa: PLC0415
-
-    graph_outputs = {o.name for o in ed.graph.output}
-    readers: dict[str, set[int]] = {}
-    for i, n in enumerate(nodes):
-        for name in node_uses(n) if n.op_type in ("If", "Loop", "Scan") else n.input:
-            readers.setdefault(name, set()).add(i)
     moved = set(cone)
     changed = True
     while changed:
         changed = False
         for i in sorted(moved):
-            for out in nodes[i].output:
-                if out in site_outputs:
-                    continue
-                if out in graph_outputs or readers.get(out, set()) - moved:
-                    moved.discard(i)
-                    changed = True
-                    break
+            if any(out not in site_outputs and index.readers.get(out, set()) - moved for out in nodes[i].output):
+                moved.discard(i)
+                changed = True
     return moved
