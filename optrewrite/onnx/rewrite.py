@@ -171,7 +171,8 @@ def _first_use(ed: Editor, sites: list[UpdateSite]) -> int:
     firsts = [s.node for s in sites if s.node is not None]
     wanted = {s.gradient for s in sites if s.node is None}
     if wanted:
-        firsts += [next(i for i, n in enumerate(ed.graph.node) if not wanted.isdisjoint(n.input))]
+        firsts += [next((i for i, n in enumerate(ed.graph.node) if not wanted.isdisjoint(n.input)),
+                        len(ed.graph.node) - 1)]
     return min(firsts)
 
 
@@ -337,13 +338,23 @@ def _ancestors(nodes: Sequence[onnx.NodeProto], producer: dict[str, int], start:
 
 
 def _movable(nodes: Sequence[onnx.NodeProto], index: _Index, cone: set[int], site_outputs: set[str]) -> set[int]:
-    """The cone's nodes whose results nothing outside the cone reads (site outputs excepted)."""
+    """The cone's nodes that can run inside the guard's branch.
+
+    A node stays outside when something outside the branch reads one of its results: a node
+    outside the cone (except for the site's results, which the ``If`` provides), or a cone
+    node that stays outside itself.
+    """
     moved = set(cone)
     changed = True
     while changed:
         changed = False
         for i in sorted(moved):
-            if any(out not in site_outputs and index.readers.get(out, set()) - moved for out in nodes[i].output):
-                moved.discard(i)
-                changed = True
+            for out in nodes[i].output:
+                outside = index.readers.get(out, set()) - moved
+                if out in site_outputs:
+                    outside &= cone
+                if outside:
+                    moved.discard(i)
+                    changed = True
+                    break
     return moved
