@@ -244,3 +244,22 @@ def test_the_onnx_path_never_imports_tensorflow(tmp_path: Path) -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_malformed_training_node_is_an_input_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = momentum(tmp_path).model()
+    del model.graph.node[0].output[-1]
+    src = tmp_path / "bad.onnx"
+    onnx.save(model, src)
+    code, err = cli(capsys, src, "--spec", write(tmp_path / "s.yaml", GUARD))
+    assert code == 2 and "Momentum 'optimizer': expected R, T and 3 blocks of N inputs" in err
+
+
+def test_a_dangling_input_in_the_graph_is_an_input_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = momentum(tmp_path).model()
+    model.graph.node.insert(0, helper.make_node("Relu", ["nowhere"], ["r"], name="dangling"))
+    src = tmp_path / "bad.onnx"
+    onnx.save(model, src)
+    code, err = cli(capsys, src, "--spec", write(tmp_path / "s.yaml", GUARD), "--lower")
+    assert code == 2 and "'dangling' uses 'nowhere', which nothing defines" in err
+    assert not list(tmp_path.glob("*.rewritten.onnx"))
