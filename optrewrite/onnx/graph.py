@@ -103,6 +103,16 @@ class Block:
     def const(self, value: float | int | Sequence[int], elem_type: int) -> str:
         return self.editor.const(value, elem_type)
 
+    def reduce(self, op_type: str, x: str, axes: Sequence[int] | None, *, keepdims: int) -> str:
+        """A reduction over ``axes`` (all when None), in the form the model's opset takes:
+        axes are an input from opset 13 for ReduceSum and from 18 for the others."""
+        since = 13 if op_type == "ReduceSum" else 18
+        if axes is None:
+            return self.op(op_type, [x], keepdims=keepdims)
+        if (self.editor.opset or 0) >= since:
+            return self.op(op_type, [x, self.const(list(axes), TensorProto.INT64)], keepdims=keepdims)
+        return self.op(op_type, [x], axes=list(axes), keepdims=keepdims)
+
 
 class Editor:
     """One ONNX graph under rewrite."""

@@ -246,7 +246,7 @@ def _clip_chain(ed: Editor, site: UpdateSite, groups: tuple[ClipGroup, ...], x: 
     for k, group in enumerate(groups):
         last = k == len(groups) - 1
         out = site.updated if last else ed.fresh(f"{site.updated}/{PREFIX}_{group.field}")
-        clip_by_norm(b, x, group, site.elem_type, out)
+        clip_by_norm(b, x, group, site.elem_type, out, ed.types.get(site.variable))
         x = out
     return b
 

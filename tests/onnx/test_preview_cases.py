@@ -208,7 +208,7 @@ def test_lowered_ops_have_cuda_kernels(tmp_path: Path, kind: str, opset: int) ->
             step = replace(step, attrs={"decay_factor": 0.1})
         model = onnx.load(rewrite(tmp_path, step, CUDA_SPEC))
         uses = op_uses(model)
-        assert {u.op_type for u in uses} >= {"Sqrt", "ReduceSum", "Where", "Abs"}
+        assert {u.op_type for u in uses} >= {"Sqrt", "ReduceSumSquare", "ReduceL1", "Where"}
         gaps = cuda_gaps(uses)
         if opset >= 24:
             # The vendored kernel list registers Cast for CUDA up to opset 23 only; the lowering
@@ -216,3 +216,18 @@ def test_lowered_ops_have_cuda_kernels(tmp_path: Path, kind: str, opset: int) ->
             assert {u.op_type for u in uses if cuda_gaps([u])} <= {"Cast"}
         else:
             assert gaps == [], gaps
+
+
+@pytest.mark.parametrize("opset", [13, 17, 18, 21])
+def test_clip_at_each_reduction_form(tmp_path: Path, opset: int) -> None:
+    # Reductions take axes as an attribute before opset 18; from 21 the clip has no If.
+    step = replace(_matrix_step("Momentum", np.float64), opset=opset)
+    out = rewrite(tmp_path, step, "version: 1\nclip: [{variables: [X0], max_norm: 1.5, dims: [1]}, "
+                                  "{variables: [X1], max_norm: 100.0}]\n", lower=True)
+    assert ("If" in {n.op_type for n in onnx.load(out).graph.node}) == (opset <= 20)
+    got = run(out, step.feed(), ort_cpu=True)
+    expected = step.expected()
+    np.testing.assert_allclose(got[0], clip_by_norm(expected[0], 1.5, (1,)), rtol=1e-12)
+    # Within the norm: unchanged, bit for bit, where the If skips the clip.
+    if opset <= 20:
+        np.testing.assert_array_equal(got[1], expected[1])

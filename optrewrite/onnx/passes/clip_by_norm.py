@@ -1,29 +1,52 @@
-"""Post-update clip-by-norm (VariableClippingOptimizer), TensorFlow's exact formula.
+"""Post-update clip-by-norm (VariableClippingOptimizer), TensorFlow's formula.
 
 For the variable's new value X and a clip group (max_norm c, dims)::
 
-    l2sum   = ReduceSum(X * X, dims, keepdims=1)          # all dims when none are given
+    l2sum   = ReduceSumSquare(X, dims, keepdims=1)        # all dims when none are given
     pred    = l2sum > 0
     l2norm  = Where(pred, Sqrt(Where(pred, l2sum, 1)), l2sum)
-    clipped = X * c / Max(l2norm, c)
-    X_final = X - (X - clipped)                           # the seed's assign_sub
+    over    = Not(l2norm <= c)                            # NaN counts as over, as in TF
+    X_final = If(ReduceSum(Where(over, 1, 0)) > 0,
+                 then: X - (X - X * c / Max(l2norm, c)),  # the seed's assign_sub of TF's clip
+                 else: X)
 
-A zero norm leaves X unchanged; no epsilon is added (TF's clip_by_norm).
+A zero norm leaves X unchanged; no epsilon is added (TF's clip_by_norm). The ``If`` skips
+the full-size work on the common step where nothing exceeds the norm; such a tensor then
+comes out bit for bit unchanged (TF's formula computes X * c / c there, which can move an
+element by one ulp). Where onnxruntime's CUDA provider has no ``If`` (ai.onnx opset 21 and
+newer) the clipped value is computed every step, exactly as TF does.
 """
 from __future__ import annotations
 
-from onnx import TensorProto
+import onnx
 
-from optrewrite.onnx.graph import Block
+from optrewrite.onnx.graph import Block, branch, value_info
+from optrewrite.onnx.passes.guard_zero_grad import branches
 from optrewrite.spec import ClipGroup
 
 
-def clip_by_norm(b: Block, x: str, group: ClipGroup, elem: int, out: str) -> None:
+def clip_by_norm(b: Block, x: str, group: ClipGroup, elem: int, out: str, like: onnx.TypeProto | None) -> None:
+    ed = b.editor
     c = b.const(group.max_norm, elem)
-    axes = [] if group.dims is None else [b.const(list(group.dims), TensorProto.INT64)]
-    l2sum = b.op("ReduceSum", [b.op("Mul", [x, x]), *axes], keepdims=1)
+    l2sum = b.reduce("ReduceSumSquare", x, group.dims, keepdims=1)
     pred = b.op("Greater", [l2sum, b.const(0.0, elem)])
     safe = b.op("Where", [pred, l2sum, b.const(1.0, elem)])
     l2norm = b.op("Where", [pred, b.op("Sqrt", [safe]), l2sum])
+    if not branches(ed.opset or 0):
+        _clipped(b, x, c, l2norm, out)
+        return
+    over = b.op("Not", [b.op("LessOrEqual", [l2norm, c])])
+    count = b.reduce("ReduceSum", b.op("Where", [over, b.const(1.0, elem), b.const(0.0, elem)]), None, keepdims=0)
+    clip = ed.block(f"{b.scope}/clip")
+    result = _clipped(clip, x, c, l2norm, ed.fresh(f"{out}/clipped"))
+    keep = ed.block(f"{b.scope}/within")
+    kept = keep.op("Identity", [x])
+    b.emit("If", [b.op("Greater", [count, b.const(0.0, elem)])], outs=[out],
+           then_branch=branch(ed.fresh(f"{b.scope}/clip"), clip.nodes, [value_info(result, like)]),
+           else_branch=branch(ed.fresh(f"{b.scope}/within"), keep.nodes, [value_info(kept, like)]))
+
+
+def _clipped(b: Block, x: str, c: str, l2norm: str, out: str) -> str:
     clipped = b.op("Div", [b.op("Mul", [x, c]), b.op("Max", [l2norm, c])])
-    b.op("Sub", [x, b.op("Sub", [x, clipped])], out=out)
+    return b.op("Sub", [x, b.op("Sub", [x, clipped])], out=out)
+

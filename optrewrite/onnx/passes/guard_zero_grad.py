@@ -2,12 +2,12 @@
 
 ::
 
-    update = Not(ReduceSum(Abs(G), keepdims=0) <= 0)         # some element is non-zero
+    update = Not(ReduceL1(G, keepdims=0) <= 0)               # some element is non-zero
     X', S'_1.. = If(update,
                     then: the update's ops (moved inside, so a skipped step does no work),
                     else: Identity(X), Identity(S_1), ..)
 
-A sum of absolute values is zero exactly when every element is zero or -0.0; a NaN makes it
+The sum of absolute values is zero exactly when every element is zero or -0.0; a NaN makes it
 NaN, for which ``<= 0`` is false, so a NaN gradient is applied, as in the seed (an infinity
 likewise). The branch outputs take the types of X and the states.
 
@@ -31,7 +31,7 @@ LAST_OPSET_WITH_CUDA_IF = 20
 
 
 def any_nonzero(b: Block, g: str, elem: int) -> str:
-    total = b.op("ReduceSum", [b.op("Abs", [g])], keepdims=0)
+    total = b.op("ReduceL1", [g], keepdims=0)
     return b.op("Not", [b.op("LessOrEqual", [total, b.const(0.0, elem)])])
 
 
