@@ -89,7 +89,9 @@ def _rewrite_onnx_file(src: Path, raw: bytes, spec: Spec, out: Path, *, lower: b
         raise InputError(f"{out}: the output directory does not exist")
     outcome = rewrite_onnx(onnx_io.load(src, raw), spec, lower=lower)
     outcome.report.output = str(out)
-    placed = onnx_io.place_external_files(outcome.model, src.parent, out.parent, src)
+    placed = []
+    if onnx_io.may_have_external_data(raw):
+        placed = onnx_io.place_external_files(outcome.model, src.parent, out.parent, src)
 
     def verify(tmp: Path) -> None:
         try:

@@ -26,6 +26,7 @@ PREVIEW_DOMAIN = "ai.onnx.preview.training"
 MIN_OPSET = 13  # ReduceSum takes its axes as an input from opset 13 on
 DEFAULT_OPSET = 17
 _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+_PLAIN_DOMAINS = frozenset({"", "ai.onnx", PREVIEW_DOMAIN})  # no op of these has a graph attribute but those above
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -37,7 +38,7 @@ def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
 
 
 def has_subgraphs(node: onnx.NodeProto) -> bool:
-    return node.op_type in _SUBGRAPH_OPS or (node.domain not in ("", "ai.onnx") and any(subgraphs(node)))
+    return node.op_type in _SUBGRAPH_OPS or (node.domain not in _PLAIN_DOMAINS and any(subgraphs(node)))
 
 
 def free_names(graph: onnx.GraphProto) -> set[str]:
@@ -117,11 +118,13 @@ class Block:
 class Editor:
     """One ONNX graph under rewrite."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
+    def __init__(self, model: onnx.ModelProto, *, known_names: bool = True) -> None:
+        """``known_names=False`` promises that no name in the model contains ``optrewrite``
+        (e.g. its bytes do not), so fresh names, which all do, cannot collide."""
         self.model = model
         self.graph = model.graph
         self.opset = self._default_opset()
-        self._taken = all_names(self.graph)
+        self._taken = {n for n in all_names(self.graph) if PREFIX in n} if known_names else set()
         self._consts: dict[tuple[int, bytes, tuple[int, ...]], str] = {}
         self._new_initializers: list[TensorProto] = []
         self.replace: dict[int, list[onnx.NodeProto]] = {}
@@ -222,13 +225,13 @@ class Editor:
 
 def _in_order(nodes: Sequence[onnx.NodeProto], defined: set[str]) -> bool:
     seen = set(defined)
+    issuperset, update = seen.issuperset, seen.update
     for node in nodes:
-        for name in node.input:
-            if name not in seen:
-                return False
-        if has_subgraphs(node) and not node_uses(node) <= seen:
+        if not issuperset(node.input):
             return False
-        seen.update(node.output)
+        if has_subgraphs(node) and not issuperset(node_uses(node)):
+            return False
+        update(node.output)
     return True
 
 

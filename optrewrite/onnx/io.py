@@ -75,6 +75,11 @@ def _external_tensors(graph: onnx.GraphProto):
                     yield from _external_tensors(sub)
 
 
+def may_have_external_data(raw: bytes) -> bool:
+    """False when the serialized model cannot hold an external tensor (no ``location`` key)."""
+    return b"location" in raw
+
+
 def external_files(model: onnx.ModelProto) -> list[str]:
     """The data files the model's external tensors name, relative to its directory."""
     files: dict[str, None] = {}

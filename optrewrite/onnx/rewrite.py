@@ -97,7 +97,7 @@ def rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool = False) -> Out
         report.note = "already rewritten with this spec: nothing to do"
         return Outcome(data=loaded.raw, report=report, model=model)
 
-    ed = Editor(model)
+    ed = Editor(model, known_names=PREFIX.encode() in loaded.raw)
     found = find_update_sites(ed, spec, loaded.path)
     report.skipped = [SkipEntry(s.key, s.variable, s.reason) for s in found.skips]
     spec.bind({s.variable: s.rank for s in found.sites}, {s.variable: s.reason for s in found.skips if s.variable})

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from optrewrite.errors import InputError, SpecError
-from optrewrite.onnx.graph import PREVIEW_DOMAIN, Editor, subgraphs
+from optrewrite.onnx.graph import PREVIEW_DOMAIN, Editor, has_subgraphs, subgraphs
 from optrewrite.spec import Spec
 
 STATES = {"Adagrad": ("H",), "Momentum": ("V",), "Adam": ("V", "H")}
@@ -137,7 +137,7 @@ def find_update_sites(ed: Editor, spec: Spec, source: object) -> Discovery:
             tn = _training_node(ed, index, node)
             found.nodes.append(tn)
             found.sites.extend(tn.sites)
-        else:
+        elif has_subgraphs(node):
             for sub in subgraphs(node):
                 for inner in _nested_training(sub):
                     found.skips.append(Skip(
@@ -151,7 +151,8 @@ def find_update_sites(ed: Editor, spec: Spec, source: object) -> Discovery:
                     key=f"{function.domain}::{function.name}/{_label(inner, 0)}", variable=None,
                     reason="inside a local function; updates in functions are not rewritten",
                 ))
-    found.sites.extend(_declared_sites(ed, spec, found))
+    if spec.updates:
+        found.sites.extend(_declared_sites(ed, spec, found))
     return found
 
 

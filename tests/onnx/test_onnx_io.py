@@ -263,3 +263,20 @@ def test_a_dangling_input_in_the_graph_is_an_input_error(tmp_path: Path, capsys:
     code, err = cli(capsys, src, "--spec", write(tmp_path / "s.yaml", GUARD), "--lower")
     assert code == 2 and "'dangling' uses 'nowhere', which nothing defines" in err
     assert not list(tmp_path.glob("*.rewritten.onnx"))
+
+
+def test_fresh_names_avoid_names_the_model_already_has(tmp_path: Path) -> None:
+    model = momentum(tmp_path).model()
+    taken = ["optrewrite/const", "optrewrite/X0/guard/ReduceL1", "X0_new/optrewrite_updated"]
+    model.graph.node.insert(0, helper.make_node("Relu", ["X0"], [taken[0]], name=taken[1]))
+    model.graph.node.insert(1, helper.make_node("Relu", ["X1"], [taken[2]], name="also_taken"))
+    model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in (taken[0], taken[2]))
+    src = tmp_path / "step.onnx"
+    onnx.save(model, src)
+    out = tmp_path / "out.onnx"
+    rewrite_file(src, write(tmp_path / "s.yaml", GUARD), output=out, lower=True)
+    got = onnx.load(out)
+    onnx.checker.check_model(got, full_check=True)
+    outputs = [o for n in got.graph.node for o in n.output]
+    assert len(outputs) == len(set(outputs))
+    assert sum(n.name == taken[1] for n in got.graph.node) == 1

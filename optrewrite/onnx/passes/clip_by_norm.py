@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import onnx
 
-from optrewrite.onnx.graph import Block, branch, value_info
+from optrewrite.onnx.graph import PREFIX, Block, branch, value_info
 from optrewrite.onnx.passes.guard_zero_grad import branches
 from optrewrite.spec import ClipGroup
 
@@ -38,7 +38,7 @@ def clip_by_norm(b: Block, x: str, group: ClipGroup, elem: int, out: str, like: 
     over = b.op("Not", [b.op("LessOrEqual", [l2norm, c])])
     count = b.reduce("ReduceSum", b.op("Where", [over, b.const(1.0, elem), b.const(0.0, elem)]), None, keepdims=0)
     clip = ed.block(f"{b.scope}/clip")
-    result = _clipped(clip, x, c, l2norm, ed.fresh(f"{out}/clipped"))
+    result = _clipped(clip, x, c, l2norm, ed.fresh(f"{out}/{PREFIX}_clipped"))
     keep = ed.block(f"{b.scope}/within")
     kept = keep.op("Identity", [x])
     b.emit("If", [b.op("Greater", [count, b.const(0.0, elem)])], outs=[out],
