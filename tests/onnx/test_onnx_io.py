@@ -270,7 +270,8 @@ def test_fresh_names_avoid_names_the_model_already_has(tmp_path: Path) -> None:
     taken = ["optrewrite/const", "optrewrite/X0/guard/ReduceL1", "X0_new/optrewrite_updated"]
     model.graph.node.insert(0, helper.make_node("Relu", ["X0"], [taken[0]], name=taken[1]))
     model.graph.node.insert(1, helper.make_node("Relu", ["X1"], [taken[2]], name="also_taken"))
-    model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in (taken[0], taken[2]))
+    model.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, [n])
+                              for t, n in ((taken[0], 1), (taken[2], 2)))
     src = tmp_path / "step.onnx"
     onnx.save(model, src)
     out = tmp_path / "out.onnx"
