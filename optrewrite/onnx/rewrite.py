@@ -34,6 +34,7 @@ from optrewrite.onnx.passes.global_norm_clip import global_norm_clip
 from optrewrite.onnx.passes.guard_zero_grad import any_nonzero, branches, guarded
 from optrewrite.onnx.sites import Discovery, TrainingNode, UpdateSite, find_update_sites
 from optrewrite.report import Report, SiteEntry, SkipEntry
+from optrewrite.selection import Selection, select
 from optrewrite.spec import ClipGroup, Spec
 
 PLAN_KEY = "optrewrite.plan"
@@ -44,25 +45,6 @@ class Outcome:
     data: bytes
     report: Report
     model: onnx.ModelProto
-
-
-@dataclass(frozen=True)
-class Selection:
-    site: UpdateSite
-    global_norm: bool
-    guard: bool
-    clips: tuple[ClipGroup, ...]
-    lower: bool
-
-    @property
-    def touched(self) -> bool:
-        return self.global_norm or self.guard or bool(self.clips) or self.lower
-
-    def actions(self) -> list[str]:
-        names = ["global_norm_clip"] if self.global_norm else []
-        names += ["guard"] if self.guard else []
-        names += [f"clip[{g.index}]" for g in self.clips]
-        return names + (["lower"] if self.lower else [])
 
 
 def plan_digest(spec: Spec, lower: bool) -> str:
@@ -104,7 +86,7 @@ def rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool = False) -> Out
     if lower and not found.nodes:
         raise InputError(f"{loaded.path}: nothing to lower: the model has no {PREVIEW_DOMAIN} update node")
 
-    selections = {s.key: _select(s, spec, lower) for s in found.sites}
+    selections = {s.key: select(s, s.variable, spec, lower=lower and s.node is not None) for s in found.sites}
     if any(sel.touched for sel in selections.values()):
         ed.require_opset(loaded.path)
     gradients = _global_norm_clip(ed, found, selections, spec)
@@ -131,22 +113,11 @@ def rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool = False) -> Out
     return Outcome(data=io.serialize(model), report=report, model=model)
 
 
-def _select(site: UpdateSite, spec: Spec, lower: bool) -> Selection:
-    gnc = spec.global_norm_clip
-    return Selection(
-        site=site,
-        global_norm=gnc is not None and gnc.select.matches(site.variable),
-        guard=spec.guard is not None and spec.guard.select.matches(site.variable),
-        clips=tuple(g for g in spec.clip if g.select.matches(site.variable)),
-        lower=lower and site.node is not None,
-    )
-
-
 def _scope(site: UpdateSite) -> str:
     return f"{PREFIX}/{site.variable}"
 
 
-def _global_norm_clip(ed: Editor, found: Discovery, selections: dict[str, Selection],
+def _global_norm_clip(ed: Editor, found: Discovery, selections: dict[str, Selection[UpdateSite]],
                       spec: Spec) -> dict[str, str]:
     """Emit the global-norm clip; return each clipped site's new gradient name."""
     chosen = [s for s in found.sites if selections[s.key].global_norm]
@@ -176,7 +147,7 @@ def _first_use(ed: Editor, sites: list[UpdateSite]) -> int:
     return min(firsts)
 
 
-def _rewrite_training_node(ed: Editor, tn: TrainingNode, sels: list[Selection],
+def _rewrite_training_node(ed: Editor, tn: TrainingNode, sels: list[Selection[UpdateSite]],
                            gradients: dict[str, str], lower: bool) -> None:
     if not any(sel.touched for sel in sels):
         return
@@ -277,7 +248,7 @@ class _Index:
         return cls(producer, readers, _ancestors(nodes, producer, starts, stop=set()))
 
 
-def _rewrite_decomposed(ed: Editor, index: _Index, sel: Selection, gradients: dict[str, str]) -> None:
+def _rewrite_decomposed(ed: Editor, index: _Index, sel: Selection[UpdateSite], gradients: dict[str, str]) -> None:
     """Guard and clip an update written in plain ops (a spec ``updates:`` entry)."""
     site = sel.site
     nodes = ed.graph.node

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from optrewrite.errors import InputError
 from optrewrite.report import Report, SiteEntry, SkipEntry
-from optrewrite.spec import ClipGroup, Spec
+from optrewrite.selection import Selection, select
+from optrewrite.spec import Spec
 from optrewrite.tf import io
 from optrewrite.tf.graph import TAG_ATTR, GraphEditor, Placement
 from optrewrite.tf.passes import SiteState
@@ -36,36 +37,11 @@ class Outcome:
     report: Report
 
 
-@dataclass(frozen=True)
-class Selection:
-    """What the spec asks for at one update site."""
-
-    site: UpdateSite
-    global_norm: bool
-    guard: bool
-    clips: tuple[ClipGroup, ...]
-
-    def actions(self) -> list[str]:
-        """The action names, as the report lists them."""
-        names = ["global_norm_clip"] if self.global_norm else []
-        names += ["guard"] if self.guard else []
-        return names + [f"clip[{g.index}]" for g in self.clips]
+def _select(sites: list[UpdateSite], spec: Spec) -> list[Selection[UpdateSite]]:
+    return [select(site, site.variable, spec) for site in sites]
 
 
-def _select(sites: list[UpdateSite], spec: Spec) -> list[Selection]:
-    gnc = spec.global_norm_clip
-    return [
-        Selection(
-            site=site,
-            global_norm=gnc is not None and gnc.select.matches(site.variable),
-            guard=spec.guard is not None and spec.guard.select.matches(site.variable),
-            clips=tuple(g for g in spec.clip if g.select.matches(site.variable)),
-        )
-        for site in sites
-    ]
-
-
-def _plan_digest(selections: list[Selection], spec: Spec) -> str:
+def _plan_digest(selections: list[Selection[UpdateSite]], spec: Spec) -> str:
     """A digest of every action with its parameters, recorded on the plan node."""
     gnc = spec.global_norm_clip
     plan = {
