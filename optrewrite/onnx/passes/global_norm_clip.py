@@ -10,7 +10,6 @@ An all-zero gradient adds nothing to the norm and stays zero, so the guard still
 """
 from __future__ import annotations
 
-import numpy as np
 from onnx import helper
 
 from optrewrite.onnx.graph import Block
