@@ -84,11 +84,10 @@ class Block:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
 
     def op(self, op_type: str, inputs: Sequence[str], *, out: str | None = None,
-           outputs: int = 1, domain: str = "", **attrs: object) -> str:
-        """Emit one node; return its first output (named ``out`` when given)."""
-        names = self.emit(op_type, inputs, outs=[out] if out else None, outputs=outputs,
-                          domain=domain, **attrs)
-        return names[0]
+           domain: str = "", **attrs: object) -> str:
+        """Emit a single-output node; return its output (named ``out`` when given)."""
+        (name,) = self.emit(op_type, inputs, outs=[out] if out else None, domain=domain, **attrs)
+        return name
 
     def emit(self, op_type: str, inputs: Sequence[str], *, outs: Sequence[str] | None = None,
              outputs: int = 1, domain: str = "", **attrs: object) -> list[str]:

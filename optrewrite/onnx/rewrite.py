@@ -193,7 +193,6 @@ def _rewrite_training_node(ed: Editor, tn: TrainingNode, sels: list[Selection[Up
             tails.append(_clip_chain(ed, site, sel.clips, x_out))
     replacement = list(b.nodes)
     if kept:
-        n = len(kept)
         states = len(kept[0][0].states)
         inputs = [r, t, *(s.variable for s, _, _ in kept), *(g for _, g, _ in kept)]
         outputs = [x for _, _, x in kept]
@@ -205,7 +204,6 @@ def _rewrite_training_node(ed: Editor, tn: TrainingNode, sels: list[Selection[Up
         del reduced.input[:], reduced.output[:]
         reduced.input.extend(inputs)
         reduced.output.extend(outputs)
-        assert len(outputs) == n * (1 + states)
         replacement.append(reduced)
     for tail in tails:
         replacement.extend(tail.nodes)
