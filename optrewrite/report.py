@@ -26,6 +26,7 @@ class SkipEntry:
 class Report:
     input: str
     format: str
+    mode: str = "write"  # "write", "dry-run" (nothing written) or "check" (nothing written)
     output: str | None = None
     changed: bool = False
     note: str = ""
@@ -33,6 +34,7 @@ class Report:
     skipped: list[SkipEntry] = field(default_factory=list)
     nodes_added: int = 0
     nodes_changed: int = 0
+    verified: str | None = None  # what --verify ran, when asked
 
     def counts(self) -> dict[str, int]:
         def having(prefix: str) -> int:
