@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from optrewrite.errors import InputError
 from optrewrite.fileio import check_distinct, default_output, write_atomic
@@ -46,6 +47,9 @@ def rewrite_bytes(path: Path, raw: bytes, spec: Spec, *, lower: bool = False) ->
     return outcome.data, outcome.report
 
 
+MODES = ("write", "dry-run", "check")
+
+
 def rewrite_file(
     input_path: Path | str,
     spec_path: Path | str,
@@ -53,6 +57,8 @@ def rewrite_file(
     output: Path | str | None = None,
     report_path: Path | str | None = None,
     lower: bool = False,
+    mode: str = "write",
+    verify: bool = False,
 ) -> Report:
     """Rewrite ``input_path`` by the spec at ``spec_path``; write the output atomically.
 
@@ -60,28 +66,60 @@ def rewrite_file(
     ``lower`` replaces ONNX preview-training ops by standard ops (as ``lower: true`` does).
     An ONNX output is checked with the onnx checker before it replaces anything; external
     data files it references are placed beside it when it goes to another directory.
+
+    ``mode`` "dry-run" and "check" rewrite in memory and write nothing but the report;
+    ``report.changed`` then says whether writing would change the graph. ``verify`` loads
+    the written graph in its runtime (TensorFlow, onnxruntime) and runs one step on
+    generated data before it replaces anything (see :mod:`optrewrite.verify`).
     """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     src = Path(input_path)
-    out = Path(output) if output is not None else default_output(src)
-    check_distinct(src, out)
+    writes = mode == "write"
+    out = (Path(output) if output is not None else default_output(src)) if writes else None
+    if out is not None:
+        check_distinct(src, out)
     if report_path is not None:
         check_distinct(src, Path(report_path))
-        if Path(report_path).resolve() == out.resolve():
+        if out is not None and Path(report_path).resolve() == out.resolve():
             raise InputError(f"{report_path}: the report would overwrite the output")
+    if verify and not writes:
+        raise InputError(f"--verify runs the written graph; it cannot be combined with {mode}")
     spec = load_spec(spec_path)
     raw = read_input(src)
-    if is_onnx(src):
-        report = _rewrite_onnx_file(src, raw, spec, out, lower=lower)
+    if out is None:
+        _, report = rewrite_bytes(src, raw, spec, lower=lower)
+    elif is_onnx(src):
+        report = _rewrite_onnx_file(src, raw, spec, out, lower=lower, verify=verify)
     else:
         data, report = rewrite_bytes(src, raw, spec, lower=lower)
         report.output = str(out)
-        write_atomic(out, data)
+        write_atomic(out, data, verify=_runtime_check(src, out, report) if verify else None)
+    report.mode = mode
     if report_path is not None:
         write_atomic(Path(report_path), report.to_json().encode())
     return report
 
 
-def _rewrite_onnx_file(src: Path, raw: bytes, spec: Spec, out: Path, *, lower: bool) -> Report:
+def _runtime_check(src: Path, out: Path, report: Report) -> Callable[[Path], None]:
+    """Run one step of the temporary output; blame the input when it fails there too."""
+
+    def run(tmp: Path) -> None:
+        from optrewrite.verify import VerificationFailed, verify_file  # noqa: PLC0415
+
+        try:
+            report.verified = verify_file(tmp, like=out)
+        except VerificationFailed as exc:
+            try:
+                verify_file(src)
+            except VerificationFailed as bad_input:
+                raise InputError(f"{src}: the input graph does not run either: {bad_input}") from None
+            raise AssertionError(f"the rewritten graph fails to run though its input runs: {exc}") from None
+
+    return run
+
+
+def _rewrite_onnx_file(src: Path, raw: bytes, spec: Spec, out: Path, *, lower: bool, verify: bool) -> Report:
     from optrewrite.onnx import io as onnx_io  # noqa: PLC0415
     from optrewrite.onnx.rewrite import rewrite_onnx  # noqa: PLC0415
 
@@ -92,8 +130,9 @@ def _rewrite_onnx_file(src: Path, raw: bytes, spec: Spec, out: Path, *, lower: b
     placed = []
     if onnx_io.may_have_external_data(raw):
         placed = onnx_io.place_external_files(outcome.model, src.parent, out.parent, src)
+    run_step = _runtime_check(src, out, outcome.report) if verify else None
 
-    def verify(tmp: Path) -> None:
+    def check(tmp: Path) -> None:
         try:
             onnx_io.check_written(tmp)
         except onnx_io.CheckFailed as exc:
@@ -102,9 +141,11 @@ def _rewrite_onnx_file(src: Path, raw: bytes, spec: Spec, out: Path, *, lower: b
             except onnx_io.CheckFailed as bad_input:
                 raise InputError(f"{src}: not a valid ONNX model: {bad_input}") from None
             raise AssertionError(f"the rewritten model fails the onnx checker: {exc}") from None
+        if run_step is not None:
+            run_step(tmp)
 
     try:
-        write_atomic(out, outcome.data, verify=verify)
+        write_atomic(out, outcome.data, verify=check)
     except BaseException:
         for path in placed:
             path.unlink(missing_ok=True)

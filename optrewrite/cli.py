@@ -1,7 +1,15 @@
-"""Command line: ``optrewrite INPUT --spec SPEC [-o OUTPUT] [--lower] [--report FILE.json]``.
+"""Command line.
 
-Exit codes: 0 success; 2 an input, spec or usage error (one line on stderr, nothing
-written); 3 an internal failure.
+    optrewrite INPUT... --spec SPEC [-o OUTPUT] [--lower] [--report FILE.json]
+                        [--check | --dry-run] [--verify] [-q]
+    optrewrite explain INPUT [--spec SPEC] [--lower] [--dot FILE]
+    optrewrite diff A B
+    optrewrite schema [spec|report]
+
+Exit codes: 0 success (the graphs are equal, for ``diff``; nothing to change, for
+``--check``); 1 a difference (``diff``: the graphs differ; ``--check``: rewriting would
+change the graph); 2 an input, spec or usage error (one line on stderr per failed input,
+nothing written); 3 an internal failure.
 """
 from __future__ import annotations
 
@@ -9,45 +17,147 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from optrewrite import __version__
-from optrewrite.errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, OptrewriteError
+from optrewrite.errors import EXIT_DIFFERENT, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, OptrewriteError
 
 log = logging.getLogger("optrewrite")
+
+COMMANDS = ("explain", "diff", "schema")
+EXIT_CODES = """exit codes:
+  0  done (diff: the graphs are equal; --check: the graph is already rewritten)
+  1  a difference (diff: the graphs differ; --check: rewriting would change the graph)
+  2  bad input, spec or usage: one line on stderr, nothing written
+  3  internal failure"""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"usage: {message} (see optrewrite --help)")
+        raise InputError(f"usage: {message} (see {self.prog} --help)")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _rewrite_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="optrewrite",
         description="Insert all-zero-gradient guards and post-update clip-by-norm into an "
         "exported training graph (TensorFlow GraphDef .pb/.pbtxt or MetaGraphDef .meta, or an "
         "ONNX training step .onnx).",
+        epilog="other commands: optrewrite explain|diff|schema --help\n\n" + EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", type=Path, help="the training graph to rewrite (never modified)")
+    p.add_argument("input", type=Path, nargs="+",
+                   help="the training graph(s) to rewrite (never modified); several only without -o and --report")
     p.add_argument("--spec", type=Path, required=True, help="the YAML rewrite spec")
     p.add_argument("-o", "--output", type=Path, help="output path (default: <stem>.rewritten<ext>)")
     p.add_argument("--lower", action="store_true",
                    help="ONNX: replace ai.onnx.preview.training ops by standard ops (as 'lower: true' does)")
-    p.add_argument("--report", type=Path, help="also write the report as JSON to this file")
+    p.add_argument("--report", type=Path, help="also write the report as JSON to this file (schema: optrewrite schema report)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="write nothing; exit 1 when rewriting would change the graph (is it already rewritten?)")
+    mode.add_argument("--dry-run", action="store_true", help="write nothing but the report")
+    p.add_argument("--verify", action="store_true",
+                   help="before replacing the output, load it in TensorFlow or onnxruntime and run one step "
+                   "on generated data")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
     p.add_argument("--version", action="version", version=f"optrewrite {__version__}")
     return p
 
 
-def run(argv: Sequence[str]) -> int:
+def _rewrite(argv: Sequence[str]) -> int:
     from optrewrite.api import rewrite_file  # noqa: PLC0415  (keeps --help fast)
 
-    args = _parser().parse_args(argv)
-    report = rewrite_file(args.input, args.spec, output=args.output, report_path=args.report, lower=args.lower)
-    if not args.quiet:
-        print(report.summary(), file=sys.stderr)
+    args = _rewrite_parser().parse_intermixed_args(argv)
+    if len(args.input) > 1 and (args.output or args.report):
+        raise InputError("usage: -o and --report take one input; give one input per run")
+    mode = "check" if args.check else "dry-run" if args.dry_run else "write"
+    worst = EXIT_OK
+    for src in args.input:
+        try:
+            report = rewrite_file(src, args.spec, output=args.output, report_path=args.report,
+                                  lower=args.lower, mode=mode, verify=args.verify)
+        except InputError as exc:
+            if len(args.input) == 1:
+                raise
+            _error(exc)
+            worst = max(worst, exc.exit_code)
+            continue
+        if mode == "check" and report.changed:
+            worst = max(worst, EXIT_DIFFERENT)
+        if not args.quiet:
+            print(report.summary(), file=sys.stderr)
+    return worst
+
+
+def _explain(argv: Sequence[str]) -> int:
+    p = _Parser(prog="optrewrite explain",
+                description="List every update site of a graph, which spec rule selects it, what would "
+                "be inserted and what is skipped and why. Writes nothing but --dot; never imports TensorFlow.",
+                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("input", type=Path, help="the training graph")
+    p.add_argument("--spec", type=Path, help="the YAML rewrite spec (without it: the sites only)")
+    p.add_argument("--lower", action="store_true", help="ONNX: as the rewrite's --lower")
+    p.add_argument("--dot", type=Path, metavar="FILE",
+                   help="draw each inserted guard/clip subgraph with its neighbours as Graphviz DOT; "
+                   "FILE.svg (or FILE ending in .svg) is rendered too when graphviz's dot is installed")
+    args = p.parse_args(argv)
+    from optrewrite.explain import explain_file, render_table, write_drawing  # noqa: PLC0415
+
+    if args.dot is not None and args.spec is None:
+        raise InputError("usage: --dot draws what a spec inserts; give --spec")
+    explanation = explain_file(args.input, args.spec, lower=args.lower)
+    print(render_table(explanation))
+    if args.dot is not None:
+        for written in write_drawing(explanation, args.dot):
+            print(f"wrote {written}", file=sys.stderr)
     return EXIT_OK
+
+
+def _diff(argv: Sequence[str]) -> int:
+    p = _Parser(prog="optrewrite diff",
+                description="Compare two graphs of the same format structurally: nodes by name, attrs, inputs "
+                "(control inputs as a set), functions; for ONNX also initializers by digest. Order does not matter.",
+                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", type=Path)
+    p.add_argument("b", type=Path)
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing; the exit code says it")
+    args = p.parse_args(argv)
+    from optrewrite.diff import diff_files  # noqa: PLC0415
+
+    result = diff_files(args.a, args.b)
+    if not args.quiet:
+        print(result.render(str(args.a), str(args.b)))
+    return EXIT_OK if result.same else EXIT_DIFFERENT
+
+
+def _schema(argv: Sequence[str]) -> int:
+    p = _Parser(prog="optrewrite schema",
+                description="Print a JSON Schema: the spec's (for editors validating wrap.yaml) or the "
+                "JSON report's (what --report writes).")
+    p.add_argument("which", nargs="?", choices=("spec", "report"), default="spec")
+    args = p.parse_args(argv)
+    from optrewrite.schema import schema_text  # noqa: PLC0415
+
+    sys.stdout.write(schema_text(args.which))
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"explain": _explain, "diff": _diff, "schema": _schema}
+
+
+def run(argv: Sequence[str]) -> int:
+    """Dispatch on the first word: a command name, or else the rewrite's arguments.
+
+    A graph file named like a command is given as ``./explain``.
+    """
+    if argv and argv[0] in _COMMANDS:
+        return _COMMANDS[argv[0]](argv[1:])
+    return _rewrite(argv)
+
+
+def _error(exc: OptrewriteError) -> None:
+    print(f"optrewrite: error: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(argv)
     except OptrewriteError as exc:
-        print(f"optrewrite: error: {exc}", file=sys.stderr)
+        _error(exc)
         return exc.exit_code
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 EXIT_OK = 0
+EXIT_DIFFERENT = 1  # diff: the graphs differ; --check: rewriting would change the graph
 EXIT_INPUT = 2
 EXIT_INTERNAL = 3
 

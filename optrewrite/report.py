@@ -63,7 +63,13 @@ class Report:
             lines.append(f"  {self.note}")
         for s in self.skipped:
             lines.append(f"  skipped {s.update}" + (f" ({s.variable})" if s.variable else "") + f": {s.reason}")
+        counts = f"(+{self.nodes_added} nodes, {self.nodes_changed} changed)"
         if self.output:
             verb = "wrote" if self.changed else "wrote unchanged"
-            lines.append(f"  {verb} {self.output} (+{self.nodes_added} nodes, {self.nodes_changed} changed)")
+            lines.append(f"  {verb} {self.output} {counts}")
+        elif self.mode != "write":
+            lines.append(f"  {self.mode}: " + (f"rewriting would change the graph {counts}" if self.changed
+                                                else "rewriting would not change the graph"))
+        if self.verified:
+            lines.append(f"  verified: {self.verified}")
         return "\n".join(lines)
