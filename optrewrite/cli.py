@@ -101,13 +101,14 @@ def _explain(argv: Sequence[str]) -> int:
     p.add_argument("--dot", type=Path, metavar="FILE",
                    help="draw each inserted guard/clip subgraph with its neighbours as Graphviz DOT; "
                    "FILE.svg (or FILE ending in .svg) is rendered too when graphviz's dot is installed")
+    p.add_argument("--json", action="store_true", help="print the explanation as JSON instead of a table")
     args = p.parse_args(argv)
     from optrewrite.explain import explain_file, render_table, write_drawing  # noqa: PLC0415
 
     if args.dot is not None and args.spec is None:
         raise InputError("usage: --dot draws what a spec inserts; give --spec")
     explanation = explain_file(args.input, args.spec, lower=args.lower)
-    print(render_table(explanation))
+    print(explanation.to_json() if args.json else render_table(explanation), end="\n" if not args.json else "")
     if args.dot is not None:
         for written in write_drawing(explanation, args.dot):
             print(f"wrote {written}", file=sys.stderr)

@@ -1,0 +1,140 @@
+"""A picture of what a rewrite inserted: each site's new nodes as a cluster, with their neighbours.
+
+Works on a format-neutral :class:`GraphView` of the graph before and after the rewrite (one
+per format: ``optrewrite/tf/explain.py``, ``optrewrite/onnx/explain.py``). A node is
+*inserted* when its key is new, *changed* when its key existed with other contents. Inserted
+nodes are grouped by the site whose name prefix they carry; the rest (global-norm clip, the
+plan record, lowered step scalars) form one "shared" cluster. Neighbours are the nodes outside
+a cluster that feed it or read from it, at most :data:`MAX_NEIGHBOURS` per cluster.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+MAX_NEIGHBOURS = 16
+_INSERTED, _CHANGED, _NEIGHBOUR = "#cfe3ff", "#ffe0a8", "#f2f2f2"
+
+
+@dataclass(frozen=True)
+class GNode:
+    key: str  # the node's name (ONNX: its name, or its first output when unnamed)
+    op: str
+    inputs: tuple[str, ...]  # keys of the nodes it reads
+    controls: tuple[str, ...] = ()  # keys of the nodes it waits for (TF control inputs)
+    fingerprint: bytes = b""  # equal when the node is unchanged
+    nested: tuple[str, ...] = ()  # keys of the nodes inside its subgraphs (ONNX If branches)
+
+
+@dataclass
+class GraphView:
+    nodes: dict[str, GNode] = field(default_factory=dict)
+
+    def consumers(self) -> dict[str, list[tuple[str, bool]]]:
+        """key -> [(consumer key, is a control edge)]."""
+        out: dict[str, list[tuple[str, bool]]] = {}
+        for node in self.nodes.values():
+            for src in node.inputs:
+                out.setdefault(src, []).append((node.key, False))
+            for src in node.controls:
+                out.setdefault(src, []).append((node.key, True))
+        return out
+
+
+@dataclass
+class Drawing:
+    after: GraphView
+    before_keys: set[str]  # every node key of the graph before, nested ones included
+    groups: dict[str | None, list[str]]  # site variable (None: shared) -> inserted node keys
+    labels: dict[str | None, str]
+    changed: set[str]
+
+    def count(self, variable: str | None) -> int:
+        """Inserted nodes of one site (None: the shared ones), new nodes inside branches included;
+        original nodes moved into a branch are not counted."""
+        return sum(1 + sum(n not in self.before_keys for n in self.after.nodes[k].nested)
+                   for k in self.groups.get(variable, []))
+
+    def to_dot(self, *, title: str) -> str:
+        ids: dict[str, str] = {}
+
+        def ident(key: str) -> str:
+            return ids.setdefault(key, f"n{len(ids)}")
+
+        lines = [
+            "digraph optrewrite {",
+            f'  graph [rankdir=TB, fontname="Helvetica", fontsize=12, labelloc=t, label={_q(title)}];',
+            '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, fillcolor="white"];',
+            '  edge [color="#555555"];',
+        ]
+        consumers = self.after.consumers()
+        shown: set[str] = set()
+        neighbours: dict[str, None] = {}
+        for i, (variable, keys) in enumerate(sorted(self.groups.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))):
+            lines.append(f"  subgraph cluster_{i} {{")
+            lines.append(f'    label={_q(self.labels[variable])}; style="rounded,filled"; fillcolor="#fbfbff"; color="#7799cc";')
+            members = set(keys)
+            for key in keys:
+                lines.append(f"    {ident(key)} [label={_q(self._label(key))}, fillcolor=\"{_INSERTED}\"];")
+                shown.add(key)
+            lines.append("  }")
+            near: dict[str, None] = {}
+            for key in keys:
+                node = self.after.nodes[key]
+                for src in (*node.inputs, *node.controls):
+                    if src not in members:
+                        near[src] = None
+                for dst, _ in consumers.get(key, []):
+                    if dst not in members:
+                        near[dst] = None
+            outside = [k for k in near if k in self.after.nodes and k not in self._inserted()]
+            for key in outside[:MAX_NEIGHBOURS]:
+                neighbours[key] = None
+            if len(outside) > MAX_NEIGHBOURS:
+                more = f"more_{i}"
+                lines.append(f'  {ident(more)} [label="... {len(outside) - MAX_NEIGHBOURS} more neighbours", '
+                             'shape=plaintext, style=""];')
+        for key in neighbours:
+            color = _CHANGED if key in self.changed else _NEIGHBOUR
+            lines.append(f"  {ident(key)} [label={_q(self._label(key))}, fillcolor=\"{color}\"];")
+            shown.add(key)
+        for key in sorted(shown, key=ident):
+            node = self.after.nodes[key]
+            for src in dict.fromkeys(node.inputs):
+                if src in shown:
+                    lines.append(f"  {ident(src)} -> {ident(key)};")
+            for src in dict.fromkeys(node.controls):
+                if src in shown:
+                    lines.append(f"  {ident(src)} -> {ident(key)} [style=dashed];")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    def _inserted(self) -> set[str]:
+        return {k for keys in self.groups.values() for k in keys}
+
+    def _label(self, key: str) -> str:
+        node = self.after.nodes[key]
+        extra = f" ({len(node.nested)} nodes inside)" if node.nested else ""
+        mark = "\n(changed)" if key in self.changed else ""
+        return f"{key}\n{node.op}{extra}{mark}"
+
+
+def _q(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def draw(before: GraphView, after: GraphView, sites: Sequence[tuple[str, str, str]]) -> Drawing:
+    """Group ``after``'s new nodes by site. ``sites``: (variable, name prefix of its nodes, label)."""
+    by_prefix = sorted(sites, key=lambda s: len(s[1]), reverse=True)
+    groups: dict[str | None, list[str]] = {}
+    labels: dict[str | None, str] = {None: "shared"}
+    for variable, _, label in sites:
+        labels[variable] = label
+    for key in after.nodes:
+        if key in before.nodes:
+            continue
+        owner = next((variable for variable, prefix, _ in by_prefix if key.startswith(prefix)), None)
+        groups.setdefault(owner, []).append(key)
+    changed = {k for k, n in after.nodes.items() if k in before.nodes and before.nodes[k].fingerprint != n.fingerprint}
+    before_keys = set(before.nodes) | {k for n in before.nodes.values() for k in n.nested}
+    return Drawing(after=after, before_keys=before_keys, groups=groups, labels=labels, changed=changed)

@@ -1,0 +1,196 @@
+"""``optrewrite explain``: what a graph's update sites are and what a spec would do to them.
+
+For every update site: the variable, its shape and dtype, the optimizer op (or decomposed
+group), its slots, dense or sparse, its device, which spec rule selects it and what the
+rewrite would insert; then what was skipped and why. With a spec, the rewrite runs in
+memory, so the counts are the real rewrite's, and :func:`write_drawing` draws what it
+inserted (see :mod:`optrewrite.drawing`). Nothing here imports TensorFlow or onnxruntime.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from optrewrite.api import is_onnx, read_input, rewrite_bytes
+from optrewrite.drawing import Drawing, GraphView, draw
+from optrewrite.errors import InputError
+from optrewrite.fileio import write_atomic
+from optrewrite.report import SkipEntry
+from optrewrite.spec import Selector, Spec, load_spec
+
+
+@dataclass(frozen=True)
+class Site:
+    """One update site as found, before any spec."""
+
+    variable: str
+    shape: str
+    dtype: str
+    update: str  # the update op's name (or the decomposed group's scope / training node slot)
+    kind: str
+    slots: tuple[str, ...]
+    sparse: bool
+    device: str
+    scope: str  # the name prefix of the nodes the rewrite inserts for this site
+
+
+@dataclass
+class Row:
+    site: Site
+    selected_by: list[str] = field(default_factory=list)  # "guard: '*'", "clip[0]: 'emb*'", ...
+    not_selected: list[str] = field(default_factory=list)  # "guard: excluded by 'b*'"
+    inserted: list[str] = field(default_factory=list)  # the actions, as the report names them
+    nodes: int = 0  # nodes the rewrite inserts for this site (nested ONNX branches included)
+
+
+@dataclass
+class Explanation:
+    input: str
+    format: str
+    spec: str | None
+    rows: list[Row]
+    skipped: list[SkipEntry]
+    note: str = ""
+    shared_nodes: int = 0  # inserted nodes that belong to no one site (global-norm clip, plan, ...)
+    drawing: Drawing | None = field(default=None, repr=False)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("drawing")
+        return json.dumps({"schema": "optrewrite.explain/1", **data}, indent=2, sort_keys=True) + "\n"
+
+
+def _no_spec() -> Spec:
+    return Spec(source="<no spec>", version=1, guard=None, clip=(), global_norm_clip=None, lower=False, updates=())
+
+
+def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *, lower: bool = False) -> Explanation:
+    """Find the update sites of ``input_path``; with a spec, also rewrite in memory and say what changes."""
+    src = Path(input_path)
+    spec = load_spec(spec_path) if spec_path is not None else None
+    raw = read_input(src)
+    if is_onnx(src):
+        from optrewrite.onnx.explain import found_sites, graph_view  # noqa: PLC0415
+    else:
+        if lower:
+            raise InputError(f"{src}: lowering applies to ONNX models only")
+        from optrewrite.tf.explain import found_sites, graph_view  # noqa: PLC0415
+    fmt, sites, skips = found_sites(src, raw, spec or _no_spec())
+    explanation = Explanation(input=str(src), format=fmt, spec=str(spec_path) if spec_path else None,
+                              rows=[Row(site) for site in sites], skipped=skips)
+    if spec is None:
+        return explanation
+
+    data, report = rewrite_bytes(src, raw, spec, lower=lower)
+    explanation.note = report.note
+    explanation.skipped = report.skipped
+    inserted = {entry.update: entry.inserted for entry in report.sites}
+    for row in explanation.rows:
+        row.inserted = list(inserted.get(row.site.update, []))
+        row.selected_by, row.not_selected = _rules(row.site.variable, spec)
+        if "lower" in row.inserted:
+            row.selected_by.append("lower")
+    before, after = graph_view(src, raw), graph_view(src, data)
+    drawing = draw(before, after, [(r.site.variable, r.site.scope, f"{r.site.variable}: {', '.join(r.inserted)}")
+                                   for r in explanation.rows if r.inserted])
+    for row in explanation.rows:
+        row.nodes = drawing.count(row.site.variable)
+    explanation.shared_nodes = drawing.count(None)
+    explanation.drawing = drawing
+    return explanation
+
+
+def _first(patterns, name: str) -> str | None:  # type: ignore[no-untyped-def]
+    return next((p.text for p in patterns if p.matches(name)), None)
+
+
+def _rule(label: str, selector: Selector, name: str, detail: str, chosen: list[str], passed: list[str]) -> None:
+    include = _first(selector.include, name)
+    if include is None:
+        return
+    exclude = _first(selector.exclude, name)
+    if exclude is not None:
+        passed.append(f"{label}: excluded by {exclude!r}")
+    else:
+        chosen.append(f"{label}: {include!r}{detail}")
+
+
+def _rules(variable: str, spec: Spec) -> tuple[list[str], list[str]]:
+    """Which rules select ``variable`` (with the pattern that matched), and which exclude it."""
+    chosen: list[str] = []
+    passed: list[str] = []
+    gnc = spec.global_norm_clip
+    if gnc is not None:
+        _rule("global_norm_clip", gnc.select, variable, f" (clip_norm {gnc.clip_norm:g})", chosen, passed)
+    if spec.guard is not None:
+        _rule("guard", spec.guard.select, variable, "", chosen, passed)
+    for g in spec.clip:
+        dims = "all" if g.dims is None else list(g.dims)
+        _rule(g.field, g.select, variable, f" (max_norm {g.max_norm:g}, dims {dims})", chosen, passed)
+    return chosen, passed
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:{w}}}" for w in widths)
+    return [fmt.format(*header).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
+
+
+def render_table(ex: Explanation) -> str:
+    """The explanation as a fixed-width table, then the skipped updates."""
+    sites = f"{len(ex.rows)} update site" + ("" if len(ex.rows) == 1 else "s")
+    lines = [f"{ex.input} ({ex.format}): {sites}" + (f", spec {ex.spec}" if ex.spec else "")]
+    header = ["variable", "shape", "dtype", "optimizer", "update", "slots", "grad", "device"]
+    if ex.spec:
+        header += ["selected by", "inserts"]
+    body = []
+    for r in ex.rows:
+        s = r.site
+        cells = [s.variable, s.shape, s.dtype, s.kind, s.update,
+                 ", ".join(s.slots) or "-", "sparse" if s.sparse else "dense", s.device or "-"]
+        if ex.spec:
+            rules = "; ".join(r.selected_by + r.not_selected) or "-"
+            cells += [rules, f"{', '.join(r.inserted)} (+{r.nodes} nodes)" if r.inserted else "-"]
+        body.append(cells)
+    lines += _table(header, body) if body else ["(no optimizer update found)"]
+    if ex.spec and ex.shared_nodes:
+        lines.append(f"shared by several sites: +{ex.shared_nodes} nodes")
+    if ex.note:
+        lines.append(ex.note)
+    if ex.skipped:
+        lines.append(f"skipped ({len(ex.skipped)}):")
+        lines += [f"  {s.update}" + (f" ({s.variable})" if s.variable else "") + f": {s.reason}" for s in ex.skipped]
+    return "\n".join(lines)
+
+
+def write_drawing(ex: Explanation, path: Path) -> list[Path]:
+    """Write the DOT drawing to ``path``; render SVG beside it when graphviz's ``dot`` is installed.
+
+    A ``path`` ending in ``.svg`` asks for SVG only, which needs ``dot``. Returns what was written.
+    """
+    if ex.drawing is None:
+        raise InputError("usage: --dot draws what a spec inserts; give --spec")
+    text = ex.drawing.to_dot(title=f"optrewrite: {Path(ex.input).name} by {Path(ex.spec or '').name}")
+    dot = shutil.which("dot")
+    wants_svg = path.suffix.lower() == ".svg"
+    if wants_svg and dot is None:
+        raise InputError(f"{path}: SVG needs graphviz's dot on PATH; install graphviz or write a .dot file")
+    written = []
+    if not wants_svg:
+        write_atomic(path, text.encode())
+        written.append(path)
+    if dot is not None:
+        svg_path = path if wants_svg else path.with_name(path.name + ".svg")
+        proc = subprocess.run([dot, "-Tsvg"], input=text.encode(), capture_output=True, timeout=300, check=False)
+        if proc.returncode != 0:
+            first = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[0]
+            raise InputError(f"{svg_path}: graphviz dot failed: {first}")
+        write_atomic(svg_path, proc.stdout)
+        written.append(svg_path)
+    return written
+
+
+__all__ = ["Explanation", "GraphView", "Row", "Site", "explain_file", "render_table", "write_drawing"]

@@ -1,0 +1,77 @@
+"""The ONNX side of ``optrewrite explain``: sites as found, and a graph view for drawing.
+
+Graph inputs and initializers that nodes read appear in the view as nodes of op
+``input`` / ``initializer``, so a drawing shows the variable and gradient tensors.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from optrewrite.drawing import GNode, GraphView
+from optrewrite.explain import Site
+from optrewrite.onnx import io
+from optrewrite.onnx.graph import PREFIX, Editor
+from optrewrite.onnx.sites import find_update_sites
+from optrewrite.report import SkipEntry
+from optrewrite.spec import Spec
+
+
+def _shape(ed: Editor, name: str) -> str:
+    t = ed.types.get(name)
+    if t is None or not t.tensor_type.HasField("shape"):
+        return "?"
+    dims = [str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?") for d in t.tensor_type.shape.dim]
+    return "[" + ", ".join(dims) + "]"
+
+
+def found_sites(src: Path, raw: bytes, spec: Spec) -> tuple[str, list[Site], list[SkipEntry]]:
+    """The model's format name, its update sites (``spec``'s ``updates:`` included) and what is skipped."""
+    loaded = io.load(src, raw)
+    ed = Editor(loaded.model)
+    found = find_update_sites(ed, spec, src)
+    sites = [
+        Site(variable=s.variable, shape=_shape(ed, s.variable),
+             dtype=onnx.TensorProto.DataType.Name(s.elem_type).lower(), update=s.key, kind=s.kind,
+             slots=tuple(old for old, _ in s.states), sparse=False, device="", scope=f"{PREFIX}/{s.variable}/")
+        for s in found.sites
+    ]
+    return loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips]
+
+
+def _key(node: onnx.NodeProto, index: int) -> str:
+    return node.name or (node.output[0] if node.output else f"#{index}")
+
+
+def _nested(node: onnx.NodeProto) -> tuple[str, ...]:
+    keys: list[str] = []
+    for attr in node.attribute:
+        for g in [attr.g] if attr.HasField("g") else list(attr.graphs):
+            for i, inner in enumerate(g.node):
+                keys += [_key(inner, i), *_nested(inner)]
+    return tuple(keys)
+
+
+def graph_view(src: Path, raw: bytes) -> GraphView:
+    """Every top-level node, keyed by name (or first output), with the nodes it reads."""
+    graph = io.load(src, raw).model.graph
+    view = GraphView()
+    producer: dict[str, str] = {}
+    keys = []
+    for i, node in enumerate(graph.node):
+        key = _key(node, i)
+        keys.append(key)
+        for out in node.output:
+            producer[out] = key
+    fresh_const = f"{PREFIX}/const"
+    for kind, names in (("input", [v.name for v in graph.input]), ("initializer", [t.name for t in graph.initializer])):
+        for name in names:
+            if name not in producer and not name.startswith(fresh_const):
+                producer[name] = name
+                view.nodes[name] = GNode(name, kind, ())
+    for key, node in zip(keys, graph.node):
+        reads = tuple(producer[i] for i in node.input if i in producer)
+        op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        view.nodes[key] = GNode(key, op, reads, (), node.SerializeToString(deterministic=True), _nested(node))
+    return view
