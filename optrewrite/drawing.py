@@ -14,6 +14,7 @@ from typing import Sequence
 
 MAX_NEIGHBOURS = 16
 _INSERTED, _CHANGED, _NEIGHBOUR = "#cfe3ff", "#ffe0a8", "#f2f2f2"
+LEGEND = "\nblue: inserted, orange: changed, grey: unchanged neighbour, dashed: control edge"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class Drawing:
 
         lines = [
             "digraph optrewrite {",
-            f'  graph [rankdir=TB, fontname="Helvetica", fontsize=12, labelloc=t, label={_q(title)}];',
+            f'  graph [rankdir=TB, fontname="Helvetica", fontsize=12, labelloc=t, label={_q(title + LEGEND)}];',
             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, fillcolor="white"];',
             '  edge [color="#555555"];',
         ]
