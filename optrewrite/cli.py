@@ -4,7 +4,7 @@
                         [--check | --dry-run] [--verify] [-q]
     optrewrite explain INPUT [--spec SPEC] [--lower] [--dot FILE]
     optrewrite diff A B
-    optrewrite schema [spec|report]
+    optrewrite schema [spec|report] | schema --validate SPEC...
 
 Exit codes: 0 success (the graphs are equal, for ``diff``; nothing to change, for
 ``--check``); 1 a difference (``diff``: the graphs differ; ``--check``: rewriting would
@@ -135,9 +135,23 @@ def _diff(argv: Sequence[str]) -> int:
 def _schema(argv: Sequence[str]) -> int:
     p = _Parser(prog="optrewrite schema",
                 description="Print a JSON Schema: the spec's (for editors validating wrap.yaml) or the "
-                "JSON report's (what --report writes).")
+                "JSON report's (what --report writes). With --validate, check spec files instead.",
+                epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", nargs="?", choices=("spec", "report"), default="spec")
+    p.add_argument("--validate", nargs="+", type=Path, metavar="SPEC",
+                   help="load each spec file as the rewrite does (without a graph) and report the first problem of each")
     args = p.parse_args(argv)
+    if args.validate:
+        from optrewrite.spec import load_spec  # noqa: PLC0415
+
+        worst = EXIT_OK
+        for path in args.validate:
+            try:
+                load_spec(path)
+            except InputError as exc:
+                _error(exc)
+                worst = max(worst, exc.exit_code)
+        return worst
     from optrewrite.schema import schema_text  # noqa: PLC0415
 
     sys.stdout.write(schema_text(args.which))
