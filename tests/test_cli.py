@@ -15,7 +15,7 @@ import pytest
 
 from optrewrite import fileio
 from optrewrite.cli import main
-from optrewrite.tf import io
+from optrewrite.tf import io, proto
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 DENSE = FIXTURES / "momentum_ref_dense"
@@ -265,3 +265,153 @@ def test_format_comes_from_content_when_the_extension_disagrees(tmp_path: Path) 
         assert main([str(src), "--spec", str(spec / "spec.yaml"), "-o", str(out), "-q"]) == 0
         assert io.load(out, out.read_bytes()).encoding == io.load(src, src.read_bytes()).encoding
     assert io.load(text_named_pb, text_named_pb.read_bytes()).encoding == io.TEXT
+
+
+# --------------------------------------------------------------------- --check and --dry-run
+ONNX_CASE = FIXTURES / "momentum_preview_guarded"
+
+
+@pytest.mark.parametrize("case", [DENSE, ONNX_CASE], ids=lambda p: p.name)
+def test_check_exits_1_until_the_graph_is_rewritten(case: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / next(case.glob("input.*")).name
+    src.write_bytes(next(case.glob("input.*")).read_bytes())
+    spec = case / "spec.yaml"
+    assert main([str(src), "--spec", str(spec), "--check"]) == 1
+    assert "check: rewriting would change the graph (+" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [src.name], "--check writes nothing"
+    out = tmp_path / f"out{src.suffix}"
+    assert main([str(src), "--spec", str(spec), "-o", str(out), "-q"]) == 0
+    assert main([str(out), "--spec", str(spec), "--check"]) == 0
+    assert "rewriting would not change the graph" in capsys.readouterr().err
+
+
+def test_check_with_several_graphs_reports_each_and_exits_with_the_worst(work: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    spec = str(work / "wrap.yaml")
+    assert main([str(work / "graph.pb"), "--spec", spec, "-q"]) == 0
+    done, raw = work / "graph.rewritten.pb", work / "graph.pb"
+    assert main(["--check", "-q", "--spec", spec, str(done), str(done)]) == 0
+    assert main(["--check", "-q", "--spec", spec, str(done), str(raw)]) == 1
+    assert main(["--check", "-q", "--spec", spec, str(raw), str(work / "missing.pb"), str(done)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"optrewrite: error: {work / 'missing.pb'}: cannot read: No such file or directory"]
+
+
+def test_dry_run_writes_only_the_report(work: Path) -> None:
+    import json
+
+    before = sorted(p.name for p in work.iterdir())
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "--dry-run", "-q",
+                 "--report", str(work / "r.json")]) == 0
+    assert sorted(p.name for p in work.iterdir()) == sorted([*before, "r.json"])
+    report = json.loads((work / "r.json").read_text())
+    assert report["mode"] == "dry-run" and report["output"] is None and report["changed"] is True
+    assert report["nodes_added"] > 0 and report["counts"]["guarded"] == 2
+
+
+def test_several_inputs_each_get_their_default_output(work: Path) -> None:
+    (work / "other.pb").write_bytes((work / "graph.pb").read_bytes())
+    assert main([str(work / "graph.pb"), str(work / "other.pb"), "--spec", str(work / "wrap.yaml"), "-q"]) == 0
+    assert (work / "graph.rewritten.pb").read_bytes() == (work / "other.rewritten.pb").read_bytes()
+
+
+@pytest.mark.parametrize("args", [
+    ("--check", "--dry-run"),
+    ("--dry-run", "--verify"),
+    ("--check", "--verify"),
+    ("-o", "x.pb", "EXTRA"),
+    ("--report", "r.json", "EXTRA"),
+], ids=["check+dry-run", "dry-run+verify", "check+verify", "two inputs and -o", "two inputs and --report"])
+def test_flag_combinations_that_make_no_sense_exit_2(args: tuple[str, ...], work: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"),
+            *[str(work / "graph.pb") if a == "EXTRA" else str(work / a) if a.endswith((".pb", ".json")) else a
+              for a in args]]
+    before = sorted(p.name for p in work.iterdir())
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("optrewrite: error:") and err.count("\n") == 1
+    assert sorted(p.name for p in work.iterdir()) == before
+
+
+# --------------------------------------------------------------------- --verify
+def test_verify_records_the_step_in_the_report(work: Path) -> None:
+    import json
+
+    out = work / "out.pb"
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(out), "--verify",
+                 "-q", "--report", str(work / "r.json")]) == 0
+    report = json.loads((work / "r.json").read_text())
+    assert "TensorFlow" in report["verified"]
+
+
+def test_verify_blames_an_input_that_does_not_run_and_writes_nothing(work: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """The dense fixture with MatMul told to transpose its first operand: the shapes no longer
+    agree, which only running the graph finds."""
+    graph = proto.GraphDef.FromString((work / "graph.pb").read_bytes())
+    (matmul,) = [n for n in graph.node if n.name == "MatMul"]
+    matmul.attr["transpose_a"].b = True
+    (work / "graph.pb").write_bytes(graph.SerializeToString())
+    before = digest(work / "graph.pb")
+    out = work / "out.pb"
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(out), "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"optrewrite: error: {work / 'graph.pb'}: the input graph does not run either:")
+    assert err.count("\n") == 1
+    assert not out.exists() and digest(work / "graph.pb") == before
+    assert not [p for p in work.iterdir() if p.name.startswith(".")], "no temporary file left"
+
+
+def test_verify_failing_only_on_the_output_is_an_internal_error(work: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A rewrite that breaks a runnable graph (simulated by corrupting the rewrite's bytes) is
+    our bug: exit 3, and the broken graph is not written."""
+    import optrewrite.api as api
+
+    real = api.rewrite_bytes
+
+    def broken(path, raw, spec, *, lower=False):  # type: ignore[no-untyped-def]
+        data, report = real(path, raw, spec, lower=lower)
+        graph = proto.GraphDef.FromString(data)
+        (matmul,) = [n for n in graph.node if n.name == "MatMul"]
+        matmul.attr["transpose_a"].b = True
+        return graph.SerializeToString(), report
+
+    monkeypatch.setattr(api, "rewrite_bytes", broken)
+    out = work / "out.pb"
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(out), "--verify"]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("optrewrite: internal error: AssertionError: the rewritten graph fails to run")
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------- diff and schema
+def test_diff_exit_codes(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = work / "graph.pb"
+    assert main([str(graph), "--spec", str(work / "wrap.yaml"), "-q"]) == 0
+    text = work / "graph.pbtxt"
+    from google.protobuf import text_format
+
+    text.write_text(text_format.MessageToString(proto.GraphDef.FromString(graph.read_bytes())))
+    assert main(["diff", str(graph), str(text)]) == 0
+    assert main(["diff", str(graph), str(work / "graph.rewritten.pb")]) == 1
+    out = capsys.readouterr().out
+    assert "optrewrite/plan" in out
+    assert main(["diff", "-q", str(graph), str(work / "graph.rewritten.pb")]) == 1
+    assert capsys.readouterr().out == ""
+    assert main(["diff", str(graph), str(work / "wrap.yaml")]) == 2
+    assert main(["diff", str(graph)]) == 2
+
+
+def test_schema_prints_json_schemas_and_validates_specs(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    for which in ("spec", "report"):
+        assert main(["schema", which]) == 0
+        assert json.loads(capsys.readouterr().out)["$schema"].startswith("https://json-schema.org/")
+    assert main(["schema", "--validate", str(work / "wrap.yaml")]) == 0
+    (work / "bad.yaml").write_text("version: 1\nclip:\n  - variables: ['*']\n    max_norm: -1\n")
+    assert main(["schema", "--validate", str(work / "bad.yaml"), str(work / "wrap.yaml")]) == 2
+    assert capsys.readouterr().err == f"optrewrite: error: {work / 'bad.yaml'}:4: clip[0].max_norm: must be a positive number, got -1\n"
