@@ -1,37 +1,42 @@
-"""Golden fixtures: each fixtures/<case>/input.* rewritten by its spec.yaml must print as
-its expected.txt (optrewrite.canonical). Regenerate with python tools/regen_fixtures.py."""
+"""Golden fixtures: each fixtures/<case>/input.* rewritten by its spec.yaml must equal the case's
+expected graph (expected.pbtxt for TensorFlow inputs of any container, expected.onnx for ONNX),
+compared structurally (optrewrite.diff). After a deliberate change, regenerate with
+``pytest tests/test_fixtures.py --optrewrite-regen`` (or python tools/regen_fixtures.py) and
+review the diff."""
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import pytest
 
 from optrewrite.api import rewrite_file
-from optrewrite.canonical import canonical_file
+from optrewrite.pytest_plugin import GraphGolden
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-CASES = sorted(p for p in FIXTURES.iterdir() if (p / "expected.txt").exists())
+CASES = sorted(p for p in FIXTURES.iterdir() if (p / "spec.yaml").exists())
+
+
+def input_of(case: Path) -> Path:
+    return next(case.glob("input.*"))
+
+
+def expected_of(case: Path) -> Path:
+    return case / ("expected.onnx" if input_of(case).suffix == ".onnx" else "expected.pbtxt")
 
 
 def test_fixtures_cover_every_input_format() -> None:
-    suffixes = {next(c.glob("input.*")).suffix for c in CASES}
+    suffixes = {input_of(c).suffix for c in CASES}
     assert suffixes >= {".pb", ".pbtxt", ".meta", ".onnx"}
 
 
+def test_fixtures_hold_only_their_input_spec_and_expected_graph() -> None:
+    for case in CASES:
+        assert {p.name for p in case.iterdir()} == {input_of(case).name, "spec.yaml", expected_of(case).name}, case
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_fixture_rewrites_to_expected_text(case: Path, tmp_path: Path) -> None:
-    src = next(case.glob("input.*"))
+def test_fixture_rewrites_to_expected_graph(case: Path, tmp_path: Path, graph_golden: GraphGolden) -> None:
+    src = input_of(case)
     out = tmp_path / f"out{src.suffix}"
     rewrite_file(src, case / "spec.yaml", output=out)
-    actual = canonical_file(out)
-    expected = (case / "expected.txt").read_text()
-    if actual != expected:
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True), actual.splitlines(keepends=True),
-                f"{case.name}/expected.txt", "rewritten", n=2,
-            )
-        )
-        pytest.fail(f"{case.name} differs from its golden file "
-                    f"(python tools/regen_fixtures.py to accept):\n{diff[:20000]}")
+    graph_golden(out, expected_of(case))

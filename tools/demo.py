@@ -3,7 +3,8 @@
     bash tools/dev.sh demo
 
 1. Runs ``optrewrite fixtures/momentum_ref_dense/input.pb --spec .../spec.yaml`` into ``out/``
-   and prints the report and a node-level diff of the input and the output.
+   and prints the report and the structural diff of the input and the output
+   (``optrewrite diff``).
 2. Runs ``optrewrite fixtures/adam_preview_lowered/input.onnx --spec .../spec.yaml`` (guard,
    clip, lowering) and trains the result two steps in onnxruntime, the second with an all-zero
    gradient for one tensor, which keeps its value.
@@ -13,9 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from optrewrite.canonical import structural_diff
 from optrewrite.cli import main as optrewrite_main
-from optrewrite.tf import io
+from optrewrite.diff import diff_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = ROOT / "fixtures" / "momentum_ref_dense"
@@ -66,12 +66,9 @@ def main() -> int:
     rc = optrewrite_main([str(src), "--spec", str(spec), "-o", str(out), "--report", str(out_dir / "report.json")])
     if rc:
         return rc
-    before = io.load(src, src.read_bytes()).graph
-    after = io.load(out, out.read_bytes()).graph
     print(f"\nspec ({spec.relative_to(ROOT)}):\n" + spec.read_text())
-    print("what changed (+ added node, ~ changed node):")
-    for line in structural_diff(before, after):
-        print("  " + line)
+    print("what changed (- removed, + added, ~ changed):")
+    print(diff_files(src, out).render(str(src.relative_to(ROOT)), str(out.relative_to(ROOT))))
     return onnx_demo(out_dir)
 
 

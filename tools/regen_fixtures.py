@@ -1,11 +1,16 @@
 """Regenerate the golden fixtures under fixtures/.
 
-Each fixture is a folder with an input graph, a spec.yaml, and expected.txt: the canonical
-text (optrewrite.canonical) of the rewritten graph. tests/test_fixtures.py rewrites every
-input and compares. After a deliberate change, regenerate and review the diff:
+Each fixture is a folder with an input graph, a spec.yaml, and the expected rewritten graph:
+expected.pbtxt (text format, whatever the input's container) for a TensorFlow input,
+expected.onnx for an ONNX one. tests/test_fixtures.py rewrites every input and compares the
+graphs structurally (optrewrite.diff). After a deliberate change, regenerate and review the
+diff (``optrewrite diff`` shows what changed in an ONNX golden):
 
-    python tools/regen_fixtures.py            # rewrite expected.txt from the committed inputs
+    python tools/regen_fixtures.py            # rewrite the expected graphs from the committed inputs
     python tools/regen_fixtures.py --inputs   # also rebuild the input graphs (TF ones need TensorFlow)
+
+The expected graphs are written as ``pytest tests/test_fixtures.py --optrewrite-regen`` writes
+them (optrewrite.testing.write_expected): an expected graph equal to the output stays as it is.
 """
 from __future__ import annotations
 
@@ -179,16 +184,22 @@ def _build_inputs() -> None:
             target.write_bytes(graph.as_graph_def().SerializeToString(deterministic=True))
 
 
-def expected_text(folder: Path) -> str:
-    """The canonical text of the fixture's input rewritten by its spec."""
-    from optrewrite.api import rewrite_file  # noqa: PLC0415
-    from optrewrite.canonical import canonical_file  # noqa: PLC0415
+def expected_path(folder: Path) -> Path:
+    """Where the fixture's expected graph lives: expected.onnx for ONNX, else expected.pbtxt."""
+    src = folder / INPUTS[folder.name]
+    return folder / ("expected.onnx" if src.suffix == ".onnx" else "expected.pbtxt")
 
-    src = next(p for p in sorted(folder.iterdir()) if p.name.startswith("input."))
+
+def write_expected(folder: Path) -> bool:
+    """Rewrite the fixture's input by its spec into its expected graph; whether that changed it."""
+    from optrewrite.api import rewrite_file  # noqa: PLC0415
+    from optrewrite.testing import write_expected as write_golden  # noqa: PLC0415
+
+    src = folder / INPUTS[folder.name]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"output{src.suffix}"
         rewrite_file(src, folder / "spec.yaml", output=out)
-        return canonical_file(out)
+        return write_golden(out, expected_path(folder))
 
 
 def main() -> int:
@@ -202,8 +213,8 @@ def main() -> int:
     for name, spec in SPECS.items():
         folder = FIXTURES / name
         (folder / "spec.yaml").write_text(spec)
-        (folder / "expected.txt").write_text(expected_text(folder))
-        print(f"wrote {folder.relative_to(ROOT)}/expected.txt")
+        expected = expected_path(folder).relative_to(ROOT)
+        print(f"wrote {expected}" if write_expected(folder) else f"unchanged {expected}")
     return 0
 
 
