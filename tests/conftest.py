@@ -1,7 +1,9 @@
-"""Test-wide settings: quiet, reproducible TensorFlow.
+"""Test-wide settings: quiet, reproducible TensorFlow; onnxruntime without telemetry files.
 
 The environment variables must be set before anything imports tensorflow: oneDNN
 reorders float reductions (REFERENCE.md §5), which breaks bit-for-bit comparisons.
+onnxruntime 1.31 writes telemetry files under $TMPDIR and ~/.cache on import unless
+ORT_DISABLE_TELEMETRY is set.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from typing import Any  # noqa: E402
 
