@@ -105,10 +105,12 @@ def _runtime_check(src: Path, out: Path, report: Report) -> Callable[[Path], Non
     """Run one step of the temporary output; blame the input when it fails there too."""
 
     def run(tmp: Path) -> None:
-        from optrewrite.verify import VerificationFailed, verify_file  # noqa: PLC0415
+        from optrewrite.verify import TooLargeToVerify, VerificationFailed, verify_file  # noqa: PLC0415
 
         try:
             report.verified = verify_file(tmp, like=out)
+        except TooLargeToVerify as exc:
+            raise InputError(f"{src}: --verify cannot run this graph: {exc}; rewrite without --verify") from None
         except VerificationFailed as exc:
             try:
                 verify_file(src)

@@ -54,8 +54,8 @@ from optrewrite.errors import InputError
 if TYPE_CHECKING:
     from optrewrite.tf import proto
 
-MAX_ELEMENTS = 2**24  # one generated tensor
-MAX_TOTAL_ELEMENTS = 2**26  # all generated tensors of one run
+MAX_ELEMENTS = 2**27  # one generated tensor (512 MiB of float32)
+MAX_TOTAL_ELEMENTS = 2**28  # all generated tensors of one run
 TF_UNKNOWN_DIM = 2
 ONNX_UNKNOWN_DIM = 1
 STEP_TIMEOUT_S = 120.0  # a TensorFlow step waiting on an empty queue or reader fails after this
@@ -85,6 +85,10 @@ _STEP_NAME = re.compile(r"(^|[/_.:])(t|step|steps|iter|iters|iteration|global_st
 
 class VerificationFailed(Exception):
     """The graph cannot be loaded or run in its runtime; the message is one short line."""
+
+
+class TooLargeToVerify(VerificationFailed):
+    """The graph may well run, but its data is more than verification generates."""
 
 
 def verify_file(
@@ -133,11 +137,11 @@ def _sentence(line: str) -> str:
     return line
 
 
-def _failed(message: str) -> VerificationFailed:
+def _failed(message: str, kind: type[VerificationFailed] = VerificationFailed) -> VerificationFailed:
     message = " ".join(message.split())
     if len(message) > _MAX_MESSAGE:
         message = message[: _MAX_MESSAGE - 3] + "..."
-    return VerificationFailed(message)
+    return kind(message)
 
 
 class _Budget:
@@ -153,11 +157,13 @@ class _Budget:
         n = math.prod(shape)
         if n > MAX_ELEMENTS:
             raise _failed(
-                f"{what}: shape {list(shape)} has {n} elements; verify generates at most {MAX_ELEMENTS} per tensor"
+                f"{what}: shape {list(shape)} has {n} elements; verify generates at most {MAX_ELEMENTS} per tensor",
+                TooLargeToVerify,
             )
         self.total += n
         if self.total > MAX_TOTAL_ELEMENTS:
-            raise _failed(f"{what}: the generated data would exceed {MAX_TOTAL_ELEMENTS} elements in all")
+            raise _failed(f"{what}: the generated data would exceed {MAX_TOTAL_ELEMENTS} elements in all",
+                          TooLargeToVerify)
         return tuple(shape)
 
 

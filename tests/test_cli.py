@@ -387,6 +387,20 @@ def test_verify_failing_only_on_the_output_is_an_internal_error(work: Path, monk
     assert not out.exists()
 
 
+def test_verify_refuses_a_graph_too_large_to_generate_data_for(work: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    graph = proto.GraphDef.FromString((work / "graph.pb").read_bytes())
+    (x,) = [n for n in graph.node if n.name == "x"]
+    x.attr["shape"].shape.dim[0].size = 2**26  # x: [2**26, 3], more than verify generates
+    (work / "graph.pb").write_bytes(graph.SerializeToString())
+    out = work / "out.pb"
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(out), "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert "--verify cannot run this graph:" in err and "'x'" in err and "rewrite without --verify" in err
+    assert err.count("\n") == 1 and not out.exists()
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(out), "-q"]) == 0
+
+
 # --------------------------------------------------------------------- diff and schema
 def test_diff_exit_codes(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
     graph = work / "graph.pb"
