@@ -125,8 +125,9 @@ def _q(text: str) -> str:
 
 
 def draw(before: GraphView, after: GraphView, sites: Sequence[tuple[str, str, str]]) -> Drawing:
-    """Group ``after``'s new nodes by site. ``sites``: (variable, name prefix of its nodes, label)."""
-    by_prefix = sorted(sites, key=lambda s: len(s[1]), reverse=True)
+    """Group ``after``'s new nodes by site. ``sites``: (variable, name prefix of its nodes, ending
+    in "/", label); a node belongs to the site with the longest prefix of its name."""
+    owners = {prefix: variable for variable, prefix, _ in sites}
     groups: dict[str | None, list[str]] = {}
     labels: dict[str | None, str] = {None: "shared"}
     for variable, _, label in sites:
@@ -134,7 +135,13 @@ def draw(before: GraphView, after: GraphView, sites: Sequence[tuple[str, str, st
     for key in after.nodes:
         if key in before.nodes:
             continue
-        owner = next((variable for variable, prefix, _ in by_prefix if key.startswith(prefix)), None)
+        owner = None
+        cut = key.rfind("/")
+        while cut >= 0:
+            owner = owners.get(key[: cut + 1])
+            if owner is not None:
+                break
+            cut = key.rfind("/", 0, cut)
         groups.setdefault(owner, []).append(key)
     changed = {k for k, n in after.nodes.items() if k in before.nodes and before.nodes[k].fingerprint != n.fingerprint}
     before_keys = set(before.nodes) | {k for n in before.nodes.values() for k in n.nested}

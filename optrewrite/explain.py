@@ -14,11 +14,11 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from optrewrite.api import is_onnx, read_input, rewrite_bytes
+from optrewrite.api import is_onnx, read_input
 from optrewrite.drawing import Drawing, GraphView, draw
 from optrewrite.errors import InputError
 from optrewrite.fileio import write_atomic
-from optrewrite.report import SkipEntry
+from optrewrite.report import Report, SkipEntry
 from optrewrite.spec import Selector, Spec, load_spec
 
 
@@ -34,7 +34,7 @@ class Site:
     slots: tuple[str, ...]
     sparse: bool
     device: str
-    scope: str  # the name prefix of the nodes the rewrite inserts for this site
+    scope: str  # the name prefix, ending in "/", of the nodes the rewrite inserts for this site
 
 
 @dataclass
@@ -63,8 +63,16 @@ class Explanation:
         return json.dumps({"schema": "optrewrite.explain/1", **data}, indent=2, sort_keys=True) + "\n"
 
 
-def _no_spec() -> Spec:
-    return Spec(source="<no spec>", version=1, guard=None, clip=(), global_norm_clip=None, lower=False, updates=())
+@dataclass
+class Analysis:
+    """What a format adapter (``optrewrite/{tf,onnx}/explain.py``) finds in one graph."""
+
+    format: str
+    sites: list[Site]
+    skipped: list[SkipEntry]
+    before: GraphView
+    after: GraphView | None = None  # with a spec: the graph as rewritten
+    report: Report | None = None  # with a spec: the rewrite's report
 
 
 def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *, lower: bool = False) -> Explanation:
@@ -73,18 +81,21 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
     spec = load_spec(spec_path) if spec_path is not None else None
     raw = read_input(src)
     if is_onnx(src):
-        from optrewrite.onnx.explain import found_sites, graph_view  # noqa: PLC0415
+        from optrewrite.onnx.explain import analyse  # noqa: PLC0415
+
+        found = analyse(src, raw, spec, lower=lower)
     else:
-        if lower:
+        if lower or (spec is not None and spec.lower):
             raise InputError(f"{src}: lowering applies to ONNX models only")
-        from optrewrite.tf.explain import found_sites, graph_view  # noqa: PLC0415
-    fmt, sites, skips = found_sites(src, raw, spec or _no_spec())
-    explanation = Explanation(input=str(src), format=fmt, spec=str(spec_path) if spec_path else None,
-                              rows=[Row(site) for site in sites], skipped=skips)
-    if spec is None:
+        from optrewrite.tf.explain import analyse  # type: ignore[no-redef]  # noqa: PLC0415
+
+        found = analyse(src, raw, spec)
+    explanation = Explanation(input=str(src), format=found.format, spec=str(spec_path) if spec_path else None,
+                              rows=[Row(site) for site in found.sites], skipped=found.skipped)
+    if spec is None or found.report is None or found.after is None:
         return explanation
 
-    data, report = rewrite_bytes(src, raw, spec, lower=lower)
+    report = found.report
     explanation.note = report.note
     explanation.skipped = report.skipped
     inserted = {entry.update: entry.inserted for entry in report.sites}
@@ -93,9 +104,9 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
         row.selected_by, row.not_selected = _rules(row.site.variable, spec)
         if "lower" in row.inserted:
             row.selected_by.append("lower")
-    before, after = graph_view(src, raw), graph_view(src, data)
-    drawing = draw(before, after, [(r.site.variable, r.site.scope, f"{r.site.variable}: {', '.join(r.inserted)}")
-                                   for r in explanation.rows if r.inserted])
+    drawing = draw(found.before, found.after,
+                   [(r.site.variable, r.site.scope, f"{r.site.variable}: {', '.join(r.inserted)}")
+                    for r in explanation.rows if r.inserted])
     for row in explanation.rows:
         row.nodes = drawing.count(row.site.variable)
     explanation.shared_nodes = drawing.count(None)
@@ -192,5 +203,3 @@ def write_drawing(ex: Explanation, path: Path) -> list[Path]:
         written.append(svg_path)
     return written
 
-
-__all__ = ["Explanation", "GraphView", "Row", "Site", "explain_file", "render_table", "write_drawing"]

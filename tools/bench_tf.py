@@ -11,6 +11,9 @@ What it measures, at three sizes (1/4, 1/2 and all of a ~200k-node graph):
   ``op``), ``SerializeToString``, and write the bytes the way optrewrite writes its output
   (``optrewrite.fileio.write_atomic``).
 
+* **explain**: ``python -m optrewrite explain GRAPH --spec SPEC`` in a fresh process (the
+  table it prints; the rewrite runs in memory).
+
 Each is the wall time of the whole process (interpreter start and imports included) and
 its peak RSS (``ru_maxrss`` from ``resource.getrusage(RUSAGE_CHILDREN)`` in a small timing
 process that runs nothing else), the median of 3 runs, floor and rewrite alternating.
@@ -320,6 +323,7 @@ class Row:
     clipped: int
     floor: Sample
     rewrite: Sample
+    explain: Sample
 
     @property
     def ratio(self) -> float:
@@ -338,12 +342,15 @@ def bench(label: str, graph: Path, blocks: int, expect_nodes: int, work: Path) -
     graph.read_bytes()  # warm the page cache: the first run should not pay for the disk
     floors: list[Sample] = []
     rewrites: list[Sample] = []
+    explains: list[Sample] = []
     for _ in range(REPEATS):
         floors.append(run_measured([py, "-c", FLOOR, str(graph), str(floor_out)], work / "floor.log"))
         rewrites.append(run_measured(
             [py, "-m", "optrewrite", str(graph), "--spec", str(spec), "-o", str(out), "--report", str(report), "-q"],
             work / "rewrite.log",
         ))  # fmt: skip
+        explains.append(run_measured([py, "-m", "optrewrite", "explain", str(graph), "--spec", str(spec)],
+                                     work / "explain.log"))
     nodes = int((work / "floor.log").read_text().split()[-1])
     if nodes != expect_nodes:
         raise RuntimeError(f"{graph} has {nodes} nodes, expected {expect_nodes}: a stale cache? delete it")
@@ -351,7 +358,7 @@ def bench(label: str, graph: Path, blocks: int, expect_nodes: int, work: Path) -
     for path in (out, floor_out):
         path.unlink()
     return Row(label, blocks, nodes, counts["updates_found"], counts["guarded"], counts["clipped"],
-               _median(floors), _median(rewrites))  # fmt: skip
+               _median(floors), _median(rewrites), _median(explains))  # fmt: skip
 
 
 def profile(graph: Path, work: Path, top: int = 25) -> None:
@@ -376,14 +383,15 @@ def profile(graph: Path, work: Path, top: int = 25) -> None:
 def table(rows: list[Row]) -> str:
     lines = [
         "| size | nodes | updates | floor s | rewrite s | ratio | floor peak RSS MB | rewrite peak RSS MB "
-        "| floor µs/node | rewrite µs/node |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| floor µs/node | rewrite µs/node | explain s | explain × floor |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.label} | {r.nodes:,} | {r.updates:,} | {r.floor.wall_s:.2f} | {r.rewrite.wall_s:.2f} "
             f"| {r.ratio:.2f}× | {r.floor.peak_rss_mb:.0f} | {r.rewrite.peak_rss_mb:.0f} "
-            f"| {r.floor.wall_s / r.nodes * 1e6:.1f} | {r.rewrite.wall_s / r.nodes * 1e6:.1f} |"
+            f"| {r.floor.wall_s / r.nodes * 1e6:.1f} | {r.rewrite.wall_s / r.nodes * 1e6:.1f} "
+            f"| {r.explain.wall_s:.2f} | {r.explain.wall_s / r.floor.wall_s:.2f}× |"
         )
     return "\n".join(lines)
 

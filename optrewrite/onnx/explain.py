@@ -1,4 +1,4 @@
-"""The ONNX side of ``optrewrite explain``: sites as found, and a graph view for drawing.
+"""The ONNX side of ``optrewrite explain``: the sites as found, the graph before and after.
 
 Graph inputs and initializers that nodes read appear in the view as nodes of op
 ``input`` / ``initializer``, so a drawing shows the variable and gradient tensors.
@@ -10,12 +10,17 @@ from pathlib import Path
 import onnx
 
 from optrewrite.drawing import GNode, GraphView
-from optrewrite.explain import Site
+from optrewrite.explain import Analysis, Site
 from optrewrite.onnx import io
 from optrewrite.onnx.graph import PREFIX, Editor
+from optrewrite.onnx.rewrite import rewrite_onnx
 from optrewrite.onnx.sites import find_update_sites
 from optrewrite.report import SkipEntry
 from optrewrite.spec import Spec
+
+
+def _no_spec() -> Spec:
+    return Spec(source="<no spec>", version=1, guard=None, clip=(), global_norm_clip=None, lower=False, updates=())
 
 
 def _shape(ed: Editor, name: str) -> str:
@@ -26,18 +31,25 @@ def _shape(ed: Editor, name: str) -> str:
     return "[" + ", ".join(dims) + "]"
 
 
-def found_sites(src: Path, raw: bytes, spec: Spec) -> tuple[str, list[Site], list[SkipEntry]]:
-    """The model's format name, its update sites (``spec``'s ``updates:`` included) and what is skipped."""
+def analyse(src: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
+    """The sites (a spec's ``updates:`` included); with a spec, the model rewritten in memory."""
     loaded = io.load(src, raw)
+    before = graph_view(loaded.model.graph)
     ed = Editor(loaded.model)
-    found = find_update_sites(ed, spec, src)
+    found = find_update_sites(ed, spec or _no_spec(), src)
     sites = [
         Site(variable=s.variable, shape=_shape(ed, s.variable),
              dtype=onnx.TensorProto.DataType.Name(s.elem_type).lower(), update=s.key, kind=s.kind,
              slots=tuple(old for old, _ in s.states), sparse=False, device="", scope=f"{PREFIX}/{s.variable}/")
         for s in found.sites
     ]
-    return loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips]
+    result = Analysis(loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips],
+                      before=before)
+    if spec is not None:
+        outcome = rewrite_onnx(io.load(src, raw), spec, lower=lower)
+        result.report = outcome.report
+        result.after = graph_view(outcome.model.graph)
+    return result
 
 
 def _key(node: onnx.NodeProto, index: int) -> str:
@@ -53,9 +65,8 @@ def _nested(node: onnx.NodeProto) -> tuple[str, ...]:
     return tuple(keys)
 
 
-def graph_view(src: Path, raw: bytes) -> GraphView:
+def graph_view(graph: onnx.GraphProto) -> GraphView:
     """Every top-level node, keyed by name (or first output), with the nodes it reads."""
-    graph = io.load(src, raw).model.graph
     view = GraphView()
     producer: dict[str, str] = {}
     keys = []

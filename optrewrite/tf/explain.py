@@ -1,14 +1,15 @@
-"""The TensorFlow side of ``optrewrite explain``: sites as found, and a graph view for drawing."""
+"""The TensorFlow side of ``optrewrite explain``: the sites as found, the graph before and after."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from optrewrite.drawing import GNode, GraphView
-from optrewrite.explain import Site
+from optrewrite.explain import Analysis, Site
 from optrewrite.report import SkipEntry
 from optrewrite.spec import Spec
 from optrewrite.tf import io, proto
 from optrewrite.tf.graph import GraphEditor
+from optrewrite.tf.rewrite import rewrite_tf
 from optrewrite.tf.sites import find_update_sites
 
 
@@ -16,24 +17,34 @@ def _shape(shape: tuple[int, ...] | None) -> str:
     return "?" if shape is None else "[" + ", ".join("?" if d < 0 else str(d) for d in shape) + "]"
 
 
-def found_sites(src: Path, raw: bytes, spec: Spec) -> tuple[str, list[Site], list[SkipEntry]]:
-    """The graph's format name, its update sites and the candidates skipped (``spec`` is unused)."""
-    del spec
+def analyse(src: Path, raw: bytes, spec: Spec | None) -> Analysis:
+    """Parse once; with a spec, rewrite that parsed graph in memory (the rewrite edits it in place)."""
     loaded = io.load(src, raw)
     found = find_update_sites(GraphEditor(loaded.graph, loaded.topology))
     sites = [
         Site(variable=s.variable, shape=_shape(s.shape), dtype=proto.dtype_name(s.dtype), update=s.key,
-             kind=s.kind, slots=s.slots, sparse=s.sparse, device=s.device, scope=f"{s.scope}/optrewrite_")
+             kind=s.kind, slots=s.slots, sparse=s.sparse, device=s.device, scope=f"{s.scope}/")
         for s in found.sites
     ]
-    return loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips]
+    result = Analysis(loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips],
+                      before=graph_view(loaded.graph, fingerprints=spec is not None))
+    if spec is not None:
+        result.report = rewrite_tf(loaded, spec).report
+        result.after = graph_view(loaded.graph, fingerprints=True)
+    return result
 
 
-def graph_view(src: Path, raw: bytes) -> GraphView:
-    """Every node by name, with its data and control inputs."""
+def graph_view(graph: proto.GraphDef, *, fingerprints: bool) -> GraphView:
+    """Every node by name, with its data and control inputs (and its bytes, to tell changes)."""
     view = GraphView()
-    for node in io.load(src, raw).graph.node:
-        data = tuple(i.split(":", 1)[0] for i in node.input if not i.startswith("^"))
-        controls = tuple(i[1:] for i in node.input if i.startswith("^"))
-        view.nodes[node.name] = GNode(node.name, node.op, data, controls, node.SerializeToString(deterministic=True))
+    nodes = view.nodes
+    for node in graph.node:
+        data, controls = [], []
+        for i in node.input:
+            if i.startswith("^"):
+                controls.append(i[1:])
+            else:
+                data.append(i.partition(":")[0])
+        nodes[node.name] = GNode(node.name, node.op, tuple(data), tuple(controls),
+                                 node.SerializeToString(deterministic=True) if fingerprints else b"")
     return view
