@@ -20,6 +20,20 @@ import yaml
 from optrewrite.errors import SpecError
 
 SUPPORTED_VERSIONS = (1,)
+# The positive normal range of each float type a norm may be written in: a norm outside it
+# overflows to inf or loses its precision (and 1/norm overflows) once it is a constant of that type.
+NORMAL_RANGE = {
+    "float16": (6.103515625e-05, 65504.0),
+    "bfloat16": (1.1754943508222875e-38, 3.3895313892515355e38),
+    "float32": (1.1754943508222875e-38, 3.4028234663852886e38),
+    "float64": (2.2250738585072014e-308, 1.7976931348623157e308),
+}
+_SHOWN = 60  # characters of a value from the spec echoed in a message
+
+
+def shorten(text: str, limit: int = _SHOWN) -> str:
+    """``text`` cut to ``limit`` characters for a one-line message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -111,17 +125,24 @@ class Spec:
             out.append(self.global_norm_clip.select)
         return out
 
-    def bind(self, ranks: Mapping[str, int | None], skipped: Mapping[str, str] | None = None) -> None:
+    def bind(
+        self,
+        ranks: Mapping[str, int | None],
+        skipped: Mapping[str, str] | None = None,
+        dtypes: Mapping[str, str] | None = None,
+    ) -> None:
         """Check the spec against a graph's variables (name -> rank, None when unknown).
 
         ``skipped`` maps variables whose update cannot be rewritten to the reason, so that a
-        selector matching only those says why. Raises SpecError when a selector matches no
-        variable or a clip dim is out of range.
+        selector matching only those says why. ``dtypes`` maps variables to the name of their
+        float type (a key of :data:`NORMAL_RANGE`), in which their norms become constants.
+        Raises SpecError when a selector matches no variable, a clip dim is out of range or
+        two dims name the same axis, or a norm is not a normal number of a selected variable's type.
         """
         names = sorted(ranks)
         for sel in self.selectors():
             if not sel.select(names):
-                shown = ", ".join(p.text for p in sel.include)
+                shown = shorten(", ".join(p.text for p in sel.include))
                 message = f"selects no variable with an optimizer update ({shown})"
                 hidden = sel.select(sorted(skipped or {}))
                 if hidden:
@@ -144,8 +165,31 @@ class Spec:
                     raise SpecError(
                         self.source,
                         f"{group.field}.dims",
-                        f"dim {bad[0]} is out of range for variable {name!r} of rank {rank}",
+                        f"dim {shorten(str(bad[0]), 24)} is out of range for variable {name!r} of rank {rank}",
                         group.line,
+                    )
+                axes = [d % rank for d in group.dims]
+                if len(set(axes)) != len(axes):
+                    raise SpecError(
+                        self.source,
+                        f"{group.field}.dims",
+                        f"{list(group.dims)} names an axis twice for variable {name!r} of rank {rank}",
+                        group.line,
+                    )
+        for name, dtype in sorted((dtypes or {}).items()):
+            norms = [(f"{g.field}.max_norm", g.max_norm, g.line) for g in self.clip if g.select.matches(name)]
+            gnc = self.global_norm_clip
+            if gnc is not None and gnc.select.matches(name):
+                norms.append(("global_norm_clip.clip_norm", gnc.clip_norm, gnc.select.line))
+            low, high = NORMAL_RANGE[dtype]
+            for where, value, line in norms:
+                if not low <= value <= high:
+                    raise SpecError(
+                        self.source,
+                        where,
+                        f"{value!r} is outside the range of {dtype} ({low!r} to {high!r}), "
+                        f"the type of variable {name!r}",
+                        line,
                     )
 
 
@@ -177,7 +221,7 @@ class _Node:
             if key not in allowed:
                 raise SpecError(
                     self.source,
-                    sub,
+                    shorten(sub),
                     f"unknown key (expected one of: {', '.join(allowed)})",
                     key_node.start_mark.line + 1,
                 )
@@ -194,32 +238,42 @@ class _Node:
     def scalar(self) -> Any:
         if not isinstance(self.node, yaml.ScalarNode):
             raise self.fail(f"must be a single value, got {self._kind()}")
-        return yaml.SafeLoader(self.node.value).construct_object(self.node)  # type: ignore[arg-type]
+        try:
+            return yaml.SafeLoader(self.node.value).construct_object(self.node)  # type: ignore[arg-type]
+        except yaml.YAMLError as exc:  # an unknown or unsafe tag, bad base64
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise self.fail(f"cannot read {self._kind()}: {shorten(problem)}") from None
+        except (ValueError, OverflowError):  # !!int 'abc', an integer of more than 4300 digits
+            raise self.fail(f"cannot read {self._kind()} as {self.node.tag.rsplit(':', 1)[-1]}") from None
 
     def string(self) -> str:
         value = self.scalar()
         if not isinstance(value, str) or not value:
-            raise self.fail(f"must be a non-empty string, got {value!r}")
+            raise self.fail(f"must be a non-empty string, got {_shown(value)}")
         return value
 
     def boolean(self) -> bool:
         value = self.scalar()
         if not isinstance(value, bool):
-            raise self.fail(f"must be true or false, got {value!r}")
+            raise self.fail(f"must be true or false, got {_shown(value)}")
         return value
 
     def positive(self) -> float:
         value = self.scalar()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(f"must be a positive number, got {value!r}")
-        if not math.isfinite(value) or value <= 0:
-            raise self.fail(f"must be a positive number, got {value!r}")
-        return float(value)
+            raise self.fail(f"must be a positive number, got {_shown(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond every float
+            number = math.inf
+        if not math.isfinite(number) or number <= 0:
+            raise self.fail(f"must be a positive number, got {_shown(value)}")
+        return number
 
     def integer(self) -> int:
         value = self.scalar()
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"must be an integer, got {value!r}")
+            raise self.fail(f"must be an integer, got {_shown(value)}")
         return value
 
     def _kind(self) -> str:
@@ -227,7 +281,11 @@ class _Node:
             return "a mapping"
         if isinstance(self.node, yaml.SequenceNode):
             return "a list"
-        return repr(self.node.value)
+        return shorten(repr(self.node.value))
+
+
+def _shown(value: Any) -> str:
+    return shorten(repr(value))
 
 
 def _pattern(node: _Node) -> Pattern:
@@ -235,8 +293,9 @@ def _pattern(node: _Node) -> Pattern:
     if text.startswith("re:"):
         try:
             regex = re.compile(text[3:])
-        except re.error as exc:
-            raise node.fail(f"invalid regular expression {text[3:]!r}: {exc}") from None
+        except (re.error, RecursionError, OverflowError) as exc:
+            problem = exc if isinstance(exc, re.error) else "nested or repeated too deeply"
+            raise node.fail(f"invalid regular expression {shorten(repr(text[3:]))}: {problem}") from None
     else:
         regex = re.compile(fnmatch.translate(text))
     return Pattern(text=text, line=node.line, _regex=regex)
@@ -273,6 +332,8 @@ def _clip_group(index: int, node: _Node) -> ClipGroup:
     dims: tuple[int, ...] | None = None
     if "dims" in keys:
         dims = tuple(n.integer() for n in keys["dims"].sequence())
+        if not dims:
+            raise keys["dims"].fail("must list at least one dim (omit dims for the norm of the whole variable)")
         if len(set(dims)) != len(dims):
             raise keys["dims"].fail(f"repeats a dim: {list(dims)}")
     return ClipGroup(
@@ -327,7 +388,9 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise SpecError(source, "", f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
+        raise SpecError(source, "", f"invalid YAML: {shorten(problem)}", mark.line + 1 if mark else None) from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise SpecError(source, "", "invalid YAML: collections nested too deeply") from None
     if root_node is None:
         raise SpecError(source, "", "the spec is empty")
     root = _Node(source, root_node, "")
