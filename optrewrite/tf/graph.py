@@ -53,10 +53,15 @@ class Topology:
 
 
 class GraphError(ValueError):
-    """The graph itself is malformed (duplicate names, dangling inputs)."""
+    """The graph itself is malformed (duplicate names, dangling inputs, a cycle)."""
+
+
+LOOP_BACK_EDGES = frozenset({"NextIteration"})  # while-loop back edges: their consumers do not wait
 
 
 def build_topology(graph: proto.GraphDef) -> Topology:
+    """Index and consumer tables; raises GraphError unless every node has a unique name and an
+    op, every input names a node (data inputs first), and the graph has no cycle but loops."""
     index: dict[str, int] = {}
     for i, node in enumerate(graph.node):
         if not node.name or not node.op:
@@ -65,22 +70,65 @@ def build_topology(graph: proto.GraphDef) -> Topology:
             raise GraphError(f"duplicate node name {node.name!r}")
     data: dict[str, list[int]] = {}
     control: dict[str, list[int]] = {}
+    ordered = True  # every input comes from an earlier node: no cycle is possible
     for i, node in enumerate(graph.node):
+        controls = False
         for inp in node.input:
             if not inp:
                 raise GraphError(f"node {node.name!r} has an empty input")
             if inp[0] == "^":
                 src, table = inp[1:], control
+                controls = True
             else:
+                if controls:
+                    raise GraphError(f"node {node.name!r} has data input {inp!r} after a control input")
                 src, table = inp.split(":", 1)[0], data
-            if src not in index:
+            j = index.get(src)
+            if j is None:
                 raise GraphError(f"node {node.name!r} has input {inp!r}, which names no node")
+            if j >= i:
+                ordered = False
             lst = table.get(src)
             if lst is None:
                 table[src] = [i]
             elif lst[-1] != i:
                 lst.append(i)
-    return Topology(index=index, data_consumers=data, control_consumers=control)
+    topology = Topology(index=index, data_consumers=data, control_consumers=control)
+    if not ordered:
+        _check_acyclic(graph, topology)
+    return topology
+
+
+def _check_acyclic(graph: proto.GraphDef, topology: Topology) -> None:
+    """Raise GraphError naming a node on a cycle that no while-loop back edge breaks."""
+    nodes = graph.node
+    tables = (topology.data_consumers, topology.control_consumers)
+    waiting = [0] * len(nodes)
+    for table in tables:
+        for src, consumers in table.items():
+            if nodes[topology.index[src]].op not in LOOP_BACK_EDGES:
+                for i in consumers:
+                    waiting[i] += 1
+    ready = [i for i, n in enumerate(waiting) if n == 0]
+    while ready:
+        j = ready.pop()
+        if nodes[j].op in LOOP_BACK_EDGES:
+            continue
+        for table in tables:
+            for i in table.get(nodes[j].name, ()):
+                waiting[i] -= 1
+                if waiting[i] == 0:
+                    ready.append(i)
+    stuck = next((i for i, n in enumerate(waiting) if n), None)
+    if stuck is None:
+        return
+    # Every stuck node waits for a stuck input; walk back until a node repeats.
+    seen: set[int] = set()
+    while stuck not in seen:
+        seen.add(stuck)
+        inputs = [topology.index[node_of(inp)] for inp in nodes[stuck].input]
+        stuck = next(j for j in inputs if waiting[j] and nodes[j].op not in LOOP_BACK_EDGES)
+    raise GraphError(f"it has a cycle through node {nodes[stuck].name!r}")
 
 
 class GraphEditor:

@@ -15,6 +15,7 @@ from google.protobuf import text_format
 from google.protobuf import unknown_fields
 
 from optrewrite.errors import InputError
+from optrewrite.spec import shorten
 from optrewrite.tf import proto
 from optrewrite.tf.graph import GraphError, Topology, build_topology
 
@@ -87,7 +88,9 @@ def _parse_text(path: Path, raw: bytes, container: str) -> pb_message.Message:
         text_format.Parse(raw.decode("utf-8"), msg)
     except (text_format.ParseError, UnicodeDecodeError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise _fail(path, f"not a text TensorFlow {container}: {detail}") from None
+        raise _fail(path, f"not a text TensorFlow {container}: {shorten(detail, 160)}") from None
+    except RecursionError:  # the text parser descends recursively into nested messages
+        raise _fail(path, f"not a text TensorFlow {container}: messages nested too deeply") from None
     return msg
 
 

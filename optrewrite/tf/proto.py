@@ -50,6 +50,7 @@ DT_INT64 = types_pb2.DT_INT64
 DT_BOOL = types_pb2.DT_BOOL
 DT_RESOURCE = types_pb2.DT_RESOURCE
 FLOAT_TYPES = frozenset({DT_FLOAT, DT_DOUBLE, DT_HALF, DT_BFLOAT16})
+FLOAT_NAMES = {DT_FLOAT: "float32", DT_DOUBLE: "float64", DT_HALF: "float16", DT_BFLOAT16: "bfloat16"}
 
 
 def dtype_name(dtype: int) -> str:

@@ -65,16 +65,20 @@ def _plan_digest(selections: list[Selection[UpdateSite]], spec: Spec) -> str:
 def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
     g = GraphEditor(loaded.graph, loaded.topology)
     report = Report(input=str(loaded.path), format=loaded.format_name)
-    found = find_update_sites(g)
+    try:
+        found = find_update_sites(g)
+    except InputError as exc:
+        raise InputError(f"{loaded.path}: {exc}") from None
     sites, skips = found.sites, found.skips
     report.skipped = [SkipEntry(s.key, s.variable, s.reason) for s in skips]
-    spec.bind({s.variable: s.rank for s in sites}, {s.variable: s.reason for s in skips if s.variable})
+    spec.bind({s.variable: s.rank for s in sites}, {s.variable: s.reason for s in skips if s.variable},
+              {s.variable: s.dtype_name for s in sites})
     selections = _select(sites, spec)
     digest = _plan_digest(selections, spec)
 
     if found.tagged:
         records = [g.node(n) for n in found.tagged if g.node(n).attr[TAG_ATTR].s == PLAN_TAG.encode()]
-        recorded = records[0].attr[PLAN_ATTR].s.decode() if records else None
+        recorded = records[0].attr[PLAN_ATTR].s.decode(errors="replace") if records else None
         if recorded != digest:
             raise InputError(
                 f"{loaded.path}: already rewritten by optrewrite with a different spec; "

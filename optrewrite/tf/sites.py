@@ -10,7 +10,9 @@ An *update site* is everything one optimizer does to one variable in a step:
    ``ResourceScatterAdd``) and Adam on a sparse gradient (``Assign`` + ``ScatterAdd`` +
    ``AssignSub`` or their resource forms). The group is guarded and clipped as one unit.
 
-A candidate that cannot be rewritten safely is returned as a :class:`Skip` with the reason.
+A candidate that cannot be rewritten safely is returned as a :class:`Skip` with the reason
+(an update of a variable that is not float, one inside a function, ...); an update op whose
+inputs or attrs do not fit its definition is an InputError: the graph would not import.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
+from optrewrite.errors import InputError
 from optrewrite.tf import proto
 from optrewrite.tf.graph import TAG_ATTR, GraphEditor, canonical_tensor, node_of
 
@@ -34,6 +37,8 @@ WRITE_OPS = frozenset(
     }
 )  # fmt: skip
 _SCATTER_ADDS = frozenset({"ScatterAdd", "ScatterSub", "ResourceScatterAdd", "ResourceScatterSub"})
+# Data inputs of the write ops: (ref or resource, value) or (ref or resource, indices, updates).
+_WRITE_ARITY = {op: 3 if "Scatter" in op else 2 for op in WRITE_OPS}
 
 
 def _load_table() -> dict[str, dict]:
@@ -68,6 +73,11 @@ class UpdateSite:
     def rank(self) -> int | None:
         return None if self.shape is None else len(self.shape)
 
+    @property
+    def dtype_name(self) -> str:
+        """The variable's float type as numpy names it ("float32", ...)."""
+        return proto.FLOAT_NAMES[self.dtype]
+
 
 @dataclass(frozen=True)
 class Skip:
@@ -89,17 +99,34 @@ def _resolve_variable(g: GraphEditor, tensor: str) -> proto.NodeDef | None:
     return None
 
 
+def _check_arity(node: proto.NodeDef, expected: int) -> None:
+    have = sum(1 for i in node.input if not i.startswith("^"))
+    if have != expected:
+        raise InputError(f"node {node.name!r} ({node.op}) has {have} data inputs; {node.op} takes {expected}")
+
+
+def _type_attr(node: proto.NodeDef, key: str) -> int:
+    value = node.attr.get(key)  # never node.attr[key]: that would add the attr to the input graph
+    if value is None or value.WhichOneof("value") != "type":
+        raise InputError(f"node {node.name!r} ({node.op}) has no type attr {key!r}")
+    return value.type
+
+
 def _shape(var: proto.NodeDef) -> tuple[int, ...] | None:
-    if "shape" not in var.attr:
+    value = var.attr.get("shape")
+    if value is None or value.WhichOneof("value") != "shape" or value.shape.unknown_rank:
         return None
-    shape = var.attr["shape"].shape
-    if shape.unknown_rank:
-        return None
-    return tuple(d.size for d in shape.dim)
+    return tuple(d.size for d in value.shape.dim)
 
 
-def _dtype(var: proto.NodeDef) -> int:
-    return var.attr["dtype"].type
+def _not_float(var: proto.NodeDef) -> str | None:
+    """Why the variable's updates cannot be guarded and clipped, when it is not float."""
+    value = var.attr.get("dtype")
+    if value is None or value.WhichOneof("value") != "type":
+        return f"the variable {var.name!r} has no dtype attr"
+    if value.type not in proto.FLOAT_TYPES:
+        return f"the variable {var.name!r} is {proto.dtype_name(value.type)}; only float variables are rewritten"
+    return None
 
 
 def _scope_of(name: str) -> str:
@@ -138,9 +165,14 @@ def _grad_uses(g: GraphEditor, members: frozenset[str], gradient: str) -> list[t
 
 def _apply_site(g: GraphEditor, node: proto.NodeDef) -> UpdateSite | Skip:
     info = UPDATE_OPS[node.op]
+    _check_arity(node, len(info["inputs"]))
+    indices_dtype = _type_attr(node, "Tindices") if info["indices"] is not None else proto.DT_INT32
     var = _resolve_variable(g, node.input[info["var"]])
     if var is None:
         return Skip(node.name, None, f"the variable input {node.input[info['var']]!r} is not a variable node")
+    why = _not_float(var)
+    if why:
+        return Skip(node.name, var.name, why)
     slots = []
     for pos in info["slots"]:
         slot = _resolve_variable(g, node.input[pos])
@@ -157,12 +189,12 @@ def _apply_site(g: GraphEditor, node: proto.NodeDef) -> UpdateSite | Skip:
         kind=node.op,
         variable=var.name,
         resource=info["resource"],
-        dtype=_dtype(var),
+        dtype=var.attr["dtype"].type,
         shape=_shape(var),
         sparse=info["sparse"],
         gradient=gradient,
         indices=canonical_tensor(node.input[info["indices"]]) if info["indices"] is not None else None,
-        indices_dtype=node.attr["Tindices"].type if "Tindices" in node.attr else proto.DT_INT32,
+        indices_dtype=indices_dtype,
         slots=tuple(slots),
         members=members,
         writes=(node.name,),
@@ -183,9 +215,10 @@ def _strip(g: GraphEditor, tensor: str, members: frozenset[str]) -> str:
         if canonical_tensor(a) == canonical_tensor(b):  # grad * grad (Adam's v)
             return canonical_tensor(a)
         inner = g.producer(a)
-        if inner.name in members and inner.op == "Neg":  # -grad * lr (resource GradientDescent)
+        if inner.name in members and inner.op == "Neg" and inner.input:  # -grad * lr (resource GradientDescent)
             return canonical_tensor(inner.input[0])
-        if inner.name in members and inner.op == "Mul" and canonical_tensor(inner.input[0]) == canonical_tensor(inner.input[1]):
+        if (inner.name in members and inner.op == "Mul" and len(inner.input) >= 2
+                and canonical_tensor(inner.input[0]) == canonical_tensor(inner.input[1])):
             return canonical_tensor(inner.input[0])
         return canonical_tensor(a)
     return canonical_tensor(tensor)
@@ -193,6 +226,8 @@ def _strip(g: GraphEditor, tensor: str, members: frozenset[str]) -> str:
 
 def _group_site(g: GraphEditor, scope: str, members: frozenset[str], writes: list[str]) -> UpdateSite | Skip:
     targets: dict[str, proto.NodeDef] = {}
+    for name in writes:
+        _check_arity(g.node(name), _WRITE_ARITY[g.node(name).op])
     for name in writes:
         var = _resolve_variable(g, g.node(name).input[0])
         if var is None:
@@ -207,6 +242,9 @@ def _group_site(g: GraphEditor, scope: str, members: frozenset[str], writes: lis
             break
     if var is None:
         return Skip(scope, None, "no variable written in this update scope matches its name")
+    why = _not_float(var)
+    if why:
+        return Skip(scope, var.name, why)
     scatters = [w for w in writes if g.node(w).op in _SCATTER_ADDS]
     if not scatters:
         return Skip(scope, var.name, "update group without a scatter op: not a known decomposed update")
@@ -229,12 +267,12 @@ def _group_site(g: GraphEditor, scope: str, members: frozenset[str], writes: lis
         kind=kind,
         variable=var.name,
         resource=resource,
-        dtype=_dtype(var),
+        dtype=var.attr["dtype"].type,
         shape=_shape(var),
         sparse=True,
         gradient=gradient,
         indices=indices.pop(),
-        indices_dtype=g.node(scatters[0]).attr["Tindices"].type,
+        indices_dtype=_type_attr(g.node(scatters[0]), "Tindices"),
         slots=slots,
         members=members,
         writes=tuple(writes),

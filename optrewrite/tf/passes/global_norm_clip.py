@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from optrewrite.errors import InputError
 from optrewrite.tf import proto
-from optrewrite.tf.graph import GraphEditor, Placement, node_of
+from optrewrite.tf.graph import LOOP_BACK_EDGES, GraphEditor, Placement, node_of
 from optrewrite.tf.passes import SiteState
 
 TAG = "global_norm_clip"
-_LOOP_BACK_EDGES = frozenset({"NextIteration"})  # while-loop back edges are not dependencies
 
 
 def _check_acyclic(g: GraphEditor, states: list[SiteState]) -> None:
@@ -37,7 +36,7 @@ def _check_acyclic(g: GraphEditor, states: list[SiteState]) -> None:
                 "clipping them together would create a cycle"
             )
         node = g.node(name)
-        if node.op in _LOOP_BACK_EDGES:
+        if node.op in LOOP_BACK_EDGES:
             continue
         stack.extend(node_of(i) for i in node.input)
 
