@@ -61,6 +61,42 @@ def node_uses(node: onnx.NodeProto) -> set[str]:
     return used
 
 
+def check_graph(graph: onnx.GraphProto) -> str | None:
+    """Why the main graph is malformed, or None.
+
+    Every name it defines (graph inputs, initializers, node outputs) is UTF-8 text (protobuf
+    hands invalid UTF-8 in ONNX's proto2 strings back as bytes) and defined once, and every
+    tensor a node reads, its subgraphs included, is defined before it: nodes are in
+    topological order, so there are no dangling inputs and no cycles.
+    """
+    defined: set[str] = {""}
+    for name in [*(i.name for i in graph.input), *(t.name for t in graph.initializer),
+                 *(s.values.name for s in graph.sparse_initializer)]:
+        if type(name) is not str:
+            return f"the graph input or initializer name {name!r} is not UTF-8 text"
+        defined.add(name)
+    issuperset, add = defined.issuperset, defined.add
+    for i, node in enumerate(graph.node):
+        if type(node.name) is not str or type(node.op_type) is not str or type(node.domain) is not str:
+            return f"node #{i} has a name, op_type or domain that is not UTF-8 text"
+        if not issuperset(node.input) or has_subgraphs(node) and not issuperset(node_uses(node)):
+            missing = sorted((n for n in node_uses(node) if n not in defined), key=repr)[0]
+            later = any(missing in n.output for n in graph.node[i:])
+            why = ("which a later node produces (nodes must be in topological order)" if later
+                   else "which nothing defines")
+            return f"node {node.name or f'#{i}'!r} ({node.op_type}) uses {missing!r}, {why}"
+        for out in node.output:
+            if out in defined and out:
+                return f"{out!r} is defined twice (node {node.name or f'#{i}'!r} produces it again)"
+            if type(out) is not str:
+                return f"node {node.name or f'#{i}'!r} has an output name that is not UTF-8 text"
+            add(out)
+    for out in graph.output:
+        if out.name not in defined:
+            return f"the graph output {out.name!r} is not defined"
+    return None
+
+
 def all_names(graph: onnx.GraphProto) -> set[str]:
     """Every tensor and node name of a graph and of its subgraphs."""
     names = {i.name for i in graph.input} | {o.name for o in graph.output}

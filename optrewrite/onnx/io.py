@@ -161,3 +161,5 @@ def check_written(path: Path) -> None:
         onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as exc:
         raise CheckFailed(str(exc).strip().splitlines()[0]) from None
+    except UnicodeDecodeError:  # the checker's message quotes a name that is not UTF-8
+        raise CheckFailed("the model holds a name that is not UTF-8 text") from None

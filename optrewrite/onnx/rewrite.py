@@ -15,6 +15,11 @@ the name the original update produced, so graph outputs and consumers are unchan
 The plan (spec digest) is recorded in the model's ``metadata_props`` under ``optrewrite.plan``:
 rewriting a model that carries one with the same spec changes nothing, with a different spec
 it is an input error, since actions do not stack.
+
+The input is not validated up front (a full pass costs a third of the rewrite of a large
+model, and the output goes through the onnx checker before it is written); when the rewrite
+fails other than with an InputError, the input is checked and, if it is malformed (dangling
+inputs, a cycle, a name defined twice, names that are not UTF-8), that is the error.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import onnx
 
 from optrewrite.errors import InputError, SpecError
 from optrewrite.onnx import io
-from optrewrite.onnx.graph import PREFIX, PREVIEW_DOMAIN, Block, Editor, node_uses
+from optrewrite.onnx.graph import PREFIX, PREVIEW_DOMAIN, Block, Editor, check_graph, node_uses
 from optrewrite.onnx.passes import lower_training_ops as lowering
 from optrewrite.onnx.passes.clip_by_norm import clip_by_norm
 from optrewrite.onnx.passes.global_norm_clip import global_norm_clip
@@ -35,7 +40,7 @@ from optrewrite.onnx.passes.guard_zero_grad import any_nonzero, branches, guarde
 from optrewrite.onnx.sites import Discovery, TrainingNode, UpdateSite, find_update_sites
 from optrewrite.report import Report, SiteEntry, SkipEntry
 from optrewrite.selection import Selection, select
-from optrewrite.spec import ClipGroup, Spec
+from optrewrite.spec import ClipGroup, Spec, shorten
 
 PLAN_KEY = "optrewrite.plan"
 
@@ -65,6 +70,25 @@ def _selector(sel) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
 
 
 def rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool = False) -> Outcome:
+    try:
+        return _rewrite_onnx(loaded, spec, lower=lower)
+    except InputError:
+        raise
+    except Exception:
+        why = malformed(loaded.raw)
+        if why:
+            raise InputError(f"{loaded.path}: not a valid ONNX model: {shorten(why, 200)}") from None
+        raise
+
+
+def malformed(raw: bytes) -> str | None:
+    """Why the serialized model's main graph is malformed (:func:`.graph.check_graph`), or None."""
+    model = onnx.ModelProto()
+    model.ParseFromString(raw)  # afresh: the failed rewrite may have edited the loaded model
+    return check_graph(model.graph)
+
+
+def _rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool) -> Outcome:
     lower = lower or spec.lower
     model = loaded.model
     report = Report(input=str(loaded.path), format=loaded.format_name)
@@ -82,7 +106,8 @@ def rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool = False) -> Out
     ed = Editor(model, known_names=PREFIX.encode() in loaded.raw)
     found = find_update_sites(ed, spec, loaded.path)
     report.skipped = [SkipEntry(s.key, s.variable, s.reason) for s in found.skips]
-    spec.bind({s.variable: s.rank for s in found.sites}, {s.variable: s.reason for s in found.skips if s.variable})
+    spec.bind({s.variable: s.rank for s in found.sites}, {s.variable: s.reason for s in found.skips if s.variable},
+              {s.variable: onnx.helper.tensor_dtype_to_np_dtype(s.elem_type).name for s in found.sites})
     if lower and not found.nodes:
         raise InputError(f"{loaded.path}: nothing to lower: the model has no {PREVIEW_DOMAIN} update node")
 

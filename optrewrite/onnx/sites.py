@@ -17,7 +17,7 @@ import onnx
 
 from optrewrite.errors import InputError, SpecError
 from optrewrite.onnx.graph import PREVIEW_DOMAIN, Editor, has_subgraphs, subgraphs
-from optrewrite.spec import Spec
+from optrewrite.spec import Spec, shorten
 
 STATES = {"Adagrad": ("H",), "Momentum": ("V",), "Adam": ("V", "H")}
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
@@ -26,10 +26,8 @@ ORT_OPTIMIZERS = frozenset({
     "AdamWOptimizer", "SGDOptimizerV2", "AdamOptimizer", "SGDOptimizer", "LambOptimizer",
 })
 _ORT_REFUSAL = (
-    "it updates a whole sequence of tensors in place under one update_signal, so the step "
-    "cannot be skipped for one tensor while the others update, and splitting the sequence "
-    "would change the optimizer onnxruntime-training runs; rewrite the training graph before "
-    "generating artifacts (ai.onnx.preview.training ops, or plain ops named in the spec's updates:)"
+    "one update_signal updates all its tensors, so none can skip a step alone; "
+    "rewrite the step before generating artifacts"
 )
 
 
@@ -130,8 +128,8 @@ def find_update_sites(ed: Editor, spec: Spec, source: object) -> Discovery:
     for index, node in enumerate(ed.graph.node):
         if node.domain == "com.microsoft" and node.op_type in ORT_OPTIMIZERS:
             raise InputError(
-                f"{source}: {_label(node, index)} is an onnxruntime training optimizer "
-                f"(com.microsoft::{node.op_type}); optrewrite cannot guard it per tensor: {_ORT_REFUSAL}"
+                f"{source}: {shorten(_label(node, index))} (com.microsoft::{node.op_type}) is an "
+                f"onnxruntime training optimizer: {_ORT_REFUSAL}"
             )
         if node.domain == PREVIEW_DOMAIN and node.op_type in STATES:
             tn = _training_node(ed, index, node)
@@ -171,20 +169,20 @@ def _declared_sites(ed: Editor, spec: Spec, found: Discovery) -> list[UpdateSite
             return SpecError(spec.source, f"{field_}.{sub}", message, entry.line)  # noqa: B023
 
         if entry.variable not in holders:
-            raise fail("variable", f"{entry.variable!r} is not a graph input or initializer")
+            raise fail("variable", f"{_q(entry.variable)} is not a graph input or initializer")
         if entry.variable in taken:
-            raise fail("variable", f"{entry.variable!r} is already updated by {taken[entry.variable]}")
+            raise fail("variable", f"{_q(entry.variable)} is already updated by {taken[entry.variable]}")
         if entry.gradient not in known:
-            raise fail("gradient", f"no tensor named {entry.gradient!r}")
+            raise fail("gradient", f"no tensor named {_q(entry.gradient)}")
         for sub, name in [("updated", entry.updated), *((f"state[{j}][1]", b) for j, (_, b) in enumerate(entry.state))]:
             if name not in produced:
-                raise fail(sub, f"{name!r} is not produced by any node")
+                raise fail(sub, f"{_q(name)} is not produced by any node")
             if name in outputs_taken:
-                raise fail(sub, f"{name!r} is already named by another update")
+                raise fail(sub, f"{_q(name)} is already named by another update")
             outputs_taken.add(name)
         for j, (old, _) in enumerate(entry.state):
             if old not in holders:
-                raise fail(f"state[{j}][0]", f"{old!r} is not a graph input or initializer")
+                raise fail(f"state[{j}][0]", f"{_q(old)} is not a graph input or initializer")
         elem, rank = _typed(ed, entry.variable, f"{spec.source}: {field_}")
         taken[entry.variable] = field_
         sites.append(UpdateSite(
@@ -192,3 +190,8 @@ def _declared_sites(ed: Editor, spec: Spec, found: Discovery) -> list[UpdateSite
             updated=entry.updated, states=tuple(entry.state), elem_type=elem, rank=rank,
         ))
     return sites
+
+
+def _q(name: str) -> str:
+    """A tensor name from the spec, quoted and cut for a one-line message."""
+    return shorten(repr(name))

@@ -44,13 +44,24 @@ def defaults(op_type: str) -> dict[str, object]:
 
 
 def attributes(node: onnx.NodeProto, source: object) -> dict[str, object]:
-    """The node's attributes with the operator's defaults; a required one missing is an error."""
+    """The node's attributes with the operator's defaults; a required one missing, an unknown
+    one or one of another type than the schema's is an error."""
     values = defaults(node.op_type)
+    schema = onnx.defs.get_schema(node.op_type, 1, PREVIEW_DOMAIN)
+    types = {name: int(a.type) for name, a in schema.attributes.items()}
     for attr in node.attribute:
         if attr.name not in values:
             raise InputError(f"{source}: unknown attribute {attr.name!r} of {node.op_type}")
+        if attr.type != types[attr.name]:
+            want = onnx.AttributeProto.AttributeType.Name(types[attr.name]).lower()
+            raise InputError(f"{source}: attribute {attr.name!r} of {node.op_type} must be a {want}")
         value = helper.get_attribute_value(attr)
-        values[attr.name] = value.decode() if isinstance(value, bytes) else value
+        if isinstance(value, bytes):
+            try:
+                value = value.decode()
+            except UnicodeDecodeError:
+                raise InputError(f"{source}: attribute {attr.name!r} of {node.op_type} is not UTF-8 text") from None
+        values[attr.name] = value
     missing = [k for k, v in values.items() if v is None]
     if missing:
         raise InputError(f"{source}: {node.op_type} needs attribute(s) {', '.join(missing)}")
