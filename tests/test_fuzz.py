@@ -1,0 +1,304 @@
+"""The rewrite path under fuzzing (tests/fuzzing.py): a deterministic sample of generated
+cases, and one regression test for each bug the fuzzer found.
+
+The full run is ``python tools/fuzz.py --cases 10000 --seed 0``. Every test here goes
+through ``optrewrite.cli.main`` and checks the whole promise (:func:`fuzzing.run_case`):
+exit 0 with an output that loads, or exit 2 with one short line and nothing written.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+from google.protobuf import text_format
+from hypothesis import HealthCheck, event, given, settings
+from onnx import helper
+
+from optrewrite.errors import SpecError
+from optrewrite.spec import parse_spec
+from optrewrite.tf import proto
+
+from . import fuzzing
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+GUARD = "version: 1\nguard: {}\n"
+
+
+@pytest.fixture(scope="module")
+def seed_graphs() -> tuple[fuzzing.Seed, ...]:
+    """Built once, before hypothesis draws (building them inside a strategy would be slow and
+    use the random module)."""
+    return fuzzing.seeds()
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=1000,
+          suppress_health_check=list(HealthCheck))
+@given(case=fuzzing.cases())
+def test_every_generated_case_exits_0_with_a_graph_or_2_with_one_line(
+        seed_graphs: tuple[fuzzing.Seed, ...], case: fuzzing.Case) -> None:
+    outcome = fuzzing.run_case(case)
+    event(f"exit {outcome.rc}{' --verify' if case.verify else ''}")  # --hypothesis-show-statistics
+    event(f"corruption {case.kind}")
+    assert not outcome.unexpected, f"{case.describe()}\nexit {outcome.rc}: {outcome.violations}"
+
+
+def test_every_seed_graph_rewrites_and_verifies(seed_graphs: tuple[fuzzing.Seed, ...]) -> None:
+    """The seeds are valid: a guard of every variable rewrites each, and the output runs."""
+    for seed in seed_graphs:
+        suffix = {"graphdef": ".pb", "metagraph": ".meta", "onnx": ".onnx"}[seed.kind]
+        spec = GUARD + ("updates: " + repr([dict(u) for u in seed.updates]) + "\n" if seed.updates else "")
+        outcome = fuzzing.run_case(fuzzing.Case(seed.name, suffix, seed.data, spec.encode(), verify=True))
+        assert outcome.ok and outcome.rc in (0, 2), (seed.name, outcome.rc, outcome.stderr, outcome.violations)
+        if outcome.rc == 2:  # the rewritten seeds carry a plan of another spec
+            assert seed.name.endswith(":rewritten") and "already rewritten" in outcome.stderr
+
+
+# --------------------------------------------------------------------------- regressions: helpers
+
+
+def run(data: bytes, suffix: str, spec: str, **flags: bool) -> fuzzing.Outcome:
+    return fuzzing.run_case(fuzzing.Case("regression", suffix, data, spec.encode(), **flags))
+
+
+def refused(outcome: fuzzing.Outcome, *fragments: str) -> None:
+    """Exit 2 with one line holding every fragment, and the rest of the promise kept."""
+    assert outcome.ok, (outcome.violations, outcome.stderr)
+    assert outcome.rc == 2, outcome.stderr
+    for fragment in fragments:
+        assert fragment in outcome.stderr
+
+
+def tf_graph(case: str = "momentum_ref_dense") -> proto.GraphDef:
+    graph = proto.GraphDef()
+    graph.ParseFromString((FIXTURES / case / "input.pb").read_bytes())
+    return graph
+
+
+def node(graph: proto.GraphDef, name: str) -> proto.NodeDef:
+    return next(n for n in graph.node if n.name == name)
+
+
+def onnx_model(case: str) -> onnx.ModelProto:
+    return onnx.load_from_string((FIXTURES / case / "input.onnx").read_bytes())
+
+
+DECOMPOSED = (FIXTURES / "decomposed_momentum" / "spec.yaml").read_text()
+
+
+# --------------------------------------------------------------------------- regressions: the spec
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("version: " + "9" * 5000 + "\nguard: {}\n", "version: cannot read '9999"),  # was ValueError, exit 3
+        ("version: !foo 1\nguard: {}\n", "version: cannot read '1': "),  # was ConstructorError
+        ("version: 1\nguard:\n  variables: [!!binary 'AAA']\n", "guard.variables[0]: cannot read 'AAA'"),
+        ("version: 1\nguard:\n  variables: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+        ("version: 1\nguard:\n  variables: ['re:" + "(" * 5000 + ")" * 5000 + "']\n", "nested or repeated too deeply"),
+        ("version: 1\nguard:\n  variables: ['re:a{99999999999}']\n", "nested or repeated too deeply"),
+        ("version: 1\nclip:\n  - variables: [a]\n    max_norm: 1" + "0" * 400 + "\n", "must be a positive number"),
+        ("version: 1\nclip:\n  - variables: [a]\n    dims: []\n    max_norm: 1\n", "must list at least one dim"),
+    ],
+    ids=["huge-int", "unknown-tag", "bad-binary", "deep-yaml", "deep-regex", "huge-repeat", "huge-norm", "no-dims"],
+)
+def test_odd_yaml_is_a_spec_error_naming_the_field(text: str, expected: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(text, "w.yaml")
+    message = str(info.value)
+    assert expected in message and "\n" not in message and len(message) < 200
+
+
+def test_values_echoed_from_the_spec_are_cut_short() -> None:
+    long = "a" * 100_000
+    for text in (f"version: 1\nguard:\n  variables: [{long}]\n",
+                 f"version: 1\nguard:\n  variables: ['re:[{long}']\n",
+                 f"version: 1\nguard: {{}}\n{long}: 1\n",
+                 f"version: 1\nclip:\n  - variables: [x]\n    max_norm: {long}\n"):
+        with pytest.raises(SpecError) as info:
+            spec = parse_spec(text, "w.yaml")
+            spec.bind({"x": 1})
+        assert len(str(info.value)) < 200
+
+
+def test_dims_naming_one_axis_twice_are_refused() -> None:
+    spec = parse_spec("version: 1\nclip:\n  - variables: [x]\n    dims: [0, -2]\n    max_norm: 1\n", "w.yaml")
+    with pytest.raises(SpecError, match=r"clip\[0\].dims: \[0, -2\] names an axis twice for variable 'x' of rank 2"):
+        spec.bind({"x": 2})
+
+
+def test_a_norm_outside_the_variables_type_is_refused() -> None:
+    """1e39 overflows float32: a TF constant failed to pack (exit 3), ONNX's printed a numpy warning."""
+    spec = parse_spec("version: 1\nclip:\n  - variables: [x]\n    max_norm: 1.0e+39\n", "w.yaml")
+    spec.bind({"x": 1}, dtypes={"x": "float64"})
+    with pytest.raises(SpecError, match=r"w.yaml:3: clip\[0\].max_norm: 1e\+39 is outside the range of float32"):
+        spec.bind({"x": 1}, dtypes={"x": "float32"})
+    tiny = parse_spec("version: 1\nglobal_norm_clip:\n  clip_norm: 1.0e-6\n", "w.yaml")
+    with pytest.raises(SpecError, match="global_norm_clip.clip_norm: 1e-06 is outside the range of float16"):
+        tiny.bind({"x": 1}, dtypes={"x": "float16"})
+
+
+def test_norms_outside_float32_exit_2_in_both_formats() -> None:
+    spec = "version: 1\nclip:\n  - variables: ['*']\n    max_norm: 1.0e+39\n"
+    tf_data = (FIXTURES / "momentum_ref_dense" / "input.pb").read_bytes()
+    refused(run(tf_data, ".pb", spec), "clip[0].max_norm: 1e+39 is outside the range of float32")
+    onnx_data = (FIXTURES / "momentum_preview_guarded" / "input.onnx").read_bytes()
+    refused(run(onnx_data, ".onnx", spec), "clip[0].max_norm: 1e+39 is outside the range of float32")
+
+
+def test_empty_clip_dims_are_refused_for_onnx_models() -> None:
+    """``dims: []`` crashed the ONNX clip at opsets < 18 (an empty axes attribute)."""
+    spec = "version: 1\nclip:\n  - variables: ['*']\n    dims: []\n    max_norm: 1\n"
+    refused(run((FIXTURES / "momentum_preview_guarded" / "input.onnx").read_bytes(), ".onnx", spec),
+            "clip[0].dims: must list at least one dim")
+
+
+# --------------------------------------------------------------------------- regressions: TensorFlow
+
+
+def test_an_update_op_missing_an_input_is_an_input_error() -> None:
+    """Was IndexError (exit 3) when the op has fewer inputs than its definition."""
+    graph = tf_graph()
+    apply = node(graph, "train/update_dense/kernel/ApplyMomentum")
+    del apply.input[1]
+    refused(run(graph.SerializeToString(), ".pb", GUARD),
+            "'train/update_dense/kernel/ApplyMomentum' (ApplyMomentum) has 4 data inputs; ApplyMomentum takes 5")
+
+
+def test_a_decomposed_write_missing_an_input_is_an_input_error() -> None:
+    graph = proto.MetaGraphDef()
+    graph.ParseFromString((FIXTURES / "gd_ref_sparse_meta" / "input.meta").read_bytes())
+    scatter = next(n for n in graph.graph_def.node if n.op == "ScatterSub")
+    del scatter.input[2]
+    refused(run(graph.SerializeToString(), ".meta", GUARD), "(ScatterSub) has 2 data inputs; ScatterSub takes 3")
+
+
+def test_a_sparse_update_without_its_index_type_is_an_input_error() -> None:
+    """Reading the missing attr added it (type 0) and wrote a Unique of type 0: exit 0, invalid."""
+    graph = proto.MetaGraphDef()
+    graph.ParseFromString((FIXTURES / "gd_ref_sparse_meta" / "input.meta").read_bytes())
+    scatter = next(n for n in graph.graph_def.node if n.op == "ScatterSub")
+    del scatter.attr["Tindices"]
+    refused(run(graph.SerializeToString(), ".meta", (FIXTURES / "gd_ref_sparse_meta" / "spec.yaml").read_text()),
+            "(ScatterSub) has no type attr 'Tindices'")
+
+
+def test_a_data_input_after_a_control_input_is_an_input_error() -> None:
+    graph = tf_graph()
+    apply = node(graph, "train/update_dense/kernel/ApplyMomentum")
+    apply.input.append("^train/learning_rate")
+    apply.input.append(apply.input.pop(0))
+    refused(run(graph.SerializeToString(), ".pb", GUARD), "after a control input")
+
+
+def test_a_cycle_in_the_input_is_an_input_error() -> None:
+    """Was exit 0 with the cycle written (TensorFlow refuses to run it)."""
+    graph = tf_graph()
+    node(graph, "dense/kernel/read").input.append("^train/update_dense/kernel/ApplyMomentum")
+    refused(run(graph.SerializeToString(), ".pb", GUARD), "cycle through node")
+    text = text_format.MessageToString(graph).encode()
+    refused(run(text, ".pbtxt", GUARD), "cycle through node")
+
+
+def test_while_loop_back_edges_are_no_cycle() -> None:
+    graph = tf_graph()
+    loop = [
+        proto.NodeDef(name="loop/enter", op="Enter", input=["train/learning_rate"]),
+        proto.NodeDef(name="loop/merge", op="Merge", input=["loop/enter", "loop/next"]),
+        proto.NodeDef(name="loop/next", op="NextIteration", input=["loop/merge"]),
+    ]
+    graph.node.extend(loop)
+    outcome = run(graph.SerializeToString(), ".pb", GUARD)
+    assert outcome.ok and outcome.rc == 0, outcome.stderr
+
+
+def test_an_integer_variable_is_skipped_with_the_reason() -> None:
+    """Was exit 3: its clip constants do not pack as int32."""
+    graph = tf_graph()
+    node(graph, "dense/bias").attr["dtype"].type = proto.DT_INT32
+    spec = "version: 1\nclip:\n  - variables: [dense/bias]\n    max_norm: 1\n"
+    refused(run(graph.SerializeToString(), ".pb", spec),
+            "'dense/bias' is not rewritable: the variable 'dense/bias' is int32")
+    assert run(graph.SerializeToString(), ".pb", GUARD).rc == 0  # dense/kernel is still guarded
+
+
+def test_a_variable_without_dtype_is_skipped_and_left_as_it_was() -> None:
+    graph = tf_graph()
+    del node(graph, "dense/bias").attr["dtype"]
+    text = text_format.MessageToString(graph).encode()
+    refused(run(text, ".pbtxt", "version: 1\nguard:\n  variables: [dense/bias]\n"), "has no dtype attr")
+    outcome = run(text, ".pbtxt", "version: 1\nguard:\n  variables: [dense/kernel]\n")
+    assert outcome.ok and outcome.rc == 0
+
+
+def test_text_nested_too_deeply_is_an_input_error() -> None:
+    """Was RecursionError (exit 3) in the text parser."""
+    nested = 'attr { key: "k" value { func { name: "f" ' * 3000 + "} } }" * 3000
+    text = f'node {{ name: "a" op: "NoOp" attr {{ key: "f" value {{ func {{ name: "f" {nested} }} }} }} }}\n'
+    refused(run(text.encode(), ".pbtxt", GUARD), "nested too deeply")
+
+
+def test_a_plan_that_is_not_utf8_is_another_plan() -> None:
+    """Was UnicodeDecodeError (exit 3) when comparing the recorded plan."""
+    first = run((FIXTURES / "momentum_ref_dense" / "input.pb").read_bytes(), ".pb", GUARD)
+    assert first.rc == 0
+    from optrewrite.api import rewrite_bytes  # noqa: PLC0415
+
+    data, _ = rewrite_bytes(Path("g.pb"), (FIXTURES / "momentum_ref_dense" / "input.pb").read_bytes(),
+                            parse_spec(GUARD))
+    graph = proto.GraphDef()
+    graph.ParseFromString(data)
+    node(graph, "optrewrite/plan").attr["_optrewrite_plan"].s = b"\xff\xfe"
+    refused(run(graph.SerializeToString(), ".pb", GUARD), "already rewritten by optrewrite with a different spec")
+
+
+# --------------------------------------------------------------------------- regressions: ONNX
+
+
+def test_a_training_node_reading_a_missing_tensor_is_an_input_error() -> None:
+    """Was AssertionError (exit 3): the guard's If read the missing gradient."""
+    model = onnx_model("momentum_preview_guarded")
+    model.graph.node[0].input[7] = "no_such_tensor"
+    refused(run(model.SerializeToString(), ".onnx", GUARD), "uses 'no_such_tensor', which nothing defines")
+
+
+def test_a_cycle_in_a_decomposed_step_is_an_input_error() -> None:
+    model = onnx_model("decomposed_momentum")
+    model.graph.node[0].input[1] = "W_new"  # m_decay = momentum * W_new: a cycle
+    refused(run(model.SerializeToString(), ".onnx", DECOMPOSED), "not a valid ONNX model")
+
+
+def test_a_tensor_defined_twice_is_an_input_error() -> None:
+    model = onnx_model("decomposed_momentum")
+    model.graph.node[2].output[0] = "m_decay"  # step is renamed to m_decay: defined twice
+    refused(run(model.SerializeToString(), ".onnx", DECOMPOSED), "not a valid ONNX model")
+
+
+def test_tensor_names_that_are_not_utf8_are_an_input_error() -> None:
+    """ONNX strings are proto2: invalid UTF-8 comes back as bytes, which crashed the rewrite (exit 3)."""
+    raw = (FIXTURES / "decomposed_momentum" / "input.onnx").read_bytes()
+    bad = raw.replace(b"m_decay", b"m_dec\xff\xfe")  # an output and the input that reads it
+    refused(run(bad, ".onnx", DECOMPOSED), "not a valid ONNX model", "not UTF-8 text")
+
+
+@pytest.mark.parametrize(("attr", "message"), [
+    (helper.make_attribute("alpha", helper.make_graph([], "g", [], [])),
+     "attribute 'alpha' of Momentum must be a float"),
+    (helper.make_attribute("mode", b"\xff"), "attribute 'mode' of Momentum is not UTF-8 text"),
+])
+def test_a_training_attribute_of_the_wrong_type_is_an_input_error(attr: onnx.AttributeProto, message: str) -> None:
+    """Was TypeError / UnicodeDecodeError (exit 3) when the rewrite read it."""
+    model = onnx_model("momentum_preview_guarded")
+    kept = [a for a in model.graph.node[0].attribute if a.name != attr.name]
+    del model.graph.node[0].attribute[:]
+    model.graph.node[0].attribute.extend([*kept, attr])
+    refused(run(model.SerializeToString(), ".onnx", "version: 1\nguard: {}\nlower: true\n"), message)
+
+
+def test_onnxruntime_training_optimizers_are_refused_in_one_short_line() -> None:
+    model = onnx_model("momentum_preview_guarded")
+    model.graph.node[0].op_type, model.graph.node[0].domain = "AdamWOptimizer", "com.microsoft"
+    outcome = run(model.SerializeToString(), ".onnx", GUARD)
+    refused(outcome, "com.microsoft::AdamWOptimizer", "update_signal")
+    assert len(outcome.stderr) < 300
