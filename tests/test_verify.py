@@ -240,6 +240,7 @@ def _tf_graph(tmp_path: Path, build: Any) -> Path:
 
     graph = tf.Graph()
     with graph.as_default():
+        tf.compat.v1.set_random_seed(0)  # random initializers need one under op determinism
         build(tf)
     path = tmp_path / "graphs" / "built.pb"
     path.parent.mkdir(exist_ok=True)
