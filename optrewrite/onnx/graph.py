@@ -159,7 +159,8 @@ class Editor:
         self.model = model
         self.graph = model.graph
         self.opset = self._default_opset()
-        self._taken = {n for n in all_names(self.graph) if PREFIX in n} if known_names else set()
+        # A name that is not UTF-8 (bytes, see check_graph) cannot collide with a fresh one.
+        self._taken = {n for n in all_names(self.graph) if type(n) is str and PREFIX in n} if known_names else set()
         self._consts: dict[tuple[int, bytes, tuple[int, ...]], str] = {}
         self._new_initializers: list[TensorProto] = []
         self.replace: dict[int, list[onnx.NodeProto]] = {}

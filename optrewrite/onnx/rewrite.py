@@ -288,6 +288,10 @@ def _rewrite_decomposed(ed: Editor, index: _Index, sel: Selection[UpdateSite], g
 
     final = ed.fresh(f"{site.updated}/{PREFIX}_unclipped") if sel.clips else site.updated
     if sel.guard:
+        fed = next((o for o in outs if producer[o] in index.gradient_side), None)
+        if fed is not None:
+            raise InputError(f"{site.key}: a selected gradient depends on this update's result {fed!r}; "
+                             "guarding it would make a cycle")
         moved = _movable(nodes, index, cone, set(outs)) if branches(ed.opset or 0) else set()
         if any(producer[o] not in moved for o in outs):
             # Some of the update's results are read elsewhere: it runs every step and the

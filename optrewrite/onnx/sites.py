@@ -106,11 +106,24 @@ def _training_node(ed: Editor, index: int, node: onnx.NodeProto) -> TrainingNode
         if not x or not g or not node.output[i] or any(not a or not b for a, b in state_pairs):
             raise InputError(f"{label}: tensor {i} has an empty input or output name")
         elem, rank = _typed(ed, x, label)
+        for other in (g, *(name for pair in state_pairs for name in pair), node.output[i]):
+            if ed.elem_type(other) not in (None, elem):
+                raise InputError(
+                    f"{label}: tensor {i}: {shorten(repr(other))} is {_type_name(ed.elem_type(other))} but "
+                    f"{shorten(repr(x))} is {_type_name(elem)}; {node.op_type} takes one type for X, G and its states"
+                )
         sites.append(UpdateSite(
             key=f"{label}[{i}]", kind=node.op_type, variable=x, gradient=g, updated=node.output[i],
             states=state_pairs, elem_type=elem, rank=rank, node=index, slot=i,
         ))
     return TrainingNode(index=index, kind=node.op_type, n=n, sites=tuple(sites))
+
+
+def _type_name(elem: int | None) -> str:
+    try:
+        return onnx.TensorProto.DataType.Name(elem).lower()
+    except ValueError:
+        return f"element type {elem}"
 
 
 def _nested_training(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
