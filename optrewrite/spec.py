@@ -243,7 +243,7 @@ class _Node:
         except yaml.YAMLError as exc:  # an unknown or unsafe tag, bad base64
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise self.fail(f"cannot read {self._kind()}: {shorten(problem)}") from None
-        except (ValueError, OverflowError):  # !!int 'abc', an integer of more than 4300 digits
+        except (ValueError, OverflowError, KeyError):  # !!int 'abc', 4301 digits, !!bool maybe
             raise self.fail(f"cannot read {self._kind()} as {self.node.tag.rsplit(':', 1)[-1]}") from None
 
     def string(self) -> str:
