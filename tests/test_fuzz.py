@@ -302,3 +302,34 @@ def test_onnxruntime_training_optimizers_are_refused_in_one_short_line() -> None
     outcome = run(model.SerializeToString(), ".onnx", GUARD)
     refused(outcome, "com.microsoft::AdamWOptimizer", "update_signal")
     assert len(outcome.stderr) < 300
+
+
+def test_a_decomposed_update_whose_result_feeds_its_own_gradient_is_an_input_error() -> None:
+    """Was AssertionError (exit 3): the guard's If read results the rewrite never renamed."""
+    spec = DECOMPOSED.replace("gradient: dW", "gradient: W_new")
+    data = (FIXTURES / "decomposed_momentum" / "input.onnx").read_bytes()
+    refused(run(data, ".onnx", spec), "updates[0]: a selected gradient depends on this update's result 'W_new'")
+
+
+def test_a_training_node_mixing_float_and_double_is_an_input_error() -> None:
+    """The lowering took X's type for all its constants: exit 0 with a model onnxruntime refuses."""
+    model = onnx_model("momentum_preview_guarded")
+    x = next(i for i in model.graph.input if i.name == "body/w")
+    x.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    refused(run(model.SerializeToString(), ".onnx", "version: 1\nguard: {}\nlower: true\n"),
+            "'body/w/grad' is float but 'body/w' is double; Momentum takes one type for X, G and its states")
+
+
+def test_a_bool_that_is_no_bool_is_a_spec_error() -> None:
+    """Was KeyError (exit 3) in PyYAML's bool constructor."""
+    with pytest.raises(SpecError, match=r"w.yaml:2: guard.variables\[0\]: cannot read 'maybe' as bool"):
+        parse_spec("version: 1\nguard: {variables: [!!bool maybe]}\n", "w.yaml")
+
+
+def test_explain_reads_a_model_whose_names_are_not_utf8() -> None:
+    """Was TypeError (exit 3): collecting the model's ``optrewrite`` names met a bytes name."""
+    model = onnx_model("decomposed_momentum")
+    model.graph.node[0].name = "optrewrite-"  # then b"optrewrite\xff": a node name that is not UTF-8
+    bad = model.SerializeToString().replace(b"optrewrite-", b"optrewrite\xff")
+    outcome = run(bad, ".onnx", DECOMPOSED, explain=True)
+    assert outcome.ok and outcome.rc == 0, (outcome.stderr, outcome.violations)
