@@ -333,3 +333,33 @@ def test_explain_reads_a_model_whose_names_are_not_utf8() -> None:
     bad = model.SerializeToString().replace(b"optrewrite-", b"optrewrite\xff")
     outcome = run(bad, ".onnx", DECOMPOSED, explain=True)
     assert outcome.ok and outcome.rc == 0, (outcome.stderr, outcome.violations)
+
+
+# --------------------------------------------------------------------------- tools/fuzz.py
+
+
+def _fuzz_tool():  # type: ignore[no-untyped-def]
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("fuzz_tool", FIXTURES.parent / "tools" / "fuzz.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("after_ready", "expected"), [
+    ("os.abort()", "the worker died (signal 6)"),
+    ("time.sleep(60)", "the worker ran past 1 s"),
+])
+def test_a_worker_that_crashes_or_hangs_is_a_violation_and_is_replaced(
+        tmp_path: Path, after_ready: str, expected: str) -> None:
+    import sys  # noqa: PLC0415
+
+    script = ("import os, sys, time; sys.stdout.write('fuzz-worker-ready\\n'); sys.stdout.flush(); "
+              f"sys.stdin.readline(); {after_ready}")
+    worker = _fuzz_tool().Worker([sys.executable, "-c", script], tmp_path / "worker.log")
+    result = worker.run(7, timeout=1)
+    assert result["index"] == 7 and result["rc"] is None
+    assert result["violations"][0].startswith(expected)
+    assert worker.restarts == 1 and worker.proc is None  # the next case starts a fresh worker

@@ -145,6 +145,10 @@ class Worker:
         if line is not None:
             return json.loads(line)
         self._rss()
+        try:
+            self.proc.wait(timeout=2)  # a worker that closed its output is exiting: let it finish
+        except subprocess.TimeoutExpired:
+            pass
         if self.proc.poll() is None:
             what = f"the worker ran past {timeout:g} s"
         else:
