@@ -363,3 +363,12 @@ def test_a_worker_that_crashes_or_hangs_is_a_violation_and_is_replaced(
     assert result["index"] == 7 and result["rc"] is None
     assert result["violations"][0].startswith(expected)
     assert worker.restarts == 1 and worker.proc is None  # the next case starts a fresh worker
+
+
+def test_a_training_node_with_r_and_t_swapped_is_an_input_error() -> None:
+    """The lowering compared T with an int64 zero: exit 0 with a model onnxruntime refuses."""
+    model = onnx_model("momentum_preview_guarded")
+    node = model.graph.node[0]
+    node.input[0], node.input[1] = node.input[1], node.input[0]
+    refused(run(model.SerializeToString(), ".onnx", "version: 1\nguard: {}\nlower: true\n"),
+            "Momentum 'optimizer': its R input 'step' is int64; Momentum takes float or double")

@@ -97,6 +97,10 @@ def _training_node(ed: Editor, index: int, node: onnx.NodeProto) -> TrainingNode
             f"of N outputs, got {len(node.input)} inputs and {len(node.output)} outputs"
         )
     n = body // width
+    for name, what, allowed in ((node.input[0], "R", FLOAT_TYPES), (node.input[1], "T", (onnx.TensorProto.INT64,))):
+        if ed.elem_type(name) not in (None, *allowed):
+            raise InputError(f"{label}: its {what} input {shorten(repr(name))} is {_type_name(ed.elem_type(name))}; "
+                             f"{node.op_type} takes {' or '.join(_type_name(t) for t in allowed)}")
     sites = []
     for i in range(n):
         x, g = node.input[2 + i], node.input[2 + n + i]
