@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 
 import struct
 
+from optrewrite.spec import shorten
 from optrewrite.tf import proto
 
 TAG_ATTR = "_optrewrite"
@@ -52,6 +53,11 @@ class Topology:
     control_consumers: dict[str, list[int]]
 
 
+def _q(name: str) -> str:
+    """A name from the graph, quoted and cut for a one-line message."""
+    return shorten(repr(name))
+
+
 class GraphError(ValueError):
     """The graph itself is malformed (duplicate names, dangling inputs, a cycle)."""
 
@@ -61,13 +67,14 @@ LOOP_BACK_EDGES = frozenset({"NextIteration"})  # while-loop back edges: their c
 
 def build_topology(graph: proto.GraphDef) -> Topology:
     """Index and consumer tables; raises GraphError unless every node has a unique name and an
-    op, every input names a node (data inputs first), and the graph has no cycle but loops."""
+    op, every input names a node (data inputs first, output indices int32), and the graph has
+    no cycle but loops."""
     index: dict[str, int] = {}
     for i, node in enumerate(graph.node):
         if not node.name or not node.op:
             raise GraphError("a node has no name or op")
         if index.setdefault(node.name, i) != i:
-            raise GraphError(f"duplicate node name {node.name!r}")
+            raise GraphError(f"duplicate node name {_q(node.name)}")
     data: dict[str, list[int]] = {}
     control: dict[str, list[int]] = {}
     ordered = True  # every input comes from an earlier node: no cycle is possible
@@ -75,17 +82,21 @@ def build_topology(graph: proto.GraphDef) -> Topology:
         controls = False
         for inp in node.input:
             if not inp:
-                raise GraphError(f"node {node.name!r} has an empty input")
+                raise GraphError(f"node {_q(node.name)} has an empty input")
             if inp[0] == "^":
                 src, table = inp[1:], control
                 controls = True
             else:
                 if controls:
-                    raise GraphError(f"node {node.name!r} has data input {inp!r} after a control input")
-                src, table = inp.split(":", 1)[0], data
+                    raise GraphError(f"node {_q(node.name)} has data input {_q(inp)} after a control input")
+                src, _, port = inp.partition(":")
+                table = data
+                if port and not (port.isascii() and port.isdigit() and len(port) <= 10 and int(port) < 2**31):
+                    # TensorFlow's importer reads the output index as an int32 (2**31 crashes it)
+                    raise GraphError(f"node {_q(node.name)} has input {_q(inp)}, whose output index is no int32")
             j = index.get(src)
             if j is None:
-                raise GraphError(f"node {node.name!r} has input {inp!r}, which names no node")
+                raise GraphError(f"node {_q(node.name)} has input {_q(inp)}, which names no node")
             if j >= i:
                 ordered = False
             lst = table.get(src)
@@ -128,7 +139,7 @@ def _check_acyclic(graph: proto.GraphDef, topology: Topology) -> None:
         seen.add(stuck)
         inputs = [topology.index[node_of(inp)] for inp in nodes[stuck].input]
         stuck = next(j for j in inputs if waiting[j] and nodes[j].op not in LOOP_BACK_EDGES)
-    raise GraphError(f"it has a cycle through node {nodes[stuck].name!r}")
+    raise GraphError(f"it has a cycle through node {_q(nodes[stuck].name)}")
 
 
 class GraphEditor:
