@@ -21,6 +21,7 @@ from optrewrite.spec import Spec, shorten
 
 STATES = {"Adagrad": ("H",), "Momentum": ("V",), "Adam": ("V", "H")}
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
+PREVIEW_VERSION = 1  # the only version of the training domain
 
 ORT_OPTIMIZERS = frozenset({
     "AdamWOptimizer", "SGDOptimizerV2", "AdamOptimizer", "SGDOptimizer", "LambOptimizer",
@@ -116,11 +117,31 @@ def _training_node(ed: Editor, index: int, node: onnx.NodeProto) -> TrainingNode
                     f"{label}: tensor {i}: {shorten(repr(other))} is {_type_name(ed.elem_type(other))} but "
                     f"{shorten(repr(x))} is {_type_name(elem)}; {node.op_type} takes one type for X, G and its states"
                 )
+            if not _same_shape(_dims(ed, other), _dims(ed, x)):
+                raise InputError(
+                    f"{label}: tensor {i}: {shorten(repr(other))} has shape {_dims(ed, other)} but "
+                    f"{shorten(repr(x))} has {_dims(ed, x)}; {node.op_type} takes one shape for X, G and its states"
+                )
         sites.append(UpdateSite(
             key=f"{label}[{i}]", kind=node.op_type, variable=x, gradient=g, updated=node.output[i],
             states=state_pairs, elem_type=elem, rank=rank, node=index, slot=i,
         ))
     return TrainingNode(index=index, kind=node.op_type, n=n, sites=tuple(sites))
+
+
+def _dims(ed: Editor, name: str) -> list[int | str] | None:
+    """The tensor's declared shape (a symbolic dim by its name), or None when unknown."""
+    t = ed.types.get(name)
+    if t is None or not t.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in t.tensor_type.shape.dim]
+
+
+def _same_shape(a: list[int | str] | None, b: list[int | str] | None) -> bool:
+    """False only when both shapes are known and differ in rank or in a fixed dim."""
+    if a is None or b is None:
+        return True
+    return len(a) == len(b) and all(x == y or isinstance(x, str) or isinstance(y, str) for x, y in zip(a, b))
 
 
 def _type_name(elem: int | None) -> str:
@@ -142,6 +163,7 @@ def _nested_training(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
 
 def find_update_sites(ed: Editor, spec: Spec, source: object) -> Discovery:
     found = Discovery()
+    preview = next((imp.version for imp in ed.model.opset_import if imp.domain == PREVIEW_DOMAIN), None)
     for index, node in enumerate(ed.graph.node):
         if node.domain == "com.microsoft" and node.op_type in ORT_OPTIMIZERS:
             raise InputError(
@@ -149,6 +171,9 @@ def find_update_sites(ed: Editor, spec: Spec, source: object) -> Discovery:
                 f"onnxruntime training optimizer: {_ORT_REFUSAL}"
             )
         if node.domain == PREVIEW_DOMAIN and node.op_type in STATES:
+            if preview not in (None, PREVIEW_VERSION):
+                raise InputError(f"{source}: the model imports {PREVIEW_DOMAIN} version {preview}; "
+                                 f"its training ops exist in version {PREVIEW_VERSION} only")
             tn = _training_node(ed, index, node)
             found.nodes.append(tn)
             found.sites.extend(tn.sites)
