@@ -372,3 +372,30 @@ def test_a_training_node_with_r_and_t_swapped_is_an_input_error() -> None:
     node.input[0], node.input[1] = node.input[1], node.input[0]
     refused(run(model.SerializeToString(), ".onnx", "version: 1\nguard: {}\nlower: true\n"),
             "Momentum 'optimizer': its R input 'step' is int64; Momentum takes float or double")
+
+
+def test_an_output_index_beyond_int32_is_an_input_error() -> None:
+    """Was exit 0; TensorFlow's importer then crashes (SIGSEGV) on ':2147483648' and wraps
+    ':4294967296' to output 0, so --verify killed the process."""
+    for port in ("2147483648", "4294967296", "1" * 5000, "-1", "x", "٣"):
+        graph = tf_graph()
+        node(graph, "dense/kernel/read").input[0] = f"dense/kernel:{port}"
+        refused(run(graph.SerializeToString(), ".pb", GUARD), "whose output index is no int32")
+
+
+def test_a_training_node_of_another_preview_domain_version_is_an_input_error() -> None:
+    """Lowered, the model kept importing ai.onnx.preview.training version 12, which onnxruntime refuses."""
+    model = onnx_model("momentum_preview_guarded")
+    next(i for i in model.opset_import if i.domain == "ai.onnx.preview.training").version = 12
+    refused(run(model.SerializeToString(), ".onnx", "version: 1\nguard: {}\nlower: true\n"),
+            "imports ai.onnx.preview.training version 12; its training ops exist in version 1 only")
+
+
+def test_a_training_node_mixing_shapes_is_an_input_error() -> None:
+    """X [4] with a gradient [4, 1] broadcasts in onnx.reference; the rewritten step failed in onnxruntime."""
+    model = onnx_model("momentum_preview_guarded")
+    node = model.graph.node[0]
+    g = list(node.input).index("body/w/grad")
+    node.input[g] = "head/a/grad"
+    refused(run(model.SerializeToString(), ".onnx", "version: 1\nguard: {}\nlower: true\n"),
+            "'head/a/grad' has shape [4, 1] but 'body/w' has [4]; Momentum takes one shape for X, G and its states")
