@@ -399,3 +399,17 @@ def test_a_training_node_mixing_shapes_is_an_input_error() -> None:
     node.input[g] = "head/a/grad"
     refused(run(model.SerializeToString(), ".onnx", "version: 1\nguard: {}\nlower: true\n"),
             "'head/a/grad' has shape [4, 1] but 'body/w' has [4]; Momentum takes one shape for X, G and its states")
+
+
+def test_a_variable_of_an_unknown_element_type_is_an_input_error() -> None:
+    """Was ValueError (exit 3) naming the type."""
+    model = onnx_model("decomposed_momentum")
+    next(i for i in model.graph.input if i.name == "W").type.tensor_type.elem_type = 99
+    refused(run(model.SerializeToString(), ".onnx", DECOMPOSED), "'W' is element type 99; only float and double")
+
+
+def test_a_shape_mismatch_of_high_rank_is_reported_in_one_short_line() -> None:
+    model = onnx_model("momentum_preview_guarded")
+    x = next(i for i in model.graph.input if i.name == "body/w")
+    x.type.tensor_type.shape.dim.extend([onnx.TensorShapeProto.Dimension(dim_value=2**40)] * 40)
+    refused(run(model.SerializeToString(), ".onnx", GUARD), "'body/w' has [4, 1099511627776, ")

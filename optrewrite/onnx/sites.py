@@ -69,7 +69,7 @@ class Discovery:
 
 
 def _label(node: onnx.NodeProto, index: int) -> str:
-    return f"{node.op_type} {node.name!r}" if node.name else f"{node.op_type} #{index}"
+    return f"{node.op_type} {shorten(repr(node.name))}" if node.name else f"{node.op_type} #{index}"
 
 
 def _typed(ed: Editor, name: str, where: str) -> tuple[int, int | None]:
@@ -81,7 +81,7 @@ def _typed(ed: Editor, name: str, where: str) -> tuple[int, int | None]:
         raise InputError(f"{where}: the element type of {name!r} is unknown; add it to the graph's value_info")
     if elem not in FLOAT_TYPES:
         raise InputError(
-            f"{where}: {name!r} is {onnx.TensorProto.DataType.Name(elem).lower()}; "
+            f"{where}: {shorten(repr(name))} is {_type_name(elem)}; "
             "only float and double tensors are updated"
         )
     return elem, ed.rank(name)
@@ -119,8 +119,9 @@ def _training_node(ed: Editor, index: int, node: onnx.NodeProto) -> TrainingNode
                 )
             if not _same_shape(_dims(ed, other), _dims(ed, x)):
                 raise InputError(
-                    f"{label}: tensor {i}: {shorten(repr(other))} has shape {_dims(ed, other)} but "
-                    f"{shorten(repr(x))} has {_dims(ed, x)}; {node.op_type} takes one shape for X, G and its states"
+                    f"{label}: tensor {i}: {shorten(repr(other))} has shape {shorten(str(_dims(ed, other)), 40)} but "
+                    f"{shorten(repr(x))} has {shorten(str(_dims(ed, x)), 40)}; "
+                    f"{node.op_type} takes one shape for X, G and its states"
                 )
         sites.append(UpdateSite(
             key=f"{label}[{i}]", kind=node.op_type, variable=x, gradient=g, updated=node.output[i],
