@@ -17,7 +17,7 @@ Measured on the 2-core reference machine (Python 3.11, TensorFlow 2.21, onnxrunt
 ``python tools/fuzz.py --cases 10000 --seed 0``: 214 s (3 min 35 s wall, seeds included), two
 workers of at most 607 MB RSS, no worker crash; 1,313 cases exit 0, 8,514 exit 2, and 173
 violate the promise, all of them listed in tests/fuzzing.py ``KNOWN`` (their fixes belong to
-optrewrite/api.py and optrewrite/verify.py): 150 one-line errors of 302-419 characters
+optrewrite/api.py and optrewrite/verify.py): 150 one-line errors of over 300 characters (to 419)
 (--verify's message wrapped again by the rewrite) and 23 exit 3 where onnx.reference runs a
 guarded, unlowered Adam step in float64. Seeds 1-3 took 210-237 s each.
 """
