@@ -317,7 +317,7 @@ def _selector(parent: dict[str, _Node], owner: _Node, *, default_all: bool) -> S
 
 
 def _guard(node: _Node) -> GuardSpec:
-    if isinstance(node.node, yaml.ScalarNode) and node.node.value in ("", "~", "null"):
+    if isinstance(node.node, yaml.ScalarNode) and node.node.tag == "tag:yaml.org,2002:null":  # "guard:" alone
         node = _Node(node.source, yaml.MappingNode("tag:yaml.org,2002:map", [], node.node.start_mark), node.path)
     keys = node.mapping(["variables", "exclude"])
     return GuardSpec(select=_selector(keys, node, default_all=True))

@@ -13,8 +13,7 @@ agreement:
   ``.inf`` / ``.nan`` (not JSON numbers) and integers beyond every float (JSON numbers are
   unbounded), which the loader refuses as norms.
 
-``test_accepted_divergences`` pins each of these down; ``LOADER_ISSUES`` lists where the
-loader itself is wrong (strict xfail: fixing spec.py makes them pass and the mark must go).
+``test_accepted_divergences`` pins each of these down.
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
@@ -299,21 +298,19 @@ def test_accepted_divergences(text: str) -> None:
     assert not loader_accepts(text)
 
 
-# Where the loader is wrong; the tests state what it should do.
-LOADER_ISSUES = [
-    pytest.param("version: 1\nguard: NULL\n", True, id="guard-null-spelled-NULL-is-refused",
-                 marks=pytest.mark.xfail(strict=True, reason="_guard compares the raw text with '', '~', 'null'")),
-    pytest.param("version: 1\nguard: Null\n", True, id="guard-null-spelled-Null-is-refused",
-                 marks=pytest.mark.xfail(strict=True, reason="_guard compares the raw text with '', '~', 'null'")),
-    pytest.param("version: 1\nguard: ''\n", False, id="guard-quoted-empty-string-is-accepted",
-                 marks=pytest.mark.xfail(strict=True, reason="_guard ignores the scalar's style and tag")),
-    pytest.param("version: 1\nguard: 'null'\n", False, id="guard-string-null-is-accepted",
-                 marks=pytest.mark.xfail(strict=True, reason="_guard ignores the scalar's style and tag")),
+# YAML's null is an empty guard, however it is spelled; a string is not.
+NULL_GUARDS = [
+    pytest.param("version: 1\nguard:\n", True, id="guard-empty"),
+    pytest.param("version: 1\nguard: ~\n", True, id="guard-tilde"),
+    pytest.param("version: 1\nguard: NULL\n", True, id="guard-NULL"),
+    pytest.param("version: 1\nguard: Null\n", True, id="guard-Null"),
+    pytest.param("version: 1\nguard: ''\n", False, id="guard-quoted-empty-string"),
+    pytest.param("version: 1\nguard: 'null'\n", False, id="guard-string-null"),
 ]
 
 
-@pytest.mark.parametrize(("text", "valid"), LOADER_ISSUES)
-def test_loader_issue(text: str, valid: bool) -> None:
+@pytest.mark.parametrize(("text", "valid"), NULL_GUARDS)
+def test_guard_null_spellings(text: str, valid: bool) -> None:
     assert schema_accepts(text) is valid
     assert loader_accepts(text) is valid
 
@@ -486,8 +483,6 @@ def test_schema_agrees_with_loader_on_generated_specs() -> None:
     @given(spec_documents())
     def agree(text: str) -> None:
         doc = yaml.safe_load(text)
-        # The loader's quirk: LOADER_ISSUES.
-        assume(not (isinstance(doc, dict) and doc.get("guard") in ("", "~", "null")))
         accepted = loader_accepts(text)
         assert SPEC.is_valid(doc) == accepted, text
         verdicts[accepted] += 1
