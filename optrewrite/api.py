@@ -7,7 +7,7 @@ from typing import Callable
 from optrewrite.errors import InputError
 from optrewrite.fileio import check_distinct, default_output, write_atomic
 from optrewrite.report import Report
-from optrewrite.spec import Spec, load_spec
+from optrewrite.spec import Spec, load_spec, shorten
 
 
 def read_input(path: Path) -> bytes:
@@ -110,15 +110,20 @@ def _runtime_check(src: Path, out: Path, report: Report) -> Callable[[Path], Non
         try:
             report.verified = verify_file(tmp, like=out)
         except TooLargeToVerify as exc:
-            raise InputError(f"{src}: --verify cannot run this graph: {exc}; rewrite without --verify") from None
+            raise InputError(_line(f"{src}: --verify cannot run this graph (rewrite without --verify): ", str(exc))) from None
         except VerificationFailed as exc:
             try:
                 verify_file(src)
             except VerificationFailed as bad_input:
-                raise InputError(f"{src}: the input graph does not run either: {bad_input}") from None
-            raise AssertionError(f"the rewritten graph fails to run though its input runs: {exc}") from None
+                raise InputError(_line(f"{src}: the input graph does not run either: ", str(bad_input))) from None
+            raise AssertionError(_line("the rewritten graph fails to run though its input runs: ", str(exc))) from None
 
     return run
+
+
+def _line(prefix: str, detail: str, limit: int = 280) -> str:
+    """``prefix`` + ``detail``, the detail cut so that the line stays short."""
+    return prefix + shorten(detail, max(80, limit - len(prefix)))
 
 
 def _rewrite_onnx_file(src: Path, raw: bytes, spec: Spec, out: Path, *, lower: bool, verify: bool) -> Report:

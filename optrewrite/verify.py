@@ -474,6 +474,25 @@ def _ort_error(what: str, exc: Exception) -> VerificationFailed:
     return _failed(f"{what}: {_sentence(text)}")
 
 
+def _reference_ops() -> list[type]:
+    """onnx.reference's Adam with every result in its input's element type.
+
+    onnx 1.23 computes Adam in float64 and returns a one-tensor node's results so (and casts a
+    multi-tensor node's to float32, whatever the input type); the next op's type check then
+    rejects them. The rewrite gives each guarded tensor a one-tensor node of its own.
+    """
+    from onnx.reference.ops.aionnx_preview_training.op_adam import Adam as ReferenceAdam  # noqa: PLC0415
+
+    class Adam(ReferenceAdam):  # the evaluator matches new ops by class name
+        def _run(self, *data: Any, **attributes: Any) -> tuple[Any, ...]:
+            n = (len(data) - 2) // 4
+            results = super()._run(*data, **attributes)
+            like = [*data[2 : 2 + n], *data[2 + 2 * n : 2 + 4 * n]]  # X, then V and H
+            return tuple(np.asarray(r).astype(x.dtype, copy=False) for r, x in zip(results, like))
+
+    return [Adam]
+
+
 def _verify_onnx(path: Path, like: Path, raw: bytes, seed: int) -> str:
     try:
         from optrewrite.onnx import io as onnx_io  # noqa: PLC0415
@@ -490,8 +509,13 @@ def _verify_onnx(path: Path, like: Path, raw: bytes, seed: int) -> str:
         from onnx.reference import ReferenceEvaluator  # noqa: PLC0415
 
         runtime = f"onnx.reference {onnx.__version__} (preview training ops)"
+        try:  # the evaluator checks no types of training ops: strict inference does
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        except Exception as exc:  # noqa: BLE001
+            raise _failed(f"{runtime}: the model fails strict type and shape inference: "
+                          f"{type(exc).__name__}: {_first_line(str(exc))}") from None
         try:
-            outputs = ReferenceEvaluator(str(path)).run(None, feed)
+            outputs = ReferenceEvaluator(str(path), new_ops=_reference_ops()).run(None, feed)
         except Exception as exc:  # noqa: BLE001 - whatever the evaluator rejects is the finding
             raise _failed(f"{runtime} step failed: {type(exc).__name__}: {_first_line(str(exc))}") from None
     else:

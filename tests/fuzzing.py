@@ -30,7 +30,6 @@ import io
 import json
 import os
 import random
-import re
 import signal
 import tempfile
 import threading
@@ -49,17 +48,6 @@ FIXTURES = ROOT / "fixtures"
 T = TypeVar("T")
 
 MAX_MESSAGE = 300  # characters of the one-line error, path included
-# Violations whose fix belongs to modules this harness does not fix (optrewrite/api.py,
-# optrewrite/verify.py): (pattern of the violation, who must fix what). tools/fuzz.py counts
-# them as violations and names the owner; the CI sample (tests/test_fuzz.py) tolerates them.
-# Remove an entry once it is fixed, and the sample checks it again.
-KNOWN = (
-    (r"exit 2 message of \d+ characters: .*(does not run either|--verify cannot run this graph)",
-     "api._runtime_check prefixes verify's message, itself up to 300 characters, with the path and a phrase"),
-    (r"onnx\.reference .*Input type mismatch: float64 != float32",
-     "verify: onnx.reference 1.23 returns a one-tensor float32 Adam's X' as float64; "
-     "the rewrite gives each guarded tensor a one-tensor node"),
-)
 PREVIEW_DOMAIN = "ai.onnx.preview.training"
 
 
@@ -1062,16 +1050,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return not self.violations
-
-    @property
-    def unexpected(self) -> list[str]:
-        """The violations that no :data:`KNOWN` entry explains."""
-        return [v for v in self.violations if known(v) is None]
-
-
-def known(violation: str) -> str | None:
-    """Who must fix ``violation``, when it is a :data:`KNOWN` one."""
-    return next((owner for pattern, owner in KNOWN if re.search(pattern, violation)), None)
 
 
 class CaseTimeout(BaseException):

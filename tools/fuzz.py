@@ -202,15 +202,10 @@ def summary(results: list[dict[str, Any]], *, seed: int, seconds: float, workers
     for r in bad:
         groups[_signature(r["violations"][0])].append(r)
     out.append("")
-    owned = sum(1 for r in bad if fuzzing.known(r["violations"][0]))
-    out.append(f"violations: {len(bad)}" + (f" in {len(groups)} kinds" if bad else "")
-               + (f", {owned} of them known and owned elsewhere (tests/fuzzing.py KNOWN)" if owned else ""))
+    out.append(f"violations: {len(bad)}" + (f" in {len(groups)} kinds" if bad else ""))
     for group in sorted(groups.values(), key=len, reverse=True):
         first = group[0]
-        owner = fuzzing.known(first["violations"][0])
         out.append(f"  {len(group)} x {first['violations'][0][:240]}")
-        if owner:
-            out.append(f"    known: {owner}")
         out.append(f"    e.g. case {first['index']} ({first['seed']}, {'+'.join(first['kind']) or 'none'}); "
                    f"cases {', '.join(str(r['index']) for r in group[:8])}{' ...' if len(group) > 8 else ''}")
         out.append(f"    rerun: python tools/fuzz.py --seed {seed} --case {first['index']}"
