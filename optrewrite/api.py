@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from optrewrite.errors import InputError
+from optrewrite.errors import InputError, shorten
 from optrewrite.fileio import check_distinct, default_output, write_atomic
 from optrewrite.report import Report
-from optrewrite.spec import Spec, load_spec, shorten
+from optrewrite.spec import Spec, load_spec
 
 
 def read_input(path: Path) -> bytes:

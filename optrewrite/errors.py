@@ -28,3 +28,8 @@ class SpecError(InputError):
         self.source = source
         self.field = field
         self.line = line
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters, for quoting names and values in a one-line message."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from optrewrite.errors import SpecError
+from optrewrite.errors import SpecError, shorten
 
 SUPPORTED_VERSIONS = (1,)
 # The positive normal range of each float type a norm may be written in: a norm outside it
@@ -28,12 +28,6 @@ NORMAL_RANGE = {
     "float32": (1.1754943508222875e-38, 3.4028234663852886e38),
     "float64": (2.2250738585072014e-308, 1.7976931348623157e308),
 }
-_SHOWN = 60  # characters of a value from the spec echoed in a message
-
-
-def shorten(text: str, limit: int = _SHOWN) -> str:
-    """``text`` cut to ``limit`` characters for a one-line message."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)

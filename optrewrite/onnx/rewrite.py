@@ -30,7 +30,7 @@ from typing import Sequence
 
 import onnx
 
-from optrewrite.errors import InputError, SpecError
+from optrewrite.errors import InputError, SpecError, shorten
 from optrewrite.onnx import io
 from optrewrite.onnx.graph import PREFIX, PREVIEW_DOMAIN, Block, Editor, check_graph, node_uses
 from optrewrite.onnx.passes import lower_training_ops as lowering
@@ -40,7 +40,7 @@ from optrewrite.onnx.passes.guard_zero_grad import any_nonzero, branches, guarde
 from optrewrite.onnx.sites import Discovery, TrainingNode, UpdateSite, find_update_sites
 from optrewrite.report import Report, SiteEntry, SkipEntry
 from optrewrite.selection import Selection, select
-from optrewrite.spec import ClipGroup, Spec, shorten
+from optrewrite.spec import ClipGroup, Spec
 
 PLAN_KEY = "optrewrite.plan"
 

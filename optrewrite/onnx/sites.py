@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from optrewrite.errors import InputError, SpecError
+from optrewrite.errors import InputError, SpecError, shorten
 from optrewrite.onnx.graph import PREVIEW_DOMAIN, Editor, has_subgraphs, subgraphs
-from optrewrite.spec import Spec, shorten
+from optrewrite.spec import Spec
 
 STATES = {"Adagrad": ("H",), "Momentum": ("V",), "Adam": ("V", "H")}
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)

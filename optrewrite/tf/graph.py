@@ -6,12 +6,11 @@ and carry the ``_optrewrite`` attr naming the pass that made them.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-import struct
-
-from optrewrite.spec import shorten
+from optrewrite.errors import shorten
 from optrewrite.tf import proto
 
 TAG_ATTR = "_optrewrite"

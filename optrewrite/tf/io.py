@@ -14,8 +14,7 @@ from google.protobuf import message as pb_message
 from google.protobuf import text_format
 from google.protobuf import unknown_fields
 
-from optrewrite.errors import InputError
-from optrewrite.spec import shorten
+from optrewrite.errors import InputError, shorten
 from optrewrite.tf import proto
 from optrewrite.tf.graph import GraphError, Topology, build_topology
 
