@@ -69,7 +69,8 @@ class Discovery:
 
 
 def _label(node: onnx.NodeProto, index: int) -> str:
-    return f"{node.op_type} {shorten(repr(node.name))}" if node.name else f"{node.op_type} #{index}"
+    """The node as sites are keyed and reported: its op and whole name (a message shortens it)."""
+    return f"{node.op_type} {node.name!r}" if node.name else f"{node.op_type} #{index}"
 
 
 def _typed(ed: Editor, name: str, where: str) -> tuple[int, int | None]:
@@ -88,7 +89,8 @@ def _typed(ed: Editor, name: str, where: str) -> tuple[int, int | None]:
 
 
 def _training_node(ed: Editor, index: int, node: onnx.NodeProto) -> TrainingNode:
-    label = _label(node, index)
+    key = _label(node, index)
+    label = shorten(key, 80)
     states = STATES[node.op_type]
     width = 2 + len(states)
     body = len(node.input) - 2
@@ -124,7 +126,7 @@ def _training_node(ed: Editor, index: int, node: onnx.NodeProto) -> TrainingNode
                     f"{node.op_type} takes one shape for X, G and its states"
                 )
         sites.append(UpdateSite(
-            key=f"{label}[{i}]", kind=node.op_type, variable=x, gradient=g, updated=node.output[i],
+            key=f"{key}[{i}]", kind=node.op_type, variable=x, gradient=g, updated=node.output[i],
             states=state_pairs, elem_type=elem, rank=rank, node=index, slot=i,
         ))
     return TrainingNode(index=index, kind=node.op_type, n=n, sites=tuple(sites))
@@ -176,6 +178,9 @@ def find_update_sites(ed: Editor, spec: Spec, source: object) -> Discovery:
                 raise InputError(f"{source}: the model imports {PREVIEW_DOMAIN} version {preview}; "
                                  f"its training ops exist in version {PREVIEW_VERSION} only")
             tn = _training_node(ed, index, node)
+            if any(other.sites[0].key == tn.sites[0].key for other in found.nodes):
+                raise InputError(f"{source}: two training nodes are named {shorten(repr(node.name))}; "
+                                 "node names must be unique")
             found.nodes.append(tn)
             found.sites.extend(tn.sites)
         elif has_subgraphs(node):
@@ -183,7 +188,7 @@ def find_update_sites(ed: Editor, spec: Spec, source: object) -> Discovery:
                 for inner in _nested_training(sub):
                     found.skips.append(Skip(
                         key=_label(inner, index), variable=inner.input[2] if len(inner.input) > 2 else None,
-                        reason=f"inside a subgraph of {_label(node, index)}; updates in subgraphs are not rewritten",
+                        reason=f"inside a subgraph of {shorten(_label(node, index))}; updates in subgraphs are not rewritten",
                     ))
     for function in ed.model.functions:
         for inner in function.node:
