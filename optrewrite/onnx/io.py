@@ -42,6 +42,13 @@ def load(path: Path, raw: bytes) -> OnnxFile:
         raise InputError(f"{path}: not an ONNX model: cannot parse ModelProto ({exc})") from None
     if not model.HasField("graph") or not model.opset_import:
         raise InputError(f"{path}: not an ONNX model: no graph or no opset_import")
+    newest = onnx.defs.onnx_opset_version()
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version > newest:
+            raise InputError(
+                f"{path}: the model imports ai.onnx opset {imp.version}; the newest this onnx "
+                f"{onnx.__version__} knows is {newest}"
+            )
     if model.ir_version < MIN_IR_VERSION:
         raise InputError(
             f"{path}: IR version {model.ir_version} is older than {MIN_IR_VERSION}; "

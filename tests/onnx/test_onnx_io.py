@@ -98,6 +98,14 @@ def test_old_opsets_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert code == 2 and "opset 12" in err
 
 
+def test_opsets_newer_than_onnx_knows_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    newest = onnx.defs.onnx_opset_version()
+    src = replace(momentum(tmp_path), opset=newest + 1).save(tmp_path)
+    code, err = cli(capsys, src, "--spec", write(tmp_path / "s.yaml", GUARD), "-o", tmp_path / "out.onnx")
+    assert code == 2 and f"opset {newest + 1}; the newest this onnx" in err and err.count("\n") == 1
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def test_spec_updates_are_checked_against_the_graph(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = momentum(tmp_path).save(tmp_path)
     spec = write(tmp_path / "s.yaml", "version: 1\nguard: {}\nupdates:\n"
