@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable
 
 from optrewrite.errors import InputError, shorten
-from optrewrite.fileio import check_distinct, default_output, write_atomic
+from optrewrite.fileio import check_distinct, check_writable, default_output, write_atomic
 from optrewrite.report import Report
 from optrewrite.spec import Spec, load_spec
 
@@ -77,12 +77,12 @@ def rewrite_file(
     src = Path(input_path)
     writes = mode == "write"
     out = (Path(output) if output is not None else default_output(src)) if writes else None
-    if out is not None:
-        check_distinct(src, out)
-    if report_path is not None:
-        check_distinct(src, Path(report_path))
-        if out is not None and Path(report_path).resolve() == out.resolve():
-            raise InputError(f"{report_path}: the report would overwrite the output")
+    for target in (t for t in (out, Path(report_path) if report_path is not None else None) if t is not None):
+        check_distinct(src, target)
+        check_distinct(Path(spec_path), target, what="the spec")
+        check_writable(target)
+    if report_path is not None and out is not None and Path(report_path).resolve() == out.resolve():
+        raise InputError(f"{report_path}: the report would overwrite the output")
     if verify and not writes:
         raise InputError(f"--verify runs the written graph; it cannot be combined with {mode}")
     spec = load_spec(spec_path)
@@ -130,8 +130,6 @@ def _rewrite_onnx_file(src: Path, raw: bytes, spec: Spec, out: Path, *, lower: b
     from optrewrite.onnx import io as onnx_io  # noqa: PLC0415
     from optrewrite.onnx.rewrite import rewrite_onnx  # noqa: PLC0415
 
-    if str(out.parent) and not out.parent.is_dir():
-        raise InputError(f"{out}: the output directory does not exist")
     outcome = rewrite_onnx(onnx_io.load(src, raw), spec, lower=lower)
     outcome.report.output = str(out)
     placed = []

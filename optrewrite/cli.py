@@ -69,9 +69,11 @@ def _rewrite(argv: Sequence[str]) -> int:
     from optrewrite.api import rewrite_file  # noqa: PLC0415  (keeps --help fast)
 
     args = _rewrite_parser().parse_intermixed_args(argv)
+    mode = "check" if args.check else "dry-run" if args.dry_run else "write"
     if len(args.input) > 1 and (args.output or args.report):
         raise InputError("usage: -o and --report take one input; give one input per run")
-    mode = "check" if args.check else "dry-run" if args.dry_run else "write"
+    if mode == "write" and args.output is None:
+        _check_default_outputs(args.input)
     worst = EXIT_OK
     for src in args.input:
         try:
@@ -88,6 +90,18 @@ def _rewrite(argv: Sequence[str]) -> int:
         if not args.quiet:
             print(report.summary(), file=sys.stderr)
     return worst
+
+
+def _check_default_outputs(inputs: Sequence[Path]) -> None:
+    """Refuse, before writing anything, when one input's default output is another input."""
+    from optrewrite.fileio import default_output  # noqa: PLC0415
+
+    given = {src.resolve(): src for src in inputs}
+    for src in inputs:
+        other = given.get(default_output(src).resolve())
+        if other is not None:
+            raise InputError(f"{other}: it is an input and the default output of {src}; "
+                             "leave rewritten graphs out of the inputs, or give -o")
 
 
 def _explain(argv: Sequence[str]) -> int:

@@ -14,7 +14,8 @@ def default_output(path: Path) -> Path:
     return path.with_name(f"{path.stem}.rewritten{path.suffix}")
 
 
-def check_distinct(input_path: Path, output_path: Path) -> None:
+def check_distinct(input_path: Path, output_path: Path, *, what: str = "the input") -> None:
+    """Refuse to write ``output_path`` when it is ``input_path`` (by name or by a link)."""
     same = output_path.resolve() == input_path.resolve()
     if not same and output_path.exists():
         try:
@@ -22,7 +23,16 @@ def check_distinct(input_path: Path, output_path: Path) -> None:
         except OSError:
             same = False
     if same:
-        raise InputError(f"{output_path}: the output would overwrite the input; choose another -o")
+        raise InputError(f"{output_path}: writing it would overwrite {what}; choose another path")
+
+
+def check_writable(path: Path) -> None:
+    """``path`` names a file in an existing directory (checked before anything is written)."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise InputError(f"{path}: the directory {directory} does not exist")
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory; name a file")
 
 
 def write_atomic(path: Path, data: bytes, *, verify: Callable[[Path], None] | None = None) -> None:
@@ -31,10 +41,12 @@ def write_atomic(path: Path, data: bytes, *, verify: Callable[[Path], None] | No
     ``verify`` runs on the complete temporary file, beside ``path``, before it replaces
     anything; when it raises, nothing is written.
     """
+    check_writable(path)
     directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InputError(f"{path}: the output directory does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
     try:
         mask = os.umask(0)
         os.umask(mask)
@@ -46,9 +58,16 @@ def write_atomic(path: Path, data: bytes, *, verify: Callable[[Path], None] | No
         if verify is not None:
             verify(Path(tmp))
         os.replace(tmp, path)
+    except OSError as exc:
+        _remove(tmp)
+        raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _remove(tmp)
         raise
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -15,6 +15,7 @@ import pytest
 
 from optrewrite import fileio
 from optrewrite.cli import main
+from optrewrite.errors import InputError
 from optrewrite.tf import io, proto
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -223,7 +224,7 @@ def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path: Path, monkeyp
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)
-    with pytest.raises(OSError):
+    with pytest.raises(InputError, match=r"out.pb: cannot write: disk full"):
         fileio.write_atomic(target, b"new contents")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.pb"]
@@ -429,3 +430,42 @@ def test_schema_prints_json_schemas_and_validates_specs(work: Path, capsys: pyte
     (work / "bad.yaml").write_text("version: 1\nclip:\n  - variables: ['*']\n    max_norm: -1\n")
     assert main(["schema", "--validate", str(work / "bad.yaml"), str(work / "wrap.yaml")]) == 2
     assert capsys.readouterr().err == f"optrewrite: error: {work / 'bad.yaml'}:4: clip[0].max_norm: must be a positive number, got -1\n"
+
+
+# --------------------------------------------------------------------- where outputs may go
+@pytest.mark.parametrize("target", ["-o", "--report"])
+def test_an_output_that_is_a_directory_or_in_a_missing_one_writes_nothing(
+        target: str, work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (work / "adir").mkdir()
+    other = ["--report", str(work / "r.json")] if target == "-o" else ["-o", str(work / "o.pb")]
+    for path, expected in ((work / "adir", "is a directory"), (work / "missing" / "x", "does not exist")):
+        before = sorted(p.name for p in work.iterdir())
+        assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), target, str(path), *other, "-q"]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and err.count("\n") == 1
+        assert sorted(p.name for p in work.iterdir()) == before, "nothing written, not even the other file"
+
+
+@pytest.mark.parametrize("target", ["-o", "--report"])
+def test_the_spec_is_never_overwritten(target: str, work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = work / "wrap.yaml"
+    before = spec.read_bytes()
+    assert main([str(work / "graph.pb"), "--spec", str(spec), target, str(spec)]) == 2
+    assert "would overwrite the spec" in capsys.readouterr().err
+    assert spec.read_bytes() == before
+
+
+def test_an_input_that_is_another_inputs_default_output_is_refused(work: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-q"]) == 0
+    rewritten = work / "graph.rewritten.pb"
+    before = sorted((p.name, digest(p)) for p in work.iterdir())
+    assert main([str(work / "graph.pb"), str(rewritten), "--spec", str(work / "wrap.yaml"), "-q"]) == 2
+    assert "is an input and the default output of" in capsys.readouterr().err
+    assert sorted((p.name, digest(p)) for p in work.iterdir()) == before
+    assert main([str(work / "graph.pb"), str(rewritten), "--spec", str(work / "wrap.yaml"), "--check", "-q"]) == 1
+
+
+def test_explain_dot_into_a_directory_is_an_input_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["explain", str(DENSE / "input.pb"), "--spec", str(DENSE / "spec.yaml"), "--dot", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
