@@ -2,8 +2,8 @@
 
     optrewrite INPUT... --spec SPEC [-o OUTPUT] [--lower] [--report FILE.json]
                         [--check | --dry-run] [--verify] [-q]
-    optrewrite explain INPUT [--spec SPEC] [--lower] [--dot FILE]
-    optrewrite diff A B
+    optrewrite explain INPUT [--spec SPEC] [--lower] [--dot FILE] [--json]
+    optrewrite diff A B [-q]
     optrewrite schema [spec|report] | schema --validate SPEC...
 
 Exit codes: 0 success (the graphs are equal, for ``diff``; nothing to change, for
@@ -24,7 +24,6 @@ from optrewrite.errors import EXIT_DIFFERENT, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK
 
 log = logging.getLogger("optrewrite")
 
-COMMANDS = ("explain", "diff", "schema")
 EXIT_CODES = """exit codes:
   0  done (diff: the graphs are equal; --check: the graph is already rewritten)
   1  a difference (diff: the graphs differ; --check: rewriting would change the graph)
@@ -114,7 +113,7 @@ def _explain(argv: Sequence[str]) -> int:
     p.add_argument("--lower", action="store_true", help="ONNX: as the rewrite's --lower")
     p.add_argument("--dot", type=Path, metavar="FILE",
                    help="draw each inserted guard/clip subgraph with its neighbours as Graphviz DOT; "
-                   "FILE.svg (or FILE ending in .svg) is rendered too when graphviz's dot is installed")
+                   "with graphviz's dot installed, FILE.svg is rendered too (a FILE ending in .svg: SVG only)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON instead of a table")
     args = p.parse_args(argv)
     from optrewrite.explain import explain_file, render_table, write_drawing  # noqa: PLC0415

@@ -46,15 +46,15 @@ class GraphView:
 class Drawing:
     after: GraphView
     before_keys: set[str]  # every node key of the graph before, nested ones included
-    groups: dict[str | None, list[str]]  # site variable (None: shared) -> inserted node keys
+    groups: dict[str | None, list[str]]  # site (None: shared) -> inserted node keys
     labels: dict[str | None, str]
     changed: set[str]
 
-    def count(self, variable: str | None) -> int:
+    def count(self, site: str | None) -> int:
         """Inserted nodes of one site (None: the shared ones), new nodes inside branches included;
         original nodes moved into a branch are not counted."""
         return sum(1 + sum(n not in self.before_keys for n in self.after.nodes[k].nested)
-                   for k in self.groups.get(variable, []))
+                   for k in self.groups.get(site, []))
 
     def to_dot(self, *, title: str) -> str:
         ids: dict[str, str] = {}
@@ -69,11 +69,12 @@ class Drawing:
             '  edge [color="#555555"];',
         ]
         consumers = self.after.consumers()
+        inserted = {k for keys in self.groups.values() for k in keys}
         shown: set[str] = set()
         neighbours: dict[str, None] = {}
-        for i, (variable, keys) in enumerate(sorted(self.groups.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))):
+        for i, (site, keys) in enumerate(sorted(self.groups.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))):
             lines.append(f"  subgraph cluster_{i} {{")
-            lines.append(f'    label={_q(self.labels[variable])}; style="rounded,filled"; fillcolor="#fbfbff"; color="#7799cc";')
+            lines.append(f'    label={_q(self.labels[site])}; style="rounded,filled"; fillcolor="#fbfbff"; color="#7799cc";')
             members = set(keys)
             for key in keys:
                 lines.append(f"    {ident(key)} [label={_q(self._label(key))}, fillcolor=\"{_INSERTED}\"];")
@@ -88,7 +89,7 @@ class Drawing:
                 for dst, _ in consumers.get(key, []):
                     if dst not in members:
                         near[dst] = None
-            outside = [k for k in near if k in self.after.nodes and k not in self._inserted()]
+            outside = [k for k in near if k in self.after.nodes and k not in inserted]
             for key in outside[:MAX_NEIGHBOURS]:
                 neighbours[key] = None
             if len(outside) > MAX_NEIGHBOURS:
@@ -110,9 +111,6 @@ class Drawing:
         lines.append("}")
         return "\n".join(lines) + "\n"
 
-    def _inserted(self) -> set[str]:
-        return {k for keys in self.groups.values() for k in keys}
-
     def _label(self, key: str) -> str:
         node = self.after.nodes[key]
         extra = f" ({len(node.nested)} nodes inside)" if node.nested else ""
@@ -125,13 +123,13 @@ def _q(text: str) -> str:
 
 
 def draw(before: GraphView, after: GraphView, sites: Sequence[tuple[str, str, str]]) -> Drawing:
-    """Group ``after``'s new nodes by site. ``sites``: (variable, name prefix of its nodes, ending
+    """Group ``after``'s new nodes by site. ``sites``: (site key, name prefix of its nodes, ending
     in "/", label); a node belongs to the site with the longest prefix of its name."""
-    owners = {prefix: variable for variable, prefix, _ in sites}
+    owners = {prefix: site for site, prefix, _ in sites}
     groups: dict[str | None, list[str]] = {}
     labels: dict[str | None, str] = {None: "shared"}
-    for variable, _, label in sites:
-        labels[variable] = label
+    for site, _, label in sites:
+        labels[site] = label
     for key in after.nodes:
         if key in before.nodes:
             continue

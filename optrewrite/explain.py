@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from optrewrite.api import is_onnx, read_input
@@ -58,8 +58,9 @@ class Explanation:
     drawing: Drawing | None = field(default=None, repr=False)
 
     def to_json(self) -> str:
-        data = asdict(self)
-        data.pop("drawing")
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "drawing"}
+        data["rows"] = [asdict(r) for r in self.rows]
+        data["skipped"] = [asdict(s) for s in self.skipped]
         return json.dumps({"schema": "optrewrite.explain/1", **data}, indent=2, sort_keys=True) + "\n"
 
 
@@ -96,7 +97,7 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
         return explanation
 
     report = found.report
-    explanation.note = report.note
+    explanation.note = report.note.replace(" written as ", " would be written as ")  # explain writes nothing
     explanation.skipped = report.skipped
     inserted = {entry.update: entry.inserted for entry in report.sites}
     for row in explanation.rows:
@@ -105,10 +106,10 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
         if "lower" in row.inserted:
             row.selected_by.append("lower")
     drawing = draw(found.before, found.after,
-                   [(r.site.variable, r.site.scope, f"{r.site.variable}: {', '.join(r.inserted)}")
+                   [(r.site.update, r.site.scope, f"{r.site.variable}: {', '.join(r.inserted)}")
                     for r in explanation.rows if r.inserted])
     for row in explanation.rows:
-        row.nodes = drawing.count(row.site.variable)
+        row.nodes = drawing.count(row.site.update)
     explanation.shared_nodes = drawing.count(None)
     explanation.drawing = drawing
     return explanation
@@ -182,8 +183,7 @@ def write_drawing(ex: Explanation, path: Path) -> list[Path]:
 
     A ``path`` ending in ``.svg`` asks for SVG only, which needs ``dot``. Returns what was written.
     """
-    if ex.drawing is None:
-        raise InputError("usage: --dot draws what a spec inserts; give --spec")
+    assert ex.drawing is not None, "a drawing needs a spec"
     text = ex.drawing.to_dot(title=f"optrewrite: {Path(ex.input).name} by {Path(ex.spec or '').name}")
     dot = shutil.which("dot")
     wants_svg = path.suffix.lower() == ".svg"

@@ -13,7 +13,7 @@ from optrewrite.drawing import GNode, GraphView
 from optrewrite.explain import Analysis, Site
 from optrewrite.onnx import io
 from optrewrite.onnx.graph import PREFIX, Editor
-from optrewrite.onnx.rewrite import rewrite_onnx
+from optrewrite.onnx.rewrite import blaming_malformed_input, rewrite_onnx
 from optrewrite.onnx.sites import find_update_sites
 from optrewrite.report import SkipEntry
 from optrewrite.spec import Spec
@@ -34,9 +34,10 @@ def _shape(ed: Editor, name: str) -> str:
 def analyse(src: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
     """The sites (a spec's ``updates:`` included); with a spec, the model rewritten in memory."""
     loaded = io.load(src, raw)
-    before = graph_view(loaded.model.graph)
-    ed = Editor(loaded.model)
-    found = find_update_sites(ed, spec or _no_spec(), src)
+    with blaming_malformed_input(loaded):
+        before = graph_view(loaded.model.graph)
+        ed = Editor(loaded.model)
+        found = find_update_sites(ed, spec or _no_spec(), src)
     sites = [
         Site(variable=s.variable, shape=_shape(ed, s.variable),
              dtype=onnx.TensorProto.DataType.Name(s.elem_type).lower(), update=s.key, kind=s.kind,

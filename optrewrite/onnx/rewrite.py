@@ -23,10 +23,11 @@ inputs, a cycle, a name defined twice, names that are not UTF-8), that is the er
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import onnx
 
@@ -70,8 +71,15 @@ def _selector(sel) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
 
 
 def rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool = False) -> Outcome:
-    try:
+    with blaming_malformed_input(loaded):
         return _rewrite_onnx(loaded, spec, lower=lower)
+
+
+@contextlib.contextmanager
+def blaming_malformed_input(loaded: io.OnnxFile) -> Iterator[None]:
+    """Turn a failure other than an InputError into one when the input itself is malformed."""
+    try:
+        yield
     except InputError:
         raise
     except Exception:

@@ -9,8 +9,7 @@ from optrewrite.report import SkipEntry
 from optrewrite.spec import Spec
 from optrewrite.tf import io, proto
 from optrewrite.tf.graph import GraphEditor
-from optrewrite.tf.rewrite import rewrite_tf
-from optrewrite.tf.sites import find_update_sites
+from optrewrite.tf.rewrite import discover, rewrite_tf
 
 
 def _shape(shape: tuple[int, ...] | None) -> str:
@@ -20,7 +19,7 @@ def _shape(shape: tuple[int, ...] | None) -> str:
 def analyse(src: Path, raw: bytes, spec: Spec | None) -> Analysis:
     """Parse once; with a spec, rewrite that parsed graph in memory (the rewrite edits it in place)."""
     loaded = io.load(src, raw)
-    found = find_update_sites(GraphEditor(loaded.graph, loaded.topology))
+    found = discover(loaded, GraphEditor(loaded.graph, loaded.topology))
     sites = [
         Site(variable=s.variable, shape=_shape(s.shape), dtype=proto.dtype_name(s.dtype), update=s.key,
              kind=s.kind, slots=s.slots, sparse=s.sparse, device=s.device, scope=f"{s.scope}/")

@@ -24,7 +24,7 @@ from optrewrite.tf.passes import SiteState
 from optrewrite.tf.passes.clip_by_norm import clip
 from optrewrite.tf.passes.global_norm_clip import global_norm_clip
 from optrewrite.tf.passes.guard_zero_grad import guard
-from optrewrite.tf.sites import UpdateSite, find_update_sites
+from optrewrite.tf.sites import Discovery, UpdateSite, find_update_sites
 
 PLAN_NODE = "optrewrite/plan"
 PLAN_ATTR = "_optrewrite_plan"
@@ -62,13 +62,18 @@ def _plan_digest(selections: list[Selection[UpdateSite]], spec: Spec) -> str:
     return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
 
 
+def discover(loaded: io.TfGraphFile, g: GraphEditor) -> Discovery:
+    """The graph's update sites; an input error names the file."""
+    try:
+        return find_update_sites(g)
+    except InputError as exc:
+        raise InputError(f"{loaded.path}: {exc}") from None
+
+
 def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
     g = GraphEditor(loaded.graph, loaded.topology)
     report = Report(input=str(loaded.path), format=loaded.format_name)
-    try:
-        found = find_update_sites(g)
-    except InputError as exc:
-        raise InputError(f"{loaded.path}: {exc}") from None
+    found = discover(loaded, g)
     sites, skips = found.sites, found.skips
     report.skipped = [SkipEntry(s.key, s.variable, s.reason) for s in skips]
     spec.bind({s.variable: s.rank for s in sites}, {s.variable: s.reason for s in skips if s.variable},
