@@ -84,6 +84,7 @@ def write_expected(actual: Path, expected: Path) -> bool:
     An ONNX model is copied as it is. A TensorFlow graph is written in binary when
     ``expected`` is named ``.pb``, ``.graphdef`` or ``.meta``, else in text format; before it
     replaces anything the new file is read back and must compare equal to ``actual``.
+    Missing parent folders of ``expected`` are created.
     Returns whether it wrote. Raises InputError when ``actual`` is not a graph or
     ``expected``'s name cannot hold it.
     """
@@ -102,6 +103,10 @@ def write_expected(actual: Path, expected: Path) -> bool:
     check = diff_bytes(actual, raw, expected, data)
     if not check.same:
         raise InputError(f"{expected}: its format cannot hold {actual} exactly ({check.lines[0]})")
+    try:
+        expected.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{expected.parent}: cannot create the folder: {exc.strerror or exc}") from None
     write_atomic(expected, data)
     return True
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,18 @@ def test_regen_of_metagraph_and_onnx(tmp_path: Path) -> None:
     assert model.read_bytes() == ONNX_MODEL.read_bytes()
 
 
+def test_regen_creates_the_expected_graphs_missing_folders(tmp_path: Path) -> None:
+    expected = tmp_path / "tests" / "golden" / "model.pbtxt"
+    assert write_expected(TF_PB, expected) is True
+    assert diff_files(TF_PB, expected).same
+    model = tmp_path / "new" / "deeper" / "model.onnx"
+    assert_graph_matches(ONNX_MODEL, model, regen=True)
+    assert model.read_bytes() == ONNX_MODEL.read_bytes()
+    (tmp_path / "in_the_way").write_text("")
+    with pytest.raises(AssertionError, match="in_the_way: cannot create the folder"):
+        assert_graph_matches(TF_PB, tmp_path / "in_the_way" / "model.pbtxt", regen=True)
+
+
 def test_regen_refuses_what_the_expected_name_cannot_hold(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="name graphs of different formats"):
         assert_graph_matches(ONNX_MODEL, tmp_path / "expected.pbtxt", regen=True)
@@ -231,6 +244,14 @@ def test_plugin_reports_a_missing_expected_graph(project: Path) -> None:
     assert "fixture.pbtxt: no expected graph yet" in result.stdout
     assert "Traceback" not in result.stdout and "def test_with_fixture" not in result.stdout  # pytrace=False
     assert not (project / "golden" / "fixture.pbtxt").exists()
+
+
+def test_plugin_option_regenerates_through_the_fixture_into_a_missing_folder(project: Path) -> None:
+    shutil.rmtree(project / "golden")
+    result = run_pytest(project, REGEN_OPTION, "-k", "with_fixture")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert diff_files(project / "actual.pb", project / "golden" / "fixture.pbtxt").same
+    assert not (project / "golden" / "direct.pbtxt").exists()
 
 
 def test_plugin_option_is_in_the_help(tmp_path: Path) -> None:
