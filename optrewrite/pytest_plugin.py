@@ -39,13 +39,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-def graph_golden(request: pytest.FixtureRequest) -> GraphGolden:
+def graph_golden() -> GraphGolden:
     """``graph_golden(actual, expected)``: fail unless the graphs match, or regenerate on request."""
-    regen = True if request.config.getoption("optrewrite_regen") else None
 
     def check(actual: str | Path, expected: str | Path) -> None:
         try:
-            assert_graph_matches(actual, expected, regen=regen)
+            assert_graph_matches(actual, expected, regen=None)  # the session's option, set at configure
         except AssertionError as exc:
             message = str(exc)
         else:
