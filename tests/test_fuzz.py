@@ -7,6 +7,7 @@ exit 0 with an output that loads, or exit 2 with one short line and nothing writ
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -15,6 +16,7 @@ from google.protobuf import text_format
 from hypothesis import HealthCheck, event, given, settings
 from onnx import helper
 
+from optrewrite.cli import main
 from optrewrite.errors import SpecError
 from optrewrite.spec import parse_spec
 from optrewrite.tf import proto
@@ -223,13 +225,28 @@ def test_an_integer_variable_is_skipped_with_the_reason() -> None:
     assert run(graph.SerializeToString(), ".pb", GUARD).rc == 0  # dense/kernel is still guarded
 
 
-def test_a_variable_without_dtype_is_skipped_and_left_as_it_was() -> None:
+def test_a_variable_without_dtype_is_skipped_and_left_as_it_was(tmp_path: Path) -> None:
     graph = tf_graph()
     del node(graph, "dense/bias").attr["dtype"]
     text = text_format.MessageToString(graph).encode()
     refused(run(text, ".pbtxt", "version: 1\nguard:\n  variables: [dense/bias]\n"), "has no dtype attr")
-    outcome = run(text, ".pbtxt", "version: 1\nguard:\n  variables: [dense/kernel]\n")
-    assert outcome.ok and outcome.rc == 0
+    case = fuzzing.Case("regression", ".pbtxt", text, b"version: 1\nguard:\n  variables: [dense/kernel]\n",
+                        report=True)
+    outcome = fuzzing.run_case(case)
+    assert outcome.ok and outcome.rc == 0, (outcome.violations, outcome.stderr)
+
+    (tmp_path / "input.pbtxt").write_bytes(case.data)  # the same run again, to read what it wrote
+    (tmp_path / "spec.yaml").write_bytes(case.spec)
+    assert main(fuzzing.argv_for(case, tmp_path)) == 0
+    written = proto.GraphDef()
+    text_format.Parse((tmp_path / "output.pbtxt").read_text(), written)
+    for name in ("dense/bias", "train/update_dense/bias/ApplyMomentum"):
+        assert node(written, name).SerializeToString(deterministic=True) == \
+            node(graph, name).SerializeToString(deterministic=True), name
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["skipped"] == [{"update": "train/update_dense/bias/ApplyMomentum", "variable": "dense/bias",
+                                  "reason": "the variable 'dense/bias' has no dtype attr"}]
+    assert [(site["variable"], site["inserted"]) for site in report["sites"]] == [("dense/kernel", ["guard"])]
 
 
 def test_text_nested_too_deeply_is_an_input_error() -> None:
