@@ -521,11 +521,17 @@ def _report(mode: str, output: str | None, verified: str | None) -> dict[str, An
 
 @pytest.mark.parametrize(
     ("mode", "output", "verified"),
-    [("write", "step.rewritten.onnx", None), ("write", None, None),
-     ("dry-run", None, "onnx.checker"), ("check", None, "onnxruntime ran one step")],
+    [("write", "step.rewritten.onnx", None), ("write", None, None), ("dry-run", None, None), ("check", None, None),
+     ("write", "step.rewritten.onnx", "ran one step in onnxruntime 1.31.0: 4 of 4 outputs finite")],
 )
 def test_report_modes_validate(mode: str, output: str | None, verified: str | None) -> None:
     REPORT.validate(_report(mode, output, verified))
+
+
+@pytest.mark.parametrize("mode", ["dry-run", "check"])
+def test_only_a_written_report_is_verified(mode: str) -> None:
+    """--verify runs the written graph, so it cannot combine with --dry-run or --check."""
+    assert not REPORT.is_valid(_report(mode, None, "ran one step in onnxruntime 1.31.0: 4 of 4 outputs finite"))
 
 
 @pytest.mark.parametrize(
