@@ -178,8 +178,6 @@ def _signature(violation: str) -> str:
 
 def summary(results: list[dict[str, Any]], *, seed: int, seconds: float, workers: list[Worker],
             verify: bool) -> tuple[str, int]:
-    from tests import fuzzing  # noqa: PLC0415
-
     rows: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     for r in results:
         outcome = "violation" if r["violations"] else f"exit {r['rc']}"
