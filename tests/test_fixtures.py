@@ -21,6 +21,7 @@ def input_of(case: Path) -> Path:
 
 
 def expected_of(case: Path) -> Path:
+    """The case's expected graph, as the tests and tools/regen_fixtures.py name it."""
     return case / ("expected.onnx" if input_of(case).suffix == ".onnx" else "expected.pbtxt")
 
 

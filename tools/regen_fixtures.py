@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 FIXTURES = ROOT / "fixtures"
 
 SPECS = {
@@ -184,25 +186,22 @@ def _build_inputs() -> None:
             target.write_bytes(graph.as_graph_def().SerializeToString(deterministic=True))
 
 
-def expected_path(folder: Path) -> Path:
-    """Where the fixture's expected graph lives: expected.onnx for ONNX, else expected.pbtxt."""
-    src = folder / INPUTS[folder.name]
-    return folder / ("expected.onnx" if src.suffix == ".onnx" else "expected.pbtxt")
-
-
 def write_expected(folder: Path) -> bool:
     """Rewrite the fixture's input by its spec into its expected graph; whether that changed it."""
     from optrewrite.api import rewrite_file  # noqa: PLC0415
     from optrewrite.testing import write_expected as write_golden  # noqa: PLC0415
+    from tests.test_fixtures import expected_of  # noqa: PLC0415
 
     src = folder / INPUTS[folder.name]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"output{src.suffix}"
         rewrite_file(src, folder / "spec.yaml", output=out)
-        return write_golden(out, expected_path(folder))
+        return write_golden(out, expected_of(folder))
 
 
 def main() -> int:
+    from tests.test_fixtures import expected_of  # noqa: PLC0415
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inputs", action="store_true",
                         help="rebuild the input graphs (the TensorFlow ones need TensorFlow)")
@@ -213,7 +212,7 @@ def main() -> int:
     for name, spec in SPECS.items():
         folder = FIXTURES / name
         (folder / "spec.yaml").write_text(spec)
-        expected = expected_path(folder).relative_to(ROOT)
+        expected = expected_of(folder).relative_to(ROOT)
         print(f"wrote {expected}" if write_expected(folder) else f"unchanged {expected}")
     return 0
 
