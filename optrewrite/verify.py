@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
-from optrewrite.errors import InputError
+from optrewrite.errors import InputError, shorten
 
 if TYPE_CHECKING:
     from optrewrite.tf import proto
@@ -138,10 +138,7 @@ def _sentence(line: str) -> str:
 
 
 def _failed(message: str, kind: type[VerificationFailed] = VerificationFailed) -> VerificationFailed:
-    message = " ".join(message.split())
-    if len(message) > _MAX_MESSAGE:
-        message = message[: _MAX_MESSAGE - 3] + "..."
-    return kind(message)
+    return kind(shorten(" ".join(message.split()), _MAX_MESSAGE))
 
 
 class _Budget:

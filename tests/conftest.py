@@ -1,7 +1,7 @@
 """Test-wide settings: quiet, reproducible TensorFlow; onnxruntime without telemetry files.
 
 The environment variables must be set before anything imports tensorflow: oneDNN
-reorders float reductions (REFERENCE.md §5), which breaks bit-for-bit comparisons.
+reorders float reductions, which breaks bit-for-bit comparisons.
 onnxruntime 1.31 writes telemetry files under $TMPDIR and ~/.cache on import unless
 ORT_DISABLE_TELEMETRY is set.
 """
