@@ -14,7 +14,6 @@ import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
-from optrewrite.cli import main as cli_main
 from optrewrite.diff import GraphDiff, diff_files
 from optrewrite.errors import InputError
 from optrewrite.tf import io, proto
@@ -455,14 +454,3 @@ def test_render_counts_and_indents(tmp_path: Path) -> None:
         "2 differences between A and B", "  + node extra = NoOp()", "  + node more = NoOp()",
     ]
     assert tf_diff(b, a, tmp_path).lines == ("- node extra (NoOp)", "- node more (NoOp)")
-
-
-def test_cli_diff_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    a = tf_message(TF_PB)
-    b = tf_message(TF_PB)
-    b.node.add(name="extra", op="NoOp")
-    write_tf(b, tmp_path / "b.pbtxt")
-    assert cli_main(["diff", str(TF_PB), str(TF_PB)]) == 0
-    assert cli_main(["diff", str(TF_PB), str(tmp_path / "b.pbtxt")]) == 1
-    assert f"1 difference between {TF_PB} and {tmp_path / 'b.pbtxt'}" in capsys.readouterr().out
-    assert cli_main(["diff", str(TF_PB), str(ONNX_LOWERED)]) == 2
