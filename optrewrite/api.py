@@ -5,22 +5,9 @@ from pathlib import Path
 from typing import Callable
 
 from optrewrite.errors import InputError, shorten
-from optrewrite.fileio import check_distinct, check_writable, default_output, write_atomic
+from optrewrite.fileio import check_distinct, check_writable, default_output, is_onnx, read_input, write_atomic
 from optrewrite.report import Report
 from optrewrite.spec import Spec, load_spec
-
-
-def read_input(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a graph file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
-def is_onnx(path: Path) -> bool:
-    return path.suffix.lower() == ".onnx"
 
 
 def rewrite_bytes(path: Path, raw: bytes, spec: Spec, *, lower: bool = False) -> tuple[bytes, Report]:

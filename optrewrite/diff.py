@@ -44,6 +44,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from optrewrite.errors import InputError
+from optrewrite.fileio import is_onnx, read_input
 
 if TYPE_CHECKING:
     import onnx
@@ -81,7 +82,7 @@ class GraphDiff:
 def diff_files(a: Path, b: Path) -> GraphDiff:
     """Compare the graphs in files ``a`` and ``b``; InputError when one cannot be compared."""
     a, b = Path(a), Path(b)
-    return diff_bytes(a, _read(a), b, _read(b))
+    return diff_bytes(a, read_input(a), b, read_input(b))
 
 
 def diff_bytes(a: Path, a_raw: bytes, b: Path, b_raw: bytes) -> GraphDiff:
@@ -97,17 +98,8 @@ def diff_bytes(a: Path, a_raw: bytes, b: Path, b_raw: bytes) -> GraphDiff:
     return GraphDiff(TENSORFLOW, tuple(_tf_file(io.load(a, a_raw), io.load(b, b_raw))))
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a graph file") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
 def _kind(path: Path) -> str:
-    return ONNX if path.suffix.lower() == ".onnx" else TENSORFLOW
+    return ONNX if is_onnx(path) else TENSORFLOW
 
 
 def _article(kind: str) -> str:

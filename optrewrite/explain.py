@@ -14,10 +14,9 @@ import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from optrewrite.api import is_onnx, read_input
 from optrewrite.drawing import Drawing, GraphView, draw
 from optrewrite.errors import InputError
-from optrewrite.fileio import write_atomic
+from optrewrite.fileio import is_onnx, read_input, write_atomic
 from optrewrite.report import Report, SkipEntry
 from optrewrite.spec import Selector, Spec, load_spec
 

@@ -1,4 +1,4 @@
-"""Output paths and atomic writes."""
+"""Graph files: the format by name, reading, output paths and atomic writes."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,21 @@ from pathlib import Path
 from typing import Callable
 
 from optrewrite.errors import InputError
+
+
+def is_onnx(path: Path) -> bool:
+    """The format by name: ``.onnx`` is an ONNX model, anything else a TensorFlow graph."""
+    return path.suffix.lower() == ".onnx"
+
+
+def read_input(path: Path) -> bytes:
+    """A graph file's bytes; a file that cannot be read is an InputError naming it."""
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a graph file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def default_output(path: Path) -> Path:

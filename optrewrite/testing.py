@@ -17,6 +17,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from optrewrite.errors import InputError
+from optrewrite.fileio import is_onnx, read_input, write_atomic
+
 REGEN_OPTION = "--optrewrite-regen"
 REGEN_ENV = "OPTREWRITE_REGEN"
 _BINARY_SUFFIXES = {".pb", ".graphdef", ".meta"}  # other TensorFlow goldens are written as text
@@ -51,7 +54,6 @@ def assert_graph_matches(actual: str | Path, expected: str | Path, *, regen: boo
        ``expected`` has, ``+`` for what only ``actual`` has.
     """
     from optrewrite.diff import diff_files  # noqa: PLC0415
-    from optrewrite.errors import InputError  # noqa: PLC0415
 
     actual, expected = Path(actual), Path(expected)
     if regen is None:
@@ -89,8 +91,6 @@ def write_expected(actual: Path, expected: Path) -> bool:
     ``expected``'s name cannot hold it.
     """
     from optrewrite.diff import diff_bytes, diff_files  # noqa: PLC0415
-    from optrewrite.errors import InputError  # noqa: PLC0415
-    from optrewrite.fileio import write_atomic  # noqa: PLC0415
 
     if expected.exists():
         try:
@@ -98,7 +98,7 @@ def write_expected(actual: Path, expected: Path) -> bool:
                 return False
         except InputError:
             pass  # replaced below, as long as actual is a graph that expected's name can hold
-    raw = _read(actual)
+    raw = read_input(actual)
     data = _encoded_as(expected, actual, raw)
     check = diff_bytes(actual, raw, expected, data)
     if not check.same:
@@ -111,20 +111,10 @@ def write_expected(actual: Path, expected: Path) -> bool:
     return True
 
 
-def _read(path: Path) -> bytes:
-    from optrewrite.errors import InputError  # noqa: PLC0415
-
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
-
-
 def _encoded_as(expected: Path, actual: Path, raw: bytes) -> bytes:
     """``actual``'s graph (bytes ``raw``) as ``expected``'s name asks for it."""
-    from optrewrite.errors import InputError  # noqa: PLC0415
 
-    onnx_in, onnx_out = actual.suffix.lower() == ".onnx", expected.suffix.lower() == ".onnx"
+    onnx_in, onnx_out = is_onnx(actual), is_onnx(expected)
     if onnx_in != onnx_out:
         raise InputError(f"{actual} and {expected} name graphs of different formats")
     if onnx_in:

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from optrewrite.errors import InputError, shorten
+from optrewrite.fileio import is_onnx
 
 if TYPE_CHECKING:
     from optrewrite.tf import proto
@@ -111,7 +112,7 @@ def verify_file(
         raw = path.read_bytes()
     except OSError as exc:
         raise VerificationFailed(f"cannot read {path}: {exc.strerror or exc}") from None
-    if like.suffix.lower() == ".onnx":  # as optrewrite.api.is_onnx
+    if is_onnx(like):
         return _verify_onnx(path, like, raw, seed)
     return _verify_tf(like, raw, seed, timeout_s)
 
