@@ -114,15 +114,10 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
     return explanation
 
 
-def _first(patterns, name: str) -> str | None:  # type: ignore[no-untyped-def]
-    return next((p.text for p in patterns if p.matches(name)), None)
-
-
 def _rule(label: str, selector: Selector, name: str, detail: str, chosen: list[str], passed: list[str]) -> None:
-    include = _first(selector.include, name)
+    include, exclude = selector.why(name)
     if include is None:
         return
-    exclude = _first(selector.exclude, name)
     if exclude is not None:
         passed.append(f"{label}: excluded by {exclude!r}")
     else:

@@ -52,9 +52,13 @@ class Selector:
     line: int | None
 
     def matches(self, name: str) -> bool:
-        return any(p.matches(name) for p in self.include) and not any(
-            p.matches(name) for p in self.exclude
-        )
+        include, exclude = self.why(name)
+        return include is not None and exclude is None
+
+    def why(self, name: str) -> tuple[str | None, str | None]:
+        """The first include pattern and the first exclude pattern ``name`` matches (None: none)."""
+        return (next((p.text for p in self.include if p.matches(name)), None),
+                next((p.text for p in self.exclude if p.matches(name)), None))
 
     def select(self, names: Sequence[str]) -> list[str]:
         return [n for n in names if self.matches(n)]
