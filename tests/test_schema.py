@@ -73,7 +73,7 @@ def test_schema_is_valid_draft_2020_12_and_shipped_as_text(name: str) -> None:
     Draft202012Validator.check_schema(loaded)
     assert json.loads(text) == loaded
     assert loaded["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert loaded["$id"] == f"https://optrewrite.dev/schema/{name}-1.json"
+    assert loaded["$id"] == f"urn:optrewrite:schema:{name}:1"
     assert loaded["title"] and loaded["description"]
 
 
