@@ -23,7 +23,7 @@ class GNode:
     op: str
     inputs: tuple[str, ...]  # keys of the nodes it reads
     controls: tuple[str, ...] = ()  # keys of the nodes it waits for (TF control inputs)
-    fingerprint: bytes = b""  # equal when the node is unchanged
+    fingerprint: bytes = b""  # what else must be equal for the node to be unchanged (b"": nothing)
     nested: tuple[str, ...] = ()  # keys of the nodes inside its subgraphs (ONNX If branches)
 
 
@@ -141,6 +141,10 @@ def draw(before: GraphView, after: GraphView, sites: Sequence[tuple[str, str, st
                 break
             cut = key.rfind("/", 0, cut)
         groups.setdefault(owner, []).append(key)
-    changed = {k for k, n in after.nodes.items() if k in before.nodes and before.nodes[k].fingerprint != n.fingerprint}
+    changed = {k for k, n in after.nodes.items() if k in before.nodes and _differs(before.nodes[k], n)}
     before_keys = set(before.nodes) | {k for n in before.nodes.values() for k in n.nested}
     return Drawing(after=after, before_keys=before_keys, groups=groups, labels=labels, changed=changed)
+
+
+def _differs(a: GNode, b: GNode) -> bool:
+    return (a.op, a.inputs, a.controls, a.fingerprint) != (b.op, b.inputs, b.controls, b.fingerprint)

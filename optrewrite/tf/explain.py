@@ -26,15 +26,16 @@ def analyse(src: Path, raw: bytes, spec: Spec | None) -> Analysis:
         for s in found.sites
     ]
     result = Analysis(loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips],
-                      before=graph_view(loaded.graph, fingerprints=spec is not None))
+                      before=graph_view(loaded.graph))
     if spec is not None:
         result.report = rewrite_tf(loaded, spec).report
-        result.after = graph_view(loaded.graph, fingerprints=True)
+        result.after = graph_view(loaded.graph)
     return result
 
 
-def graph_view(graph: proto.GraphDef, *, fingerprints: bool) -> GraphView:
-    """Every node by name, with its data and control inputs (and its bytes, to tell changes)."""
+def graph_view(graph: proto.GraphDef) -> GraphView:
+    """Every node by name, with its data and control inputs; its input list is what the
+    rewrite changes in an existing node (it only rewires), so it tells a changed node."""
     view = GraphView()
     nodes = view.nodes
     for node in graph.node:
@@ -44,6 +45,5 @@ def graph_view(graph: proto.GraphDef, *, fingerprints: bool) -> GraphView:
                 controls.append(i[1:])
             else:
                 data.append(i.partition(":")[0])
-        nodes[node.name] = GNode(node.name, node.op, tuple(data), tuple(controls),
-                                 node.SerializeToString(deterministic=True) if fingerprints else b"")
+        nodes[node.name] = GNode(node.name, node.op, tuple(data), tuple(controls), "\n".join(node.input).encode())
     return view
