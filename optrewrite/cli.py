@@ -113,7 +113,8 @@ def _explain(argv: Sequence[str]) -> int:
     p.add_argument("--lower", action="store_true", help="ONNX: as the rewrite's --lower")
     p.add_argument("--dot", type=Path, metavar="FILE",
                    help="draw each inserted guard/clip subgraph with its neighbours as Graphviz DOT; "
-                   "with graphviz's dot installed, FILE.svg is rendered too (a FILE ending in .svg: SVG only)")
+                   "with graphviz's dot installed, FILE.svg is rendered too unless the drawing is very large "
+                   "(a FILE ending in .svg: SVG only)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON instead of a table")
     args = p.parse_args(argv)
     from optrewrite.explain import explain_file, render_table, write_drawing  # noqa: PLC0415

@@ -1,16 +1,16 @@
 """A picture of what a rewrite inserted: each site's new nodes as a cluster, with their neighbours.
 
-Works on a format-neutral :class:`GraphView` of the graph before and after the rewrite (one
-per format: ``optrewrite/tf/explain.py``, ``optrewrite/onnx/explain.py``). A node is
-*inserted* when its key is new, *changed* when its key existed with other contents. Inserted
-nodes are grouped by the site whose name prefix they carry; the rest (global-norm clip, the
-plan record, lowered step scalars) form one "shared" cluster. Neighbours are the nodes outside
+Works on format-neutral :class:`Changes` (which nodes the rewrite inserted or changed) and a
+:class:`GraphView` of the rewritten graph, built only to draw (one adapter per format:
+``optrewrite/tf/explain.py``, ``optrewrite/onnx/explain.py``). Inserted nodes are grouped by
+the site whose name prefix they carry; the rest (global-norm clip, the plan record, lowered
+step scalars) form one "shared" cluster. Neighbours are the nodes outside
 a cluster that feed it or read from it, at most :data:`MAX_NEIGHBOURS` per cluster.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 MAX_NEIGHBOURS = 16
 _INSERTED, _CHANGED, _NEIGHBOUR = "#cfe3ff", "#ffe0a8", "#f2f2f2"
@@ -43,18 +43,50 @@ class GraphView:
 
 
 @dataclass
-class Drawing:
-    after: GraphView
-    before_keys: set[str]  # every node key of the graph before, nested ones included
-    groups: dict[str | None, list[str]]  # site (None: shared) -> inserted node keys
+class Changes:
+    """What a rewrite did to the top-level nodes, by key."""
+
+    inserted: list[str]  # new nodes, in graph order
+    changed: set[str]  # existing nodes with other contents
+    new_inside: dict[str, int] = field(default_factory=dict)  # inserted key -> new nodes in its branches
+
+    @classmethod
+    def between(cls, before: GraphView, after: GraphView) -> Changes:
+        """Compare two views; a nested node is new when its key is nowhere in ``before``."""
+        known = set(before.nodes) | {k for n in before.nodes.values() for k in n.nested}
+        inserted = [k for k in after.nodes if k not in before.nodes]
+        changed = {k for k, n in after.nodes.items() if k in before.nodes and _differs(before.nodes[k], n)}
+        inside = {k: sum(n not in known for n in after.nodes[k].nested) for k in inserted}
+        return cls(inserted, changed, {k: n for k, n in inside.items() if n})
+
+
+@dataclass
+class Grouping:
+    """The inserted nodes of each site (None: shared), and how to label each cluster."""
+
+    changes: Changes
+    groups: dict[str | None, list[str]]
     labels: dict[str | None, str]
-    changed: set[str]
 
     def count(self, site: str | None) -> int:
         """Inserted nodes of one site (None: the shared ones), new nodes inside branches included;
         original nodes moved into a branch are not counted."""
-        return sum(1 + sum(n not in self.before_keys for n in self.after.nodes[k].nested)
-                   for k in self.groups.get(site, []))
+        return sum(1 + self.changes.new_inside.get(k, 0) for k in self.groups.get(site, []))
+
+
+class Drawing:
+    """The DOT picture of a grouping; the rewritten graph's view is built when first drawn."""
+
+    def __init__(self, grouping: Grouping, view: Callable[[], GraphView]) -> None:
+        self.grouping = grouping
+        self._view = view
+        self._after: GraphView | None = None
+
+    @property
+    def after(self) -> GraphView:
+        if self._after is None:
+            self._after = self._view()
+        return self._after
 
     def to_dot(self, *, title: str) -> str:
         ids: dict[str, str] = {}
@@ -69,12 +101,13 @@ class Drawing:
             '  edge [color="#555555"];',
         ]
         consumers = self.after.consumers()
-        inserted = {k for keys in self.groups.values() for k in keys}
+        groups, labels = self.grouping.groups, self.grouping.labels
+        inserted = set(self.grouping.changes.inserted)
         shown: set[str] = set()
         neighbours: dict[str, None] = {}
-        for i, (site, keys) in enumerate(sorted(self.groups.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))):
+        for i, (site, keys) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))):
             lines.append(f"  subgraph cluster_{i} {{")
-            lines.append(f'    label={_q(self.labels[site])}; style="rounded,filled"; fillcolor="#fbfbff"; color="#7799cc";')
+            lines.append(f'    label={_q(labels[site])}; style="rounded,filled"; fillcolor="#fbfbff"; color="#7799cc";')
             members = set(keys)
             for key in keys:
                 lines.append(f"    {ident(key)} [label={_q(self._label(key))}, fillcolor=\"{_INSERTED}\"];")
@@ -97,7 +130,7 @@ class Drawing:
                 lines.append(f'  {ident(more)} [label="... {len(outside) - MAX_NEIGHBOURS} more neighbours", '
                              'shape=plaintext, style=""];')
         for key in neighbours:
-            color = _CHANGED if key in self.changed else _NEIGHBOUR
+            color = _CHANGED if key in self.grouping.changes.changed else _NEIGHBOUR
             lines.append(f"  {ident(key)} [label={_q(self._label(key))}, fillcolor=\"{color}\"];")
             shown.add(key)
         for key in sorted(shown, key=ident):
@@ -114,7 +147,7 @@ class Drawing:
     def _label(self, key: str) -> str:
         node = self.after.nodes[key]
         extra = f" ({len(node.nested)} nodes inside)" if node.nested else ""
-        mark = "\n(changed)" if key in self.changed else ""
+        mark = "\n(changed)" if key in self.grouping.changes.changed else ""
         return f"{key}\n{node.op}{extra}{mark}"
 
 
@@ -122,17 +155,15 @@ def _q(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def draw(before: GraphView, after: GraphView, sites: Sequence[tuple[str, str, str]]) -> Drawing:
-    """Group ``after``'s new nodes by site. ``sites``: (site key, name prefix of its nodes, ending
+def group(changes: Changes, sites: Sequence[tuple[str, str, str]]) -> Grouping:
+    """Group the inserted nodes by site. ``sites``: (site key, name prefix of its nodes, ending
     in "/", label); a node belongs to the site with the longest prefix of its name."""
     owners = {prefix: site for site, prefix, _ in sites}
     groups: dict[str | None, list[str]] = {}
     labels: dict[str | None, str] = {None: "shared"}
     for site, _, label in sites:
         labels[site] = label
-    for key in after.nodes:
-        if key in before.nodes:
-            continue
+    for key in changes.inserted:
         owner = None
         cut = key.rfind("/")
         while cut >= 0:
@@ -141,9 +172,7 @@ def draw(before: GraphView, after: GraphView, sites: Sequence[tuple[str, str, st
                 break
             cut = key.rfind("/", 0, cut)
         groups.setdefault(owner, []).append(key)
-    changed = {k for k, n in after.nodes.items() if k in before.nodes and _differs(before.nodes[k], n)}
-    before_keys = set(before.nodes) | {k for n in before.nodes.values() for k in n.nested}
-    return Drawing(after=after, before_keys=before_keys, groups=groups, labels=labels, changed=changed)
+    return Grouping(changes, groups, labels)
 
 
 def _differs(a: GNode, b: GNode) -> bool:

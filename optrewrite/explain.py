@@ -13,9 +13,10 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
-from optrewrite.drawing import Drawing, GraphView, draw
-from optrewrite.errors import InputError
+from optrewrite.drawing import Changes, Drawing, GraphView, group
+from optrewrite.errors import InputError, shorten
 from optrewrite.fileio import is_onnx, read_input, write_atomic
 from optrewrite.report import Report, SkipEntry
 from optrewrite.spec import Selector, Spec, load_spec
@@ -54,7 +55,7 @@ class Explanation:
     skipped: list[SkipEntry]
     note: str = ""
     shared_nodes: int = 0  # inserted nodes that belong to no one site (global-norm clip, plan, ...)
-    drawing: Drawing | None = field(default=None, repr=False)
+    drawing: Drawing | None = field(default=None, repr=False)  # with a spec; its view is built on first use
 
     def to_json(self) -> str:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "drawing"}
@@ -70,8 +71,8 @@ class Analysis:
     format: str
     sites: list[Site]
     skipped: list[SkipEntry]
-    before: GraphView
-    after: GraphView | None = None  # with a spec: the graph as rewritten
+    changes: Changes | None = None  # with a spec: what the rewrite inserted and changed
+    view: Callable[[], GraphView] | None = None  # with a spec: builds the rewritten graph's view, to draw
     report: Report | None = None  # with a spec: the rewrite's report
 
 
@@ -92,7 +93,7 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
         found = analyse(src, raw, spec)
     explanation = Explanation(input=str(src), format=found.format, spec=str(spec_path) if spec_path else None,
                               rows=[Row(site) for site in found.sites], skipped=found.skipped)
-    if spec is None or found.report is None or found.after is None:
+    if spec is None or found.report is None or found.changes is None or found.view is None:
         return explanation
 
     report = found.report
@@ -104,13 +105,12 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
         row.selected_by, row.not_selected = _rules(row.site.variable, spec)
         if "lower" in row.inserted:
             row.selected_by.append("lower")
-    drawing = draw(found.before, found.after,
-                   [(r.site.update, r.site.scope, f"{r.site.variable}: {', '.join(r.inserted)}")
-                    for r in explanation.rows if r.inserted])
+    grouping = group(found.changes, [(r.site.update, r.site.scope, f"{r.site.variable}: {', '.join(r.inserted)}")
+                                     for r in explanation.rows if r.inserted])
     for row in explanation.rows:
-        row.nodes = drawing.count(row.site.update)
-    explanation.shared_nodes = drawing.count(None)
-    explanation.drawing = drawing
+        row.nodes = grouping.count(row.site.update)
+    explanation.shared_nodes = grouping.count(None)
+    explanation.drawing = Drawing(grouping, found.view)
     return explanation
 
 
@@ -172,8 +172,13 @@ def render_table(ex: Explanation) -> str:
     return "\n".join(lines)
 
 
+SVG_TIMEOUT_S = 120
+AUTO_SVG_MAX_LINES = 20_000  # a DOT file this long is not rendered unless SVG is asked for
+
+
 def write_drawing(ex: Explanation, path: Path) -> list[Path]:
-    """Write the DOT drawing to ``path``; render SVG beside it when graphviz's ``dot`` is installed.
+    """Write the DOT drawing to ``path``; render SVG beside it when graphviz's ``dot`` is installed
+    and the drawing is small enough for graphviz to lay out in reasonable time.
 
     A ``path`` ending in ``.svg`` asks for SVG only, which needs ``dot``. Returns what was written.
     """
@@ -187,13 +192,17 @@ def write_drawing(ex: Explanation, path: Path) -> list[Path]:
     if not wants_svg:
         write_atomic(path, text.encode())
         written.append(path)
-    if dot is not None:
+    if dot is not None and (wants_svg or text.count("\n") <= AUTO_SVG_MAX_LINES):
         svg_path = path if wants_svg else path.with_name(path.name + ".svg")
-        proc = subprocess.run([dot, "-Tsvg"], input=text.encode(), capture_output=True, timeout=300, check=False)
+        try:
+            proc = subprocess.run([dot, "-Tsvg"], input=text.encode(), capture_output=True,
+                                  timeout=SVG_TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            raise InputError(f"{svg_path}: graphviz dot did not finish in {SVG_TIMEOUT_S} s; "
+                             "draw fewer sites (a narrower spec) or write a .dot file") from None
         if proc.returncode != 0:
             first = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[0]
-            raise InputError(f"{svg_path}: graphviz dot failed: {first}")
+            raise InputError(f"{svg_path}: graphviz dot failed: {shorten(first, 160)}")
         write_atomic(svg_path, proc.stdout)
         written.append(svg_path)
     return written
-

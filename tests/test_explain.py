@@ -162,3 +162,18 @@ def test_explain_imports_neither_runtime(case: str) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.skipif(not any(Path(p, "dot").exists() for p in os.environ.get("PATH", "").split(os.pathsep)),
+                    reason="graphviz's dot is not installed")
+def test_a_very_large_drawing_is_not_rendered_unless_svg_is_asked_for(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import optrewrite.explain as explain
+
+    monkeypatch.setattr(explain, "AUTO_SVG_MAX_LINES", 10)
+    case = FIXTURES / "momentum_ref_dense"
+    args = ["explain", str(_input(case)), "--spec", str(case / "spec.yaml"), "--dot"]
+    assert main([*args, str(tmp_path / "x.dot")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.dot"]
+    assert main([*args, str(tmp_path / "x.svg")]) == 0
+    assert (tmp_path / "x.svg").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from optrewrite.drawing import GNode, GraphView
+from optrewrite.drawing import Changes, GNode, GraphView
 from optrewrite.explain import Analysis, Site
 from optrewrite.onnx import io
 from optrewrite.onnx.graph import PREFIX, Editor
@@ -44,12 +44,13 @@ def analyse(src: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysi
              slots=tuple(old for old, _ in s.states), sparse=False, device="", scope=f"{PREFIX}/{s.variable}/")
         for s in found.sites
     ]
-    result = Analysis(loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips],
-                      before=before)
+    result = Analysis(loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips])
     if spec is not None:
         outcome = rewrite_onnx(io.load(src, raw), spec, lower=lower)
+        after = graph_view(outcome.model.graph)
         result.report = outcome.report
-        result.after = graph_view(outcome.model.graph)
+        result.changes = Changes.between(before, after)
+        result.view = lambda: after
     return result
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optrewrite.drawing import GNode, GraphView
+from optrewrite.drawing import Changes, GNode, GraphView
 from optrewrite.explain import Analysis, Site
 from optrewrite.report import SkipEntry
 from optrewrite.spec import Spec
@@ -17,7 +17,8 @@ def _shape(shape: tuple[int, ...] | None) -> str:
 
 
 def analyse(src: Path, raw: bytes, spec: Spec | None) -> Analysis:
-    """Parse once; with a spec, rewrite that parsed graph in memory (the rewrite edits it in place)."""
+    """Parse once; with a spec, rewrite that parsed graph in memory (the rewrite edits it in
+    place and appends the nodes it inserts)."""
     loaded = io.load(src, raw)
     found = discover(loaded, GraphEditor(loaded.graph, loaded.topology))
     sites = [
@@ -25,17 +26,18 @@ def analyse(src: Path, raw: bytes, spec: Spec | None) -> Analysis:
              kind=s.kind, slots=s.slots, sparse=s.sparse, device=s.device, scope=f"{s.scope}/")
         for s in found.sites
     ]
-    result = Analysis(loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips],
-                      before=graph_view(loaded.graph))
+    result = Analysis(loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips])
     if spec is not None:
-        result.report = rewrite_tf(loaded, spec).report
-        result.after = graph_view(loaded.graph)
+        first_new = len(loaded.graph.node)
+        outcome = rewrite_tf(loaded, spec)
+        result.report = outcome.report
+        result.changes = Changes([n.name for n in loaded.graph.node[first_new:]], set(outcome.changed))
+        result.view = lambda: graph_view(loaded.graph)
     return result
 
 
 def graph_view(graph: proto.GraphDef) -> GraphView:
-    """Every node by name, with its data and control inputs; its input list is what the
-    rewrite changes in an existing node (it only rewires), so it tells a changed node."""
+    """Every node by name, with its data and control inputs."""
     view = GraphView()
     nodes = view.nodes
     for node in graph.node:
@@ -45,5 +47,5 @@ def graph_view(graph: proto.GraphDef) -> GraphView:
                 controls.append(i[1:])
             else:
                 data.append(i.partition(":")[0])
-        nodes[node.name] = GNode(node.name, node.op, tuple(data), tuple(controls), "\n".join(node.input).encode())
+        nodes[node.name] = GNode(node.name, node.op, tuple(data), tuple(controls))
     return view

@@ -35,6 +35,7 @@ PLAN_TAG = "plan"
 class Outcome:
     data: bytes
     report: Report
+    changed: tuple[str, ...] = ()  # the existing nodes the rewrite changed (rewired)
 
 
 def _select(sites: list[UpdateSite], spec: Spec) -> list[Selection[UpdateSite]]:
@@ -130,7 +131,8 @@ def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
     report.changed = True
     report.nodes_added = len(g.graph.node) - g.first_new
     report.nodes_changed = len(g.changed)
-    return Outcome(data=io.serialize(loaded, g.changed, g.first_new), report=report)
+    return Outcome(data=io.serialize(loaded, g.changed, g.first_new), report=report,
+                   changed=tuple(g.graph.node[i].name for i in sorted(g.changed)))
 
 
 def _entry(site: UpdateSite, actions: list[str]) -> SiteEntry:
