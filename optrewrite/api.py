@@ -22,16 +22,21 @@ def rewrite_bytes(path: Path, raw: bytes, spec: Spec, *, lower: bool = False) ->
 
         outcome = rewrite_onnx(onnx_io.load(path, raw), spec, lower=lower)
         return outcome.data, outcome.report
-    if lower or spec.lower:
-        raise InputError(f"{path}: lowering applies to ONNX models only")
-    if spec.updates:
-        raise InputError(f"{spec.source}: updates: names update sites of ONNX models only; {path} is a TensorFlow graph")
+    check_tf_spec(path, spec, lower=lower)
     from optrewrite.tf import io  # noqa: PLC0415
     from optrewrite.tf.rewrite import rewrite_tf  # noqa: PLC0415
 
     loaded = io.load(path, raw)
     outcome = rewrite_tf(loaded, spec)
     return outcome.data, outcome.report
+
+
+def check_tf_spec(path: Path, spec: Spec, *, lower: bool) -> None:
+    """Refuse what a spec (or ``--lower``) asks of a TensorFlow graph that only ONNX models have."""
+    if lower or spec.lower:
+        raise InputError(f"{path}: lowering applies to ONNX models only")
+    if spec.updates:
+        raise InputError(f"{spec.source}: updates: names update sites of ONNX models only; {path} is a TensorFlow graph")
 
 
 MODES = ("write", "dry-run", "check")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
+from optrewrite.api import check_tf_spec
 from optrewrite.drawing import Changes, Drawing, GraphView, group
 from optrewrite.errors import InputError, shorten
 from optrewrite.fileio import is_onnx, read_input, write_atomic
@@ -86,7 +87,9 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
 
         found = analyse(src, raw, spec, lower=lower)
     else:
-        if lower or (spec is not None and spec.lower):
+        if spec is not None:
+            check_tf_spec(src, spec, lower=lower)
+        elif lower:
             raise InputError(f"{src}: lowering applies to ONNX models only")
         from optrewrite.tf.explain import analyse  # type: ignore[no-redef]  # noqa: PLC0415
 

@@ -177,3 +177,14 @@ def test_a_very_large_drawing_is_not_rendered_unless_svg_is_asked_for(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.dot"]
     assert main([*args, str(tmp_path / "x.svg")]) == 0
     assert (tmp_path / "x.svg").exists()
+
+
+def test_onnx_only_requests_on_a_tensorflow_graph_are_refused(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    src = _input(FIXTURES / "momentum_ref_dense")
+    spec = tmp_path / "wrap.yaml"
+    spec.write_text("version: 1\nguard: {}\nupdates:\n  - {variable: W, gradient: dW, updated: W_new}\n")
+    assert main(["explain", str(src), "--spec", str(spec)]) == 2
+    assert "updates: names update sites of ONNX models only" in capsys.readouterr().err
+    assert main(["explain", str(src), "--lower"]) == 2
+    assert "lowering applies to ONNX models only" in capsys.readouterr().err
