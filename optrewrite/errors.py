@@ -33,3 +33,8 @@ class SpecError(InputError):
 def shorten(text: str, limit: int = 60) -> str:
     """``text`` cut to ``limit`` characters, for quoting names and values in a one-line message."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def quoted(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut for a one-line message."""
+    return shorten(repr(value), limit)

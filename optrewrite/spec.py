@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-from optrewrite.errors import SpecError, shorten
+from optrewrite.errors import SpecError, quoted, shorten
 
 SUPPORTED_VERSIONS = (1,)
 # The positive normal range of each float type a norm may be written in: a norm outside it
@@ -247,31 +247,31 @@ class _Node:
     def string(self) -> str:
         value = self.scalar()
         if not isinstance(value, str) or not value:
-            raise self.fail(f"must be a non-empty string, got {_shown(value)}")
+            raise self.fail(f"must be a non-empty string, got {quoted(value)}")
         return value
 
     def boolean(self) -> bool:
         value = self.scalar()
         if not isinstance(value, bool):
-            raise self.fail(f"must be true or false, got {_shown(value)}")
+            raise self.fail(f"must be true or false, got {quoted(value)}")
         return value
 
     def positive(self) -> float:
         value = self.scalar()
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.fail(f"must be a positive number, got {_shown(value)}")
+            raise self.fail(f"must be a positive number, got {quoted(value)}")
         try:
             number = float(value)
         except OverflowError:  # an integer beyond every float
             number = math.inf
         if not math.isfinite(number) or number <= 0:
-            raise self.fail(f"must be a positive number, got {_shown(value)}")
+            raise self.fail(f"must be a positive number, got {quoted(value)}")
         return number
 
     def integer(self) -> int:
         value = self.scalar()
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(f"must be an integer, got {_shown(value)}")
+            raise self.fail(f"must be an integer, got {quoted(value)}")
         return value
 
     def _kind(self) -> str:
@@ -280,10 +280,6 @@ class _Node:
         if isinstance(self.node, yaml.SequenceNode):
             return "a list"
         return shorten(repr(self.node.value))
-
-
-def _shown(value: Any) -> str:
-    return shorten(repr(value))
 
 
 def _pattern(node: _Node) -> Pattern:

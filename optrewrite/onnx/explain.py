@@ -12,7 +12,7 @@ import onnx
 from optrewrite.drawing import Changes, GNode, GraphView
 from optrewrite.explain import Analysis, Site
 from optrewrite.onnx import io
-from optrewrite.onnx.graph import PREFIX, Editor
+from optrewrite.onnx.graph import PREFIX, Editor, elem_type_name
 from optrewrite.onnx.rewrite import blaming_malformed_input, rewrite_onnx
 from optrewrite.onnx.sites import find_update_sites
 from optrewrite.report import SkipEntry
@@ -40,7 +40,7 @@ def analyse(src: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysi
         found = find_update_sites(ed, spec or _no_spec(), src)
     sites = [
         Site(variable=s.variable, shape=_shape(ed, s.variable),
-             dtype=onnx.TensorProto.DataType.Name(s.elem_type).lower(), update=s.key, kind=s.kind,
+             dtype=elem_type_name(s.elem_type), update=s.key, kind=s.kind,
              slots=tuple(old for old, _ in s.states), sparse=False, device="", scope=f"{PREFIX}/{s.variable}/")
         for s in found.sites
     ]

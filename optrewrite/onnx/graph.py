@@ -29,6 +29,14 @@ _SUBGRAPH_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
 _PLAIN_DOMAINS = frozenset({"", "ai.onnx", PREVIEW_DOMAIN})  # no op of these has a graph attribute but those above
 
 
+def elem_type_name(elem: int | None) -> str:
+    """An element type as messages and tables name it: ``float``, ``double``, ``int64``, ..."""
+    try:
+        return onnx.TensorProto.DataType.Name(elem).lower()
+    except ValueError:
+        return f"element type {elem}"
+
+
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
     for attr in node.attribute:
         if attr.type == AttributeProto.GRAPH:

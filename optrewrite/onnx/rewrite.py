@@ -33,7 +33,7 @@ import onnx
 
 from optrewrite.errors import InputError, SpecError, shorten
 from optrewrite.onnx import io
-from optrewrite.onnx.graph import PREFIX, PREVIEW_DOMAIN, Block, Editor, check_graph, node_uses
+from optrewrite.onnx.graph import PREFIX, PREVIEW_DOMAIN, Block, Editor, check_graph, elem_type_name, node_uses
 from optrewrite.onnx.passes import lower_training_ops as lowering
 from optrewrite.onnx.passes.clip_by_norm import clip_by_norm
 from optrewrite.onnx.passes.global_norm_clip import global_norm_clip
@@ -156,7 +156,7 @@ def _global_norm_clip(ed: Editor, found: Discovery, selections: dict[str, Select
     chosen = [s for s in found.sites if selections[s.key].global_norm]
     if not chosen:
         return {}
-    types = sorted({onnx.TensorProto.DataType.Name(s.elem_type).lower() for s in chosen})
+    types = sorted({elem_type_name(s.elem_type) for s in chosen})
     if len(types) != 1:
         assert spec.global_norm_clip is not None
         raise SpecError(spec.source, "global_norm_clip",

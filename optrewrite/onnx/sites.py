@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from optrewrite.errors import InputError, SpecError, shorten
-from optrewrite.onnx.graph import PREVIEW_DOMAIN, Editor, has_subgraphs, subgraphs
+from optrewrite.errors import InputError, SpecError, quoted, shorten
+from optrewrite.onnx.graph import PREVIEW_DOMAIN, Editor, elem_type_name, has_subgraphs, subgraphs
 from optrewrite.spec import Spec
 
 STATES = {"Adagrad": ("H",), "Momentum": ("V",), "Adam": ("V", "H")}
@@ -82,7 +82,7 @@ def _typed(ed: Editor, name: str, where: str) -> tuple[int, int | None]:
         raise InputError(f"{where}: the element type of {name!r} is unknown; add it to the graph's value_info")
     if elem not in FLOAT_TYPES:
         raise InputError(
-            f"{where}: {shorten(repr(name))} is {_type_name(elem)}; "
+            f"{where}: {shorten(repr(name))} is {elem_type_name(elem)}; "
             "only float and double tensors are updated"
         )
     return elem, ed.rank(name)
@@ -102,8 +102,8 @@ def _training_node(ed: Editor, index: int, node: onnx.NodeProto) -> TrainingNode
     n = body // width
     for name, what, allowed in ((node.input[0], "R", FLOAT_TYPES), (node.input[1], "T", (onnx.TensorProto.INT64,))):
         if ed.elem_type(name) not in (None, *allowed):
-            raise InputError(f"{label}: its {what} input {shorten(repr(name))} is {_type_name(ed.elem_type(name))}; "
-                             f"{node.op_type} takes {' or '.join(_type_name(t) for t in allowed)}")
+            raise InputError(f"{label}: its {what} input {shorten(repr(name))} is {elem_type_name(ed.elem_type(name))}; "
+                             f"{node.op_type} takes {' or '.join(elem_type_name(t) for t in allowed)}")
     sites = []
     for i in range(n):
         x, g = node.input[2 + i], node.input[2 + n + i]
@@ -116,8 +116,8 @@ def _training_node(ed: Editor, index: int, node: onnx.NodeProto) -> TrainingNode
         for other in (g, *(name for pair in state_pairs for name in pair), node.output[i]):
             if ed.elem_type(other) not in (None, elem):
                 raise InputError(
-                    f"{label}: tensor {i}: {shorten(repr(other))} is {_type_name(ed.elem_type(other))} but "
-                    f"{shorten(repr(x))} is {_type_name(elem)}; {node.op_type} takes one type for X, G and its states"
+                    f"{label}: tensor {i}: {shorten(repr(other))} is {elem_type_name(ed.elem_type(other))} but "
+                    f"{shorten(repr(x))} is {elem_type_name(elem)}; {node.op_type} takes one type for X, G and its states"
                 )
             if not _same_shape(_dims(ed, other), _dims(ed, x)):
                 raise InputError(
@@ -145,13 +145,6 @@ def _same_shape(a: list[int | str] | None, b: list[int | str] | None) -> bool:
     if a is None or b is None:
         return True
     return len(a) == len(b) and all(x == y or isinstance(x, str) or isinstance(y, str) for x, y in zip(a, b))
-
-
-def _type_name(elem: int | None) -> str:
-    try:
-        return onnx.TensorProto.DataType.Name(elem).lower()
-    except ValueError:
-        return f"element type {elem}"
 
 
 def _nested_training(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -217,20 +210,20 @@ def _declared_sites(ed: Editor, spec: Spec, found: Discovery) -> list[UpdateSite
             return SpecError(spec.source, f"{field_}.{sub}", message, entry.line)  # noqa: B023
 
         if entry.variable not in holders:
-            raise fail("variable", f"{_q(entry.variable)} is not a graph input or initializer")
+            raise fail("variable", f"{quoted(entry.variable)} is not a graph input or initializer")
         if entry.variable in taken:
-            raise fail("variable", f"{_q(entry.variable)} is already updated by {taken[entry.variable]}")
+            raise fail("variable", f"{quoted(entry.variable)} is already updated by {taken[entry.variable]}")
         if entry.gradient not in known:
-            raise fail("gradient", f"no tensor named {_q(entry.gradient)}")
+            raise fail("gradient", f"no tensor named {quoted(entry.gradient)}")
         for sub, name in [("updated", entry.updated), *((f"state[{j}][1]", b) for j, (_, b) in enumerate(entry.state))]:
             if name not in produced:
-                raise fail(sub, f"{_q(name)} is not produced by any node")
+                raise fail(sub, f"{quoted(name)} is not produced by any node")
             if name in outputs_taken:
-                raise fail(sub, f"{_q(name)} is already named by another update")
+                raise fail(sub, f"{quoted(name)} is already named by another update")
             outputs_taken.add(name)
         for j, (old, _) in enumerate(entry.state):
             if old not in holders:
-                raise fail(f"state[{j}][0]", f"{_q(old)} is not a graph input or initializer")
+                raise fail(f"state[{j}][0]", f"{quoted(old)} is not a graph input or initializer")
         elem, rank = _typed(ed, entry.variable, f"{spec.source}: {field_}")
         taken[entry.variable] = field_
         sites.append(UpdateSite(
@@ -240,6 +233,3 @@ def _declared_sites(ed: Editor, spec: Spec, found: Discovery) -> list[UpdateSite
     return sites
 
 
-def _q(name: str) -> str:
-    """A tensor name from the spec, quoted and cut for a one-line message."""
-    return shorten(repr(name))

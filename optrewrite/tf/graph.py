@@ -10,7 +10,7 @@ import struct
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from optrewrite.errors import shorten
+from optrewrite.errors import quoted
 from optrewrite.tf import proto
 
 TAG_ATTR = "_optrewrite"
@@ -52,11 +52,6 @@ class Topology:
     control_consumers: dict[str, list[int]]
 
 
-def _q(name: str) -> str:
-    """A name from the graph, quoted and cut for a one-line message."""
-    return shorten(repr(name))
-
-
 class GraphError(ValueError):
     """The graph itself is malformed (duplicate names, dangling inputs, a cycle)."""
 
@@ -73,7 +68,7 @@ def build_topology(graph: proto.GraphDef) -> Topology:
         if not node.name or not node.op:
             raise GraphError("a node has no name or op")
         if index.setdefault(node.name, i) != i:
-            raise GraphError(f"duplicate node name {_q(node.name)}")
+            raise GraphError(f"duplicate node name {quoted(node.name)}")
     data: dict[str, list[int]] = {}
     control: dict[str, list[int]] = {}
     ordered = True  # every input comes from an earlier node: no cycle is possible
@@ -81,21 +76,21 @@ def build_topology(graph: proto.GraphDef) -> Topology:
         controls = False
         for inp in node.input:
             if not inp:
-                raise GraphError(f"node {_q(node.name)} has an empty input")
+                raise GraphError(f"node {quoted(node.name)} has an empty input")
             if inp[0] == "^":
                 src, table = inp[1:], control
                 controls = True
             else:
                 if controls:
-                    raise GraphError(f"node {_q(node.name)} has data input {_q(inp)} after a control input")
+                    raise GraphError(f"node {quoted(node.name)} has data input {quoted(inp)} after a control input")
                 src, _, port = inp.partition(":")
                 table = data
                 if port and not (port.isascii() and port.isdigit() and len(port) <= 10 and int(port) < 2**31):
                     # TensorFlow's importer reads the output index as an int32 (2**31 crashes it)
-                    raise GraphError(f"node {_q(node.name)} has input {_q(inp)}, whose output index is no int32")
+                    raise GraphError(f"node {quoted(node.name)} has input {quoted(inp)}, whose output index is no int32")
             j = index.get(src)
             if j is None:
-                raise GraphError(f"node {_q(node.name)} has input {_q(inp)}, which names no node")
+                raise GraphError(f"node {quoted(node.name)} has input {quoted(inp)}, which names no node")
             if j >= i:
                 ordered = False
             lst = table.get(src)
@@ -138,7 +133,7 @@ def _check_acyclic(graph: proto.GraphDef, topology: Topology) -> None:
         seen.add(stuck)
         inputs = [topology.index[node_of(inp)] for inp in nodes[stuck].input]
         stuck = next(j for j in inputs if waiting[j] and nodes[j].op not in LOOP_BACK_EDGES)
-    raise GraphError(f"it has a cycle through node {_q(nodes[stuck].name)}")
+    raise GraphError(f"it has a cycle through node {quoted(nodes[stuck].name)}")
 
 
 class GraphEditor:
