@@ -216,7 +216,8 @@ def _training_node(b: _Builder, opt: Optimizer, states: Mapping[str, tuple[str, 
 
 
 def _decomposed_adam(b: _Builder, opt: Optimizer, states: Mapping[str, tuple[str, ...]]) -> None:
-    """(b): Adam in plain ops (REFERENCE.md §4), the bias-corrected rate computed once.
+    """(b): Adam in plain ops (docs/semantics.md#onnx-training-ops), the bias-corrected rate
+    computed once.
 
     Hyperparameters take the float32 values the node's attributes would hold, so that (a)
     and (b) share one reference."""
@@ -249,7 +250,7 @@ def _decomposed_adam(b: _Builder, opt: Optimizer, states: Mapping[str, tuple[str
 def _decomposed_momentum(
     b: _Builder, opt: Optimizer, states: Mapping[str, tuple[str, ...]]
 ) -> None:
-    """(b): Momentum (standard or nesterov) in plain ops (REFERENCE.md §4)."""
+    """(b): Momentum (standard or nesterov) in plain ops (docs/semantics.md#onnx-training-ops)."""
     c_alpha, c_norm = b.const(opt.hyper("alpha"), "alpha"), b.const(opt.hyper("norm_coefficient"))
     started = b.op("Greater", "T", b.const(0, "zero_step", dtype=np.int64))
     coef = b.op("Where", started, b.const(opt.hyper("beta"), "beta"), b.const(1.0, "one"))

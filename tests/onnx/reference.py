@@ -2,14 +2,15 @@
 
 :class:`ReferenceStep` computes one step the way the model does, op for op and in the
 model's dtype (so float32 agrees closely), then, when given :class:`Semantics`, what
-optrewrite inserts, for each selected parameter, in this order (the seeds' semantics):
+optrewrite inserts, for each selected parameter, in this order (docs/semantics.md#order):
 
 1. global-norm clip of the selected gradients (TF ``clip_by_global_norm``):
    ``norm = sqrt(sum_i sum(G_i**2))``, ``scale = clip_norm * min(1/norm, 1/clip_norm)``,
    ``G_i *= scale``;
 2. guard: a gradient (after 1) with no non-zero element (-0.0 is zero, NaN is not) leaves
    the parameter and all its optimizer states as they are; otherwise the optimizer runs
-   (REFERENCE.md §4). T comes from the caller and advances every step regardless;
+   (docs/semantics.md#onnx-training-ops). T comes from the caller and advances every step
+   regardless;
 3. clip groups in spec order, every step (also when 2 skipped the update):
    ``X -= X - clip_by_norm(X, max_norm, dims)``, TF's exact clip_by_norm (no epsilon).
 
@@ -161,7 +162,8 @@ def optimizer_update(
     g: np.ndarray,
     states: Sequence[np.ndarray],
 ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-    """One tensor's update by ``opt`` (REFERENCE.md §4), in x's dtype, in the spec's order."""
+    """One tensor's update by ``opt`` (docs/semantics.md#onnx-training-ops), in x's dtype, in
+    the operator spec's order."""
     d = x.dtype.type
     one = d(1.0)
     if opt.op == "Adagrad":
@@ -190,7 +192,7 @@ def optimizer_update(
 
 
 def clip_by_norm(t: np.ndarray, max_norm: float, dims: tuple[int, ...] | None) -> np.ndarray:
-    """TensorFlow's clip_by_norm, exactly (REFERENCE.md §2): a zero norm leaves t as it is."""
+    """TensorFlow's clip_by_norm, exactly (docs/semantics.md#clip): a zero norm keeps t."""
     c = t.dtype.type(max_norm)
     l2sum = np.sum(t * t, axis=dims, keepdims=True)
     pred = l2sum > 0

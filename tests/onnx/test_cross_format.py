@@ -7,7 +7,7 @@ tests/tf/model.py's Session, the tf_config fixture for determinism). The ONNX st
 rewritten with ``--lower`` and trained in onnxruntime. Same initial values, batches, mask
 schedule, and spec (guard all, three clip groups, global-norm clip).
 
-Where the optimizers' formulas coincide (REFERENCE.md §3-4):
+Where the optimizers' formulas coincide (docs/semantics.md#onnx-training-ops):
 
 - Momentum: TF ``accum = accum*m + g; var -= lr*accum`` is ONNX Momentum with alpha = m,
   beta = 1 (so the T = 0 special case changes nothing), norm_coefficient = 0; nesterov:

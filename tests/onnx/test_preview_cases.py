@@ -50,7 +50,7 @@ def source_of(step: Step, k: int) -> str:
 
 
 def clip_by_norm(t: np.ndarray, c: float, axes: tuple[int, ...] | None) -> np.ndarray:
-    """TF's clip_by_norm followed by the seed's ``var - (var - clipped)``."""
+    """TF's clip_by_norm followed by VariableClippingOptimizer's ``var - (var - clipped)``."""
     c = t.dtype.type(c)
     l2sum = np.sum(t * t, axis=axes, keepdims=True)
     pred = l2sum > 0

@@ -4,7 +4,8 @@ The two-task model of tests/onnx/models.py (one ``ai.onnx.preview.training`` nod
 Adagrad, Momentum, Nesterov; or the update decomposed into plain ops) is rewritten by the
 optrewrite CLI and trained 20 steps with a task schedule that gives task heads (and, with no
 task, every parameter) all-zero gradients; tests/onnx/reference.py computes the same steps
-in numpy with the seed semantics. Compared: every parameter and state after every step.
+in numpy with the semantics of docs/semantics.md. Compared: every parameter and state after
+every step.
 
 1. the unrewritten models in onnx.reference equal the reference without guard or clip
    (the model and the reference agree before anything is rewritten);

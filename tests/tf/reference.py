@@ -1,8 +1,8 @@
 """Construction-time reference of what optrewrite inserts into a training graph.
 
-Our own tf.compat.v1 implementation of the three seed mechanisms (REFERENCE.md §1-2),
-built while the graph is constructed, so that a rewritten graph can be compared with it
-op for op:
+Our own tf.compat.v1 implementation of the three tf.contrib.opt mechanisms
+(docs/semantics.md), built while the graph is constructed, so that a rewritten graph can be
+compared with it op for op:
 
 1. global-norm clip (clip_gradients_by_global_norm): ``tf.clip_by_global_norm`` over the
    selected gradients as the update ops consume them: sparse gradients after the
@@ -14,8 +14,8 @@ op for op:
 3. post-update clip (VariableClippingOptimizer), one group after the other, every step:
    dense ``v -= v - clip_by_norm(v, max_norm, dims)``; a sparse gradient whose dims leave
    out dim 0 clips only the rows it touched, each exactly once (``tf.unique`` of the
-   indices: our fix of the seed's duplicate-index over-correction); dims with dim 0, or
-   no dims, take the dense path.
+   indices: our fix of VariableClippingOptimizer's duplicate-index over-correction); dims
+   with dim 0, or no dims, take the dense path.
 
 :class:`RewriteConfig` mirrors the YAML spec and writes it (:meth:`RewriteConfig.to_yaml`),
 so a test feeds the rewriter and the reference the same thing.
@@ -164,7 +164,7 @@ def clip_by_global_norm(
 
     A sparse gradient enters as the update op will consume it (deduplicated unless ``opt``
     takes duplicates as they come). An all-zero gradient adds nothing to the norm, so this
-    equals the seed's clip_gradients_by_global_norm, which first replaced it by a scalar 0.
+    equals the original clip_gradients_by_global_norm, which first replaced it by a scalar 0.
     """
     chosen: list[int] = []
     grads: list[Any] = []
@@ -267,7 +267,7 @@ def apply_reference(
     """``opt.apply_gradients`` with global-norm clip, guard and clip groups, in that order.
 
     The returned op is named ``name``. Builds with v1 control flow (Switch/Merge), which
-    the seeds used and which takes ref variables into a branch.
+    MultitaskOptimizerWrapper used and which takes ref variables into a branch.
     """
     was_v2 = tf.compat.v1.control_flow_v2_enabled()
     tf.compat.v1.disable_control_flow_v2()

@@ -7,8 +7,8 @@ trained 20 steps with task masks that zero some gradients; the reference graph (
 model with tests/tf/reference.py wrapping the optimizer) is trained on the same data.
 
 - resource variables: every variable and slot equals the reference's bit for bit, every step;
-- ref variables (their reads race with in-place updates, REFERENCE.md §5): close to the
-  reference (rtol 1e-5);
+- ref variables (their reads race with in-place updates, docs/semantics.md#reproducibility):
+  close to the reference (rtol 1e-5);
 - both, and the reference itself, hold these properties exactly, every step:
   1. a variable whose gradient was all zero keeps its slots (and, unless clipped, its value);
   2. every clipped variable (sparse path: every row touched in the step) is within max_norm;

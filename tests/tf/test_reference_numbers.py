@@ -1,12 +1,13 @@
-"""The seeds' own test numbers (REFERENCE.md §1-2), reproduced two ways.
+"""The original classes' own test numbers (docs/semantics.md#test-numbers), reproduced two ways.
 
 ``reference``: the graph is built with tests/tf/reference.py wrapping the optimizer.
 ``optrewrite``: the plain graph (the optimizer alone) is exported, rewritten by the CLI
 with the same spec, and run.
 
-The seed tests feed gradients directly to ``apply_gradients`` (constants or placeholders),
-and so do these. Numbers as in the seeds' tests (tensorflow/contrib/opt/python/training/
-multitask_optimizer_wrapper_test.py and variable_clipping_optimizer_test.py, r1.14).
+MultitaskOptimizerWrapper's and VariableClippingOptimizer's own tests feed gradients
+directly to ``apply_gradients`` (constants or placeholders), and so do these. Numbers as in
+those tests (tensorflow/contrib/opt/python/training/multitask_optimizer_wrapper_test.py and
+variable_clipping_optimizer_test.py, r1.14).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def _var(name: str, value: Any, dtype: Any, resource: bool) -> Any:
     return model.variable(name, np.array(value, dtype=dtype), resource=resource)
 
 
-# --------------------------------------------------------------------------- §1 guard
+# --------------------------------------------------------------------------- guard
 
 G0, G1, ZERO = [0.1, 0.1], [0.01, 0.01], [0.0, 0.0]
 GUARD = RewriteConfig(guard=Selection())
@@ -131,14 +132,15 @@ def test_guard_counts_negative_zero_as_zero_and_nan_as_nonzero(
     np.testing.assert_array_equal(state["var0"], [np.nan, 2.0])
 
 
-# --------------------------------------------------------------------------- §1 global norm
+# --------------------------------------------------------------------------- global norm
 
 GLOBAL_GRADS = [[10.0, 15.0], [0.0, 5.0], [0.0, 0.0], None]
 GLOBAL_NORM = float(np.sqrt(350.0))
 
 
 def _global_norm_graph(resource: bool) -> Builder:
-    """var0..var3 = [1,2], [3,4], [3,4], [3,4]; the seed's gradients as constants; SGD(1.0).
+    """var0..var3 = [1,2], [3,4], [3,4], [3,4]; the gradients of clip_gradients_by_global_norm's
+    test as constants; SGD(1.0).
 
     With a learning rate of 1 each variable moves by exactly its (clipped) gradient.
     """
@@ -155,7 +157,7 @@ def _global_norm_graph(resource: bool) -> Builder:
     return build
 
 
-def test_reference_global_norm_matches_seed(tf_config: Any) -> None:
+def test_reference_global_norm_matches_original(tf_config: Any) -> None:
     graph = tf.Graph()
     with graph.as_default():
         variables = [_var(f"var{i}", [0.0, 0.0], np.float32, False) for i in range(4)]
@@ -173,7 +175,7 @@ def test_reference_global_norm_matches_seed(tf_config: Any) -> None:
 
 @HOW
 @KIND
-def test_global_norm_clip_matches_seed(
+def test_global_norm_clip_matches_original(
     how: str, resource: bool, tf_config: Any, tmp_path: Path
 ) -> None:
     config = RewriteConfig(global_norm_clip=GlobalNormClip(clip_norm=1.0))
@@ -189,7 +191,7 @@ def test_global_norm_clip_matches_seed(
     np.testing.assert_array_equal(state["var3"], [3.0, 4.0])  # no gradient
 
 
-# --------------------------------------------------------------------------- §2 clip
+# --------------------------------------------------------------------------- clip
 
 
 def _clipped(row: Any, max_norm: float = 2.0) -> np.ndarray:
@@ -216,7 +218,7 @@ def _dense_clip_graph(resource: bool, dtype: Any) -> Builder:
 @HOW
 @KIND
 @DTYPE
-def test_dense_clip_matches_seed(
+def test_dense_clip_matches_original(
     how: str, resource: bool, dtype: Any, tf_config: Any, tmp_path: Path
 ) -> None:
     config = RewriteConfig(clip=(ClipGroup(Selection(("var0",)), max_norm=2.0, dims=(1,)),))
@@ -258,7 +260,7 @@ SPARSE_CLIP = RewriteConfig(
 @HOW
 @KIND
 @DTYPE
-def test_sparse_clip_matches_seed(
+def test_sparse_clip_matches_original(
     how: str, resource: bool, dtype: Any, tf_config: Any, tmp_path: Path
 ) -> None:
     graph_def = _graph(_sparse_clip_graph(resource, dtype, [0, 2]), SPARSE_CLIP, how, tmp_path)
@@ -282,7 +284,7 @@ def test_sparse_clip_clips_a_repeated_row_once(
 ) -> None:
     """Indices [2, 0, 2]: SGD subtracts row 2's gradient twice, the clip applies once.
 
-    The seed subtracted the clip delta once per occurrence, leaving 2*clipped - row.
+    VariableClippingOptimizer subtracted the clip delta once per occurrence: 2*clipped - row.
     """
     graph_def = _graph(_sparse_clip_graph(resource, dtype, [2, 0, 2]), SPARSE_CLIP, how, tmp_path)
     sess = model.Session(graph_def, tf_config, variables=["var0", "var1"])
