@@ -1,4 +1,4 @@
-"""The rewrite path under fuzzing (tests/fuzzing.py): a deterministic sample of generated
+"""The rewrite path under fuzzing (tools/fuzzing.py): a deterministic sample of generated
 cases, and one regression test for each bug the fuzzer found.
 
 The full run is ``python tools/fuzz.py --cases 10000 --seed 0``. Every test here goes
@@ -21,7 +21,7 @@ from optrewrite.errors import SpecError
 from optrewrite.spec import parse_spec
 from optrewrite.tf import proto
 
-from . import fuzzing
+from tools import fuzzing
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 GUARD = "version: 1\nguard: {}\n"

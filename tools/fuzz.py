@@ -4,7 +4,7 @@
     python tools/fuzz.py --seed 0 --case 1234       # rerun one case here, with its traceback
     python tools/fuzz.py --seed 0 --case 1234 --save DIR   # and keep its input and spec
 
-The promise (tests/fuzzing.py): ``optrewrite INPUT --spec SPEC -o OUT --verify`` exits 0 with an
+The promise (tools/fuzzing.py): ``optrewrite INPUT --spec SPEC -o OUT --verify`` exits 0 with an
 output that loads, or exits 2 with one short ``optrewrite: error:`` line and nothing written;
 never a traceback, never exit 3, never a changed input. Cases come from the building blocks
 tests/test_fuzz.py draws with hypothesis, here from ``random.Random`` seeded by (seed, case
@@ -50,7 +50,7 @@ def worker(seeds_file: Path, seed: int, verify: bool, timeout: float) -> int:
     """Read case indices on stdin, answer one JSON line each on the original stdout."""
     protocol = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # whatever a runtime prints goes to the log, not into the protocol
-    from tests import fuzzing  # noqa: PLC0415
+    from tools import fuzzing  # noqa: PLC0415
 
     pool = fuzzing.load_seeds(seeds_file)
     import onnx  # noqa: F401, PLC0415 - every runtime once, before the first case
@@ -211,7 +211,7 @@ def summary(results: list[dict[str, Any]], *, seed: int, seconds: float, workers
 
 
 def fuzz(cases: int, seed: int, jobs: int, verify: bool, timeout: float, start: int) -> int:
-    from tests import fuzzing  # noqa: PLC0415
+    from tools import fuzzing  # noqa: PLC0415
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="optrewrite-fuzz-run-") as tmp:
@@ -258,7 +258,7 @@ def one(seed: int, index: int, verify: bool, save: Path | None, timeout: float) 
     """Rerun one case in this process and show everything about it."""
     import logging  # noqa: PLC0415
 
-    from tests import fuzzing  # noqa: PLC0415
+    from tools import fuzzing  # noqa: PLC0415
 
     case = fuzzing.case_at(seed, index, verify=verify)
     print(case.describe())

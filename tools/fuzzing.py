@@ -20,6 +20,10 @@ tools/fuzz.py):
 3. zero, one or two corruptions (:data:`CORRUPTIONS`) of the seed's proto, then its bytes.
 
 :func:`run_case` runs one case in-process and lists the promises it broke.
+
+The seed graphs come from the tests' model builders (``tests.tf.model``, ``tests.onnx``), so
+this module runs from a checkout with the repository root on ``sys.path``, as pytest and
+tools/fuzz.py put it.
 """
 from __future__ import annotations
 
@@ -200,9 +204,10 @@ TF_BUILDS = (
 def tf_seeds() -> list[Seed]:
     """Graphs of tests/tf/model.py; none when TensorFlow is not installed."""
     try:
-        from tests.tf import model  # noqa: PLC0415
+        import tensorflow  # noqa: F401, PLC0415
     except ImportError:
         return []
+    from tests.tf import model  # noqa: PLC0415
     from optrewrite.tf import proto  # noqa: PLC0415
 
     out = []
