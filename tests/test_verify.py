@@ -16,7 +16,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from optrewrite import verify
 from optrewrite.api import rewrite_file
+from optrewrite.onnx import verify as onnx_verify
 from optrewrite.tf import proto
+from optrewrite.tf import verify as tf_verify
 from optrewrite.verify import VerificationFailed, verify_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,14 +98,15 @@ def test_the_seed_decides_the_values_after_the_step(case: str, monkeypatch: pyte
     """The summary hardly depends on the generated data; the values after the step (the
     variables in TensorFlow, the outputs in ONNX), which the summary counts, do."""
     runs: list[list[np.ndarray]] = []
-    count_finite = verify._count_finite
+    count_finite = verify.count_finite
 
     def recording(values: Any) -> tuple[int, int]:
         values = [np.array(v, copy=True) for v in values]
         runs.append(values)
         return count_finite(values)
 
-    monkeypatch.setattr(verify, "_count_finite", recording)
+    for module in (tf_verify, onnx_verify):
+        monkeypatch.setattr(module, "count_finite", recording)
     src = _input(FIXTURES / case)
     summaries = [verify_file(src, seed=seed) for seed in (3, 3, 4)]
     assert summaries[0] == summaries[1], summaries

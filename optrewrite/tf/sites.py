@@ -133,7 +133,8 @@ def _scope_of(name: str) -> str:
     return name.rsplit("/", 1)[0] if "/" in name else ""
 
 
-def _is_update_scope(scope: str) -> bool:
+def is_update_scope(scope: str) -> bool:
+    """Whether a name scope is (within) an optimizer's ``update_<var>`` scope."""
     return any(part.startswith("update_") for part in scope.split("/"))
 
 
@@ -305,7 +306,7 @@ def find_update_sites(g: GraphEditor) -> Discovery:
             apply_scopes.add(_scope_of(node.name))
         elif node.op in WRITE_OPS:
             scope = _scope_of(node.name)
-            if scope and _is_update_scope(scope):
+            if scope and is_update_scope(scope):
                 group_writes.setdefault(scope, []).append(node.name)
     for scope in apply_scopes:
         group_writes.pop(scope, None)
