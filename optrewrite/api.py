@@ -1,11 +1,12 @@
-"""The library entry point behind the CLI."""
+"""The library entry point behind the CLI: format-blind, through :mod:`optrewrite.formats`."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Callable
 
 from optrewrite.errors import InputError, shorten
-from optrewrite.fileio import check_distinct, check_writable, default_output, is_onnx, read_input, write_atomic
+from optrewrite.fileio import check_distinct, check_writable, default_output, read_input
+from optrewrite.formats import format_for
 from optrewrite.report import Report
 from optrewrite.spec import Spec, load_spec
 
@@ -16,27 +17,9 @@ def rewrite_bytes(path: Path, raw: bytes, spec: Spec, *, lower: bool = False) ->
     An ONNX model whose weights live in external files is rewritten with its data references
     as they are, relative to ``path``'s directory (see :func:`rewrite_file` for placing them).
     """
-    if is_onnx(path):
-        from optrewrite.onnx import io as onnx_io  # noqa: PLC0415
-        from optrewrite.onnx.rewrite import rewrite_onnx  # noqa: PLC0415
-
-        outcome = rewrite_onnx(onnx_io.load(path, raw), spec, lower=lower)
-        return outcome.data, outcome.report
-    check_tf_spec(path, spec, lower=lower)
-    from optrewrite.tf import io  # noqa: PLC0415
-    from optrewrite.tf.rewrite import rewrite_tf  # noqa: PLC0415
-
-    loaded = io.load(path, raw)
-    outcome = rewrite_tf(loaded, spec)
-    return outcome.data, outcome.report
-
-
-def check_tf_spec(path: Path, spec: Spec, *, lower: bool) -> None:
-    """Refuse what a spec (or ``--lower``) asks of a TensorFlow graph that only ONNX models have."""
-    if lower or spec.lower:
-        raise InputError(f"{path}: lowering applies to ONNX models only")
-    if spec.updates:
-        raise InputError(f"{spec.source}: updates: names update sites of ONNX models only; {path} is a TensorFlow graph")
+    fmt = format_for(path)
+    outcome = fmt.rewrite(path, raw, spec, lower=lower)
+    return fmt.serialize(outcome), outcome.report
 
 
 MODES = ("write", "dry-run", "check")
@@ -59,10 +42,11 @@ def rewrite_file(
     An ONNX output is checked with the onnx checker before it replaces anything; external
     data files it references are placed beside it when it goes to another directory.
 
-    ``mode`` "dry-run" and "check" rewrite in memory and write nothing but the report;
-    ``report.changed`` then says whether writing would change the graph. ``verify`` loads
-    the written graph in its runtime (TensorFlow, onnxruntime) and runs one step on
-    generated data before it replaces anything (see :mod:`optrewrite.verify`).
+    ``mode`` "dry-run" and "check" rewrite in memory and write nothing but the report (the
+    rewritten graph is never serialized); ``report.changed`` then says whether writing would
+    change the graph. ``verify`` loads the written graph in its runtime (TensorFlow,
+    onnxruntime) and runs one step on generated data before it replaces anything (see
+    :mod:`optrewrite.verify`).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -79,16 +63,16 @@ def rewrite_file(
         raise InputError(f"--verify runs the written graph; it cannot be combined with {mode}")
     spec = load_spec(spec_path)
     raw = read_input(src)
-    if out is None:
-        _, report = rewrite_bytes(src, raw, spec, lower=lower)
-    elif is_onnx(src):
-        report = _rewrite_onnx_file(src, raw, spec, out, lower=lower, verify=verify)
-    else:
-        data, report = rewrite_bytes(src, raw, spec, lower=lower)
+    fmt = format_for(src)
+    outcome = fmt.rewrite(src, raw, spec, lower=lower)
+    report = outcome.report
+    if out is not None:
         report.output = str(out)
-        write_atomic(out, data, verify=_runtime_check(src, out, report) if verify else None)
+        fmt.save(outcome, out, check=_runtime_check(src, out, report) if verify else None)
     report.mode = mode
     if report_path is not None:
+        from optrewrite.fileio import write_atomic  # noqa: PLC0415
+
         write_atomic(Path(report_path), report.to_json().encode())
     return report
 
@@ -116,35 +100,3 @@ def _runtime_check(src: Path, out: Path, report: Report) -> Callable[[Path], Non
 def _line(prefix: str, detail: str, limit: int = 280) -> str:
     """``prefix`` + ``detail``, the detail cut so that the line stays short."""
     return prefix + shorten(detail, max(80, limit - len(prefix)))
-
-
-def _rewrite_onnx_file(src: Path, raw: bytes, spec: Spec, out: Path, *, lower: bool, verify: bool) -> Report:
-    from optrewrite.onnx import io as onnx_io  # noqa: PLC0415
-    from optrewrite.onnx.rewrite import rewrite_onnx  # noqa: PLC0415
-
-    outcome = rewrite_onnx(onnx_io.load(src, raw), spec, lower=lower)
-    outcome.report.output = str(out)
-    placed = []
-    if onnx_io.may_have_external_data(raw):
-        placed = onnx_io.place_external_files(outcome.model, src.parent, out.parent, src)
-    run_step = _runtime_check(src, out, outcome.report) if verify else None
-
-    def check(tmp: Path) -> None:
-        try:
-            onnx_io.check_written(tmp)
-        except onnx_io.CheckFailed as exc:
-            try:
-                onnx_io.check_written(src)
-            except onnx_io.CheckFailed as bad_input:
-                raise InputError(f"{src}: not a valid ONNX model: {bad_input}") from None
-            raise AssertionError(f"the rewritten model fails the onnx checker: {exc}") from None
-        if run_step is not None:
-            run_step(tmp)
-
-    try:
-        write_atomic(out, outcome.data, verify=check)
-    except BaseException:
-        for path in placed:
-            path.unlink(missing_ok=True)
-        raise
-    return outcome.report

@@ -23,7 +23,6 @@ class GNode:
     op: str
     inputs: tuple[str, ...]  # keys of the nodes it reads
     controls: tuple[str, ...] = ()  # keys of the nodes it waits for (TF control inputs)
-    fingerprint: bytes = b""  # what else must be equal for the node to be unchanged (b"": nothing)
     nested: tuple[str, ...] = ()  # keys of the nodes inside its subgraphs (ONNX If branches)
 
 
@@ -51,11 +50,14 @@ class Changes:
     new_inside: dict[str, int] = field(default_factory=dict)  # inserted key -> new nodes in its branches
 
     @classmethod
-    def between(cls, before: GraphView, after: GraphView) -> Changes:
-        """Compare two views; a nested node is new when its key is nowhere in ``before``."""
+    def between(cls, before: GraphView, after: GraphView, *, edited: frozenset[str] | set[str] = frozenset()) -> Changes:
+        """Compare two views; a nested node is new when its key is nowhere in ``before``.
+        ``edited`` names the nodes the rewrite's editor changed in place (what the views'
+        structure does not show: an attribute, an output name)."""
         known = set(before.nodes) | {k for n in before.nodes.values() for k in n.nested}
         inserted = [k for k in after.nodes if k not in before.nodes]
-        changed = {k for k, n in after.nodes.items() if k in before.nodes and _differs(before.nodes[k], n)}
+        changed = {k for k, n in after.nodes.items()
+                   if k in before.nodes and (k in edited or _differs(before.nodes[k], n))}
         inside = {k: sum(n not in known for n in after.nodes[k].nested) for k in inserted}
         return cls(inserted, changed, {k: n for k, n in inside.items() if n})
 
@@ -176,4 +178,4 @@ def group(changes: Changes, sites: Sequence[tuple[str, str, str]]) -> Grouping:
 
 
 def _differs(a: GNode, b: GNode) -> bool:
-    return (a.op, a.inputs, a.controls, a.fingerprint) != (b.op, b.inputs, b.controls, b.fingerprint)
+    return (a.op, a.inputs, a.controls, a.nested) != (b.op, b.inputs, b.controls, b.nested)

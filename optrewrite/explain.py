@@ -15,27 +15,13 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
-from optrewrite.api import check_tf_spec
-from optrewrite.drawing import Changes, Drawing, GraphView, group
+from optrewrite import passes
+from optrewrite.core import Site, Skip
+from optrewrite.drawing import Drawing, group
 from optrewrite.errors import InputError, shorten
-from optrewrite.fileio import is_onnx, read_input, write_atomic
-from optrewrite.report import Report, SkipEntry
-from optrewrite.spec import Selector, Spec, load_spec
-
-
-@dataclass(frozen=True)
-class Site:
-    """One update site as found, before any spec."""
-
-    variable: str
-    shape: str
-    dtype: str
-    update: str  # the update op's name (or the decomposed group's scope / training node slot)
-    kind: str
-    slots: tuple[str, ...]
-    sparse: bool
-    device: str
-    scope: str  # the name prefix, ending in "/", of the nodes the rewrite inserts for this site
+from optrewrite.fileio import read_input, write_atomic
+from optrewrite.formats import format_for
+from optrewrite.spec import load_spec
 
 
 @dataclass
@@ -53,7 +39,7 @@ class Explanation:
     format: str
     spec: str | None
     rows: list[Row]
-    skipped: list[SkipEntry]
+    skipped: list[Skip]
     note: str = ""
     shared_nodes: int = 0  # inserted nodes that belong to no one site (global-norm clip, plan, ...)
     drawing: Drawing | None = field(default=None, repr=False)  # with a spec; its view is built on first use
@@ -65,35 +51,12 @@ class Explanation:
         return json.dumps({"schema": "optrewrite.explain/1", **data}, indent=2, sort_keys=True) + "\n"
 
 
-@dataclass
-class Analysis:
-    """What a format adapter (``optrewrite/{tf,onnx}/explain.py``) finds in one graph."""
-
-    format: str
-    sites: list[Site]
-    skipped: list[SkipEntry]
-    changes: Changes | None = None  # with a spec: what the rewrite inserted and changed
-    view: Callable[[], GraphView] | None = None  # with a spec: builds the rewritten graph's view, to draw
-    report: Report | None = None  # with a spec: the rewrite's report
-
-
 def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *, lower: bool = False) -> Explanation:
     """Find the update sites of ``input_path``; with a spec, also rewrite in memory and say what changes."""
     src = Path(input_path)
     spec = load_spec(spec_path) if spec_path is not None else None
     raw = read_input(src)
-    if is_onnx(src):
-        from optrewrite.onnx.explain import analyse  # noqa: PLC0415
-
-        found = analyse(src, raw, spec, lower=lower)
-    else:
-        if spec is not None:
-            check_tf_spec(src, spec, lower=lower)
-        elif lower:
-            raise InputError(f"{src}: lowering applies to ONNX models only")
-        from optrewrite.tf.explain import analyse  # type: ignore[no-redef]  # noqa: PLC0415
-
-        found = analyse(src, raw, spec)
+    found = format_for(src).analyse(src, raw, spec, lower=lower)
     explanation = Explanation(input=str(src), format=found.format, spec=str(spec_path) if spec_path else None,
                               rows=[Row(site) for site in found.sites], skipped=found.skipped)
     if spec is None or found.report is None or found.changes is None or found.view is None:
@@ -103,11 +66,10 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
     explanation.note = report.note.replace(" written as ", " would be written as ")  # explain writes nothing
     explanation.skipped = report.skipped
     inserted = {entry.update: entry.inserted for entry in report.sites}
+    rules = passes.rules(spec, lower=lower)
     for row in explanation.rows:
         row.inserted = list(inserted.get(row.site.update, []))
-        row.selected_by, row.not_selected = _rules(row.site.variable, spec)
-        if "lower" in row.inserted:
-            row.selected_by.append("lower")
+        row.selected_by, row.not_selected = passes.explain_rules(row.site.variable, rules, row.inserted)
     grouping = group(found.changes, [(r.site.update, r.site.scope, f"{r.site.variable}: {', '.join(r.inserted)}")
                                      for r in explanation.rows if r.inserted])
     for row in explanation.rows:
@@ -115,31 +77,6 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
     explanation.shared_nodes = grouping.count(None)
     explanation.drawing = Drawing(grouping, found.view)
     return explanation
-
-
-def _rule(label: str, selector: Selector, name: str, detail: str, chosen: list[str], passed: list[str]) -> None:
-    include, exclude = selector.why(name)
-    if include is None:
-        return
-    if exclude is not None:
-        passed.append(f"{label}: excluded by {exclude!r}")
-    else:
-        chosen.append(f"{label}: {include!r}{detail}")
-
-
-def _rules(variable: str, spec: Spec) -> tuple[list[str], list[str]]:
-    """Which rules select ``variable`` (with the pattern that matched), and which exclude it."""
-    chosen: list[str] = []
-    passed: list[str] = []
-    gnc = spec.global_norm_clip
-    if gnc is not None:
-        _rule("global_norm_clip", gnc.select, variable, f" (clip_norm {gnc.clip_norm:g})", chosen, passed)
-    if spec.guard is not None:
-        _rule("guard", spec.guard.select, variable, "", chosen, passed)
-    for g in spec.clip:
-        dims = "all" if g.dims is None else list(g.dims)
-        _rule(g.field, g.select, variable, f" (max_norm {g.max_norm:g}, dims {dims})", chosen, passed)
-    return chosen, passed
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -1,4 +1,4 @@
-"""Graph files: the format by name, reading, output paths and atomic writes."""
+"""Graph files: reading, output paths and atomic writes (the format by name: optrewrite.formats)."""
 from __future__ import annotations
 
 import os
@@ -7,11 +7,6 @@ from pathlib import Path
 from typing import Callable
 
 from optrewrite.errors import InputError
-
-
-def is_onnx(path: Path) -> bool:
-    """The format by name: ``.onnx`` is an ONNX model, anything else a TensorFlow graph."""
-    return path.suffix.lower() == ".onnx"
 
 
 def read_input(path: Path) -> bytes:

@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
+from optrewrite.core import Skip
+from optrewrite.passes import PASSES, pass_of
+
 
 @dataclass
 class SiteEntry:
@@ -15,11 +18,7 @@ class SiteEntry:
     inserted: list[str] = field(default_factory=list)
 
 
-@dataclass
-class SkipEntry:
-    update: str
-    variable: str | None
-    reason: str
+SkipEntry = Skip  # the report's name for a skipped update
 
 
 @dataclass
@@ -37,16 +36,13 @@ class Report:
     verified: str | None = None  # what --verify ran, when asked
 
     def counts(self) -> dict[str, int]:
-        def having(prefix: str) -> int:
-            return sum(1 for s in self.sites if any(a.startswith(prefix) for a in s.inserted))
-
-        return {
-            "updates_found": len(self.sites),
-            "guarded": having("guard"),
-            "clipped": having("clip["),
-            "global_norm_clipped": having("global_norm_clip"),
-            "skipped": len(self.skipped),
-        }
+        """The sites found, the sites each counted pass acted on, and the skipped updates."""
+        counts = {"updates_found": len(self.sites)}
+        for kind in PASSES:
+            if kind.count is not None:
+                counts[kind.count] = sum(1 for s in self.sites if any(pass_of(a) == kind.name for a in s.inserted))
+        counts["skipped"] = len(self.skipped)
+        return counts
 
     def to_json(self) -> str:
         data = {"schema": "optrewrite.report/1", **asdict(self), "counts": self.counts()}
@@ -54,11 +50,11 @@ class Report:
 
     def summary(self) -> str:
         c = self.counts()
-        lines = [
-            f"optrewrite: {self.input} ({self.format}): {c['updates_found']} updates found, "
-            f"{c['guarded']} guarded, {c['clipped']} clipped, "
-            f"{c['global_norm_clipped']} global-norm clipped, {c['skipped']} skipped"
-        ]
+        # the per-site passes first, then those over the whole step
+        counted = sorted((k for k in PASSES if k.count is not None and k.summary), key=lambda k: k.scope != "site")
+        done = "".join(f"{c[k.count]} {k.summary}, " for k in counted)
+        lines = [f"optrewrite: {self.input} ({self.format}): {c['updates_found']} updates found, "
+                 f"{done}{c['skipped']} skipped"]
         if self.note:
             lines.append(f"  {self.note}")
         for s in self.skipped:

@@ -18,11 +18,11 @@ import os
 from pathlib import Path
 
 from optrewrite.errors import InputError
-from optrewrite.fileio import is_onnx, read_input, write_atomic
+from optrewrite.fileio import read_input, write_atomic
+from optrewrite.formats import format_for
 
 REGEN_OPTION = "--optrewrite-regen"
 REGEN_ENV = "OPTREWRITE_REGEN"
-_BINARY_SUFFIXES = {".pb", ".graphdef", ".meta"}  # other TensorFlow goldens are written as text
 
 
 _session_regen = False  # set by the pytest plugin for a session run with --optrewrite-regen
@@ -83,9 +83,10 @@ def assert_graph_matches(actual: str | Path, expected: str | Path, *, regen: boo
 def write_expected(actual: Path, expected: Path) -> bool:
     """Write the graph in ``actual`` to ``expected``, unless it already holds an equal graph.
 
-    An ONNX model is copied as it is. A TensorFlow graph is written in binary when
-    ``expected`` is named ``.pb``, ``.graphdef`` or ``.meta``, else in text format; before it
-    replaces anything the new file is read back and must compare equal to ``actual``.
+    The graph is encoded as ``expected``'s name asks (the format's ``encode_as``: an ONNX
+    model as it is; a TensorFlow graph in binary when ``expected`` is named ``.pb``,
+    ``.graphdef`` or ``.meta``, else in text format); before it replaces anything the new
+    file is read back and must compare equal to ``actual``.
     Missing parent folders of ``expected`` are created.
     Returns whether it wrote. Raises InputError when ``actual`` is not a graph or
     ``expected``'s name cannot hold it.
@@ -113,23 +114,7 @@ def write_expected(actual: Path, expected: Path) -> bool:
 
 def _encoded_as(expected: Path, actual: Path, raw: bytes) -> bytes:
     """``actual``'s graph (bytes ``raw``) as ``expected``'s name asks for it."""
-
-    onnx_in, onnx_out = is_onnx(actual), is_onnx(expected)
-    if onnx_in != onnx_out:
+    fmt, wanted = format_for(actual), format_for(expected)
+    if fmt is not wanted:
         raise InputError(f"{actual} and {expected} name graphs of different formats")
-    if onnx_in:
-        return raw
-    from google.protobuf import text_format  # noqa: PLC0415
-
-    from optrewrite.tf import io  # noqa: PLC0415
-
-    loaded = io.load(actual, raw)
-    suffix = expected.suffix.lower()
-    if suffix == ".meta" and loaded.container != io.METAGRAPH:
-        raise InputError(f"{expected}: a .meta file holds a MetaGraphDef; {actual} holds a {loaded.container}")
-    encoding = io.BINARY if suffix in _BINARY_SUFFIXES else io.TEXT
-    if encoding == loaded.encoding:
-        return raw
-    if encoding == io.TEXT:
-        return text_format.MessageToString(loaded.message).encode("utf-8")
-    return loaded.message.SerializeToString(deterministic=True)
+    return fmt.encode_as(actual, raw, expected)

@@ -369,18 +369,17 @@ def test_verify_failing_only_on_the_output_is_an_internal_error(work: Path, monk
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """A rewrite that breaks a runnable graph (simulated by corrupting the rewrite's bytes) is
     our bug: exit 3, and the broken graph is not written."""
-    import optrewrite.api as api
+    from optrewrite.tf.format import TensorFlowFormat
 
-    real = api.rewrite_bytes
+    real = TensorFlowFormat.serialize
 
-    def broken(path, raw, spec, *, lower=False):  # type: ignore[no-untyped-def]
-        data, report = real(path, raw, spec, lower=lower)
-        graph = proto.GraphDef.FromString(data)
+    def broken(self, outcome):  # type: ignore[no-untyped-def]
+        graph = proto.GraphDef.FromString(real(self, outcome))
         (matmul,) = [n for n in graph.node if n.name == "MatMul"]
         matmul.attr["transpose_a"].b = True
-        return graph.SerializeToString(), report
+        return graph.SerializeToString()
 
-    monkeypatch.setattr(api, "rewrite_bytes", broken)
+    monkeypatch.setattr(TensorFlowFormat, "serialize", broken)
     out = work / "out.pb"
     assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(out), "--verify"]) == 3
     err = capsys.readouterr().err

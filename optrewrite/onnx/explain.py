@@ -9,13 +9,12 @@ from pathlib import Path
 
 import onnx
 
+from optrewrite.core import Analysis, Site
 from optrewrite.drawing import Changes, GNode, GraphView
-from optrewrite.explain import Analysis, Site
 from optrewrite.onnx import io
 from optrewrite.onnx.graph import PREFIX, Editor, elem_type_name
 from optrewrite.onnx.rewrite import blaming_malformed_input, rewrite_onnx
 from optrewrite.onnx.sites import find_update_sites
-from optrewrite.report import SkipEntry
 from optrewrite.spec import Spec
 
 
@@ -32,7 +31,10 @@ def _shape(ed: Editor, name: str) -> str:
 
 
 def analyse(src: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
-    """The sites (a spec's ``updates:`` included); with a spec, the model rewritten in memory."""
+    """The sites (a spec's ``updates:`` included); with a spec, the model rewritten in memory.
+
+    One parse: the rewrite edits the parsed model in place. What it changed comes from its
+    editor's record and a comparison of the node lists' structure; no node is serialized."""
     loaded = io.load(src, raw)
     with blaming_malformed_input(loaded):
         before = graph_view(loaded.model.graph)
@@ -44,12 +46,12 @@ def analyse(src: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysi
              slots=tuple(old for old, _ in s.states), sparse=False, device="", scope=f"{PREFIX}/{s.variable}/")
         for s in found.sites
     ]
-    result = Analysis(loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips])
+    result = Analysis(loaded.format_name, sites, list(found.skips))
     if spec is not None:
-        outcome = rewrite_onnx(io.load(src, raw), spec, lower=lower)
-        after = graph_view(outcome.model.graph)
+        outcome = rewrite_onnx(loaded, spec, lower=lower)
+        after = graph_view(loaded.model.graph)
         result.report = outcome.report
-        result.changes = Changes.between(before, after)
+        result.changes = Changes.between(before, after, edited=outcome.changed)
         result.view = lambda: after
     return result
 
@@ -86,5 +88,5 @@ def graph_view(graph: onnx.GraphProto) -> GraphView:
     for key, node in zip(keys, graph.node):
         reads = tuple(producer[i] for i in node.input if i in producer)
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
-        view.nodes[key] = GNode(key, op, reads, (), node.SerializeToString(deterministic=True), _nested(node))
+        view.nodes[key] = GNode(key, op, reads, (), nested=_nested(node))
     return view

@@ -1,10 +1,13 @@
 """Editing an ONNX graph: fresh names, typed constants, blocks of new nodes, the final order.
 
-Every edit goes through :class:`Editor`. New nodes are emitted into :class:`Block` s; a block
-replaces an original node, goes before or after one, or becomes an ``If`` branch.
-:meth:`Editor.finish` assembles the node list once, keeps the original order wherever the
-dependencies allow (a stable topological sort runs only when an insertion needs it), and
-checks that every tensor a node uses is defined before it.
+Every edit goes through :class:`Editor`, which records it: new nodes are emitted into
+:class:`Block` s; a block replaces an original node, goes before or after one
+(:meth:`Editor.replace_node`, :meth:`Editor.insert_before`, :meth:`Editor.insert_after`), or
+becomes an ``If`` branch; an original node's inputs and outputs change only through
+:meth:`Editor.set_io`. :meth:`Editor.finish` assembles the node list once, keeps the
+original order wherever the dependencies allow (a stable topological sort runs only when an
+insertion needs it), and checks that every tensor a node uses is defined before it. What
+changed (:meth:`Editor.edited_keys`) is known without comparing or serializing nodes.
 
 Nodes the rewrite creates are named ``optrewrite/...``; ONNX has no free-form node
 attributes, so the name is the provenance.
@@ -171,9 +174,11 @@ class Editor:
         self._taken = {n for n in all_names(self.graph) if type(n) is str and PREFIX in n} if known_names else set()
         self._consts: dict[tuple[int, bytes, tuple[int, ...]], str] = {}
         self._new_initializers: list[TensorProto] = []
-        self.replace: dict[int, list[onnx.NodeProto]] = {}
-        self.before: dict[int, list[onnx.NodeProto]] = {}
-        self.after: dict[int, list[onnx.NodeProto]] = {}
+        self._replace: dict[int, list[onnx.NodeProto]] = {}
+        self._before: dict[int, list[onnx.NodeProto]] = {}
+        self._after: dict[int, list[onnx.NodeProto]] = {}
+        self._edited: set[int] = set()  # original nodes whose inputs or outputs changed in place
+        self._rebuilt: list[onnx.NodeProto] = []  # replacements standing for an original node
         self.types: dict[str, onnx.TypeProto] = {}
         for vi in [*self.graph.input, *self.graph.value_info, *self.graph.output]:
             if vi.type.HasField("tensor_type"):
@@ -183,6 +188,7 @@ class Editor:
         self.initializers = {t.name for t in self.graph.initializer}
         self.graph_inputs = {i.name for i in self.graph.input}
         self.created = 0  # nodes emitted, branch nodes included
+        self._edited_keys: set[str] = set()
 
     def _default_opset(self) -> int | None:
         for imp in self.model.opset_import:
@@ -244,6 +250,43 @@ class Editor:
             if vi.type.HasField("tensor_type"):
                 self.types.setdefault(vi.name, vi.type)
 
+    # ------------------------------------------------------------------ recorded edits
+
+    def replace_node(self, index: int, nodes: Sequence[onnx.NodeProto], *,
+                     rebuilt: onnx.NodeProto | None = None) -> None:
+        """Put ``nodes`` where original node ``index`` stands (none: remove it). ``rebuilt``,
+        one of them, is the original node itself with other inputs or outputs."""
+        self._replace[index] = list(nodes)
+        if rebuilt is not None:
+            self._rebuilt.append(rebuilt)
+
+    def insert_before(self, index: int, nodes: Sequence[onnx.NodeProto]) -> None:
+        self._before.setdefault(index, []).extend(nodes)
+
+    def insert_after(self, index: int, nodes: Sequence[onnx.NodeProto]) -> None:
+        self._after.setdefault(index, []).extend(nodes)
+
+    def set_io(self, index: int, *, inputs: Sequence[str] | None = None,
+               outputs: Sequence[str] | None = None) -> None:
+        """Change original node ``index``'s inputs and outputs in place."""
+        node = self.graph.node[index]
+        # Assigned even when equal: protobuf then refuses a name that is not UTF-8 text.
+        for field, names in ((node.input, inputs), (node.output, outputs)):
+            if names is not None:
+                if list(field) != list(names):
+                    self._edited.add(index)
+                field[:] = names
+
+    @property
+    def replaced(self) -> int:
+        """How many original nodes were replaced (or removed)."""
+        return len(self._replace)
+
+    def edited_keys(self) -> set[str]:
+        """After :meth:`finish`: the original nodes the rewrite changed that are still in the
+        main graph, by name (an unnamed one by its first output): edited in place, or rebuilt."""
+        return set(self._edited_keys)
+
     # ------------------------------------------------------------------ assembly
 
     def finish(self) -> None:
@@ -252,13 +295,15 @@ class Editor:
         nodes: list[onnx.NodeProto] = []
         original_ids: set[int] = set()
         for i, node in enumerate(originals):
-            nodes.extend(self.before.get(i, ()))
-            if i in self.replace:
-                nodes.extend(self.replace[i])
+            nodes.extend(self._before.get(i, ()))
+            if i in self._replace:
+                nodes.extend(self._replace[i])
             else:
                 nodes.append(node)
                 original_ids.add(id(node))
-            nodes.extend(self.after.get(i, ()))
+            nodes.extend(self._after.get(i, ()))
+        kept = [originals[i] for i in self._edited if i not in self._replace]
+        self._edited_keys = {n.name or (n.output[0] if n.output else "") for n in kept + self._rebuilt} - {""}
         self.graph.initializer.extend(self._new_initializers)
         defined = {i.name for i in self.graph.input} | {t.name for t in self.graph.initializer} | {""}
         if not _in_order(nodes, defined):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import onnx
 
+from optrewrite.core import Skip
 from optrewrite.errors import InputError, SpecError, quoted, shorten
 from optrewrite.onnx.graph import PREVIEW_DOMAIN, Editor, elem_type_name, has_subgraphs, subgraphs
 from optrewrite.spec import Spec
@@ -42,22 +43,13 @@ class UpdateSite:
     states: tuple[tuple[str, str], ...]  # (current, next) per optimizer state
     elem_type: int
     rank: int | None
-    node: int | None = None  # index of the preview-training node
-    slot: int = 0  # the tensor's position among the node's N
-
-
-@dataclass(frozen=True)
-class Skip:
-    key: str
-    variable: str | None
-    reason: str
+    node: int | None = None  # index of the preview-training node; None: a declared site
 
 
 @dataclass(frozen=True)
 class TrainingNode:
     index: int
     kind: str
-    n: int
     sites: tuple[UpdateSite, ...]
 
 
@@ -127,9 +119,9 @@ def _training_node(ed: Editor, index: int, node: onnx.NodeProto) -> TrainingNode
                 )
         sites.append(UpdateSite(
             key=f"{key}[{i}]", kind=node.op_type, variable=x, gradient=g, updated=node.output[i],
-            states=state_pairs, elem_type=elem, rank=rank, node=index, slot=i,
+            states=state_pairs, elem_type=elem, rank=rank, node=index,
         ))
-    return TrainingNode(index=index, kind=node.op_type, n=n, sites=tuple(sites))
+    return TrainingNode(index=index, kind=node.op_type, sites=tuple(sites))
 
 
 def _dims(ed: Editor, name: str) -> list[int | str] | None:
@@ -180,14 +172,14 @@ def find_update_sites(ed: Editor, spec: Spec, source: object) -> Discovery:
             for sub in subgraphs(node):
                 for inner in _nested_training(sub):
                     found.skips.append(Skip(
-                        key=_label(inner, index), variable=inner.input[2] if len(inner.input) > 2 else None,
+                        update=_label(inner, index), variable=inner.input[2] if len(inner.input) > 2 else None,
                         reason=f"inside a subgraph of {shorten(_label(node, index))}; updates in subgraphs are not rewritten",
                     ))
     for function in ed.model.functions:
         for inner in function.node:
             if inner.domain == PREVIEW_DOMAIN and inner.op_type in STATES:
                 found.skips.append(Skip(
-                    key=f"{function.domain}::{function.name}/{_label(inner, 0)}", variable=None,
+                    update=f"{function.domain}::{function.name}/{_label(inner, 0)}", variable=None,
                     reason="inside a local function; updates in functions are not rewritten",
                 ))
     if spec.updates:

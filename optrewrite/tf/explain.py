@@ -1,11 +1,10 @@
-"""The TensorFlow side of ``optrewrite explain``: the sites as found, the graph before and after."""
+"""The TensorFlow side of ``optrewrite explain``: the sites as found, the graph after the rewrite."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from optrewrite.core import Analysis, Site
 from optrewrite.drawing import Changes, GNode, GraphView
-from optrewrite.explain import Analysis, Site
-from optrewrite.report import SkipEntry
 from optrewrite.spec import Spec
 from optrewrite.tf import io, proto
 from optrewrite.tf.graph import GraphEditor
@@ -18,7 +17,7 @@ def _shape(shape: tuple[int, ...] | None) -> str:
 
 def analyse(src: Path, raw: bytes, spec: Spec | None) -> Analysis:
     """Parse once; with a spec, rewrite that parsed graph in memory (the rewrite edits it in
-    place and appends the nodes it inserts)."""
+    place and appends the nodes it inserts). Nothing is serialized."""
     loaded = io.load(src, raw)
     found = discover(loaded, GraphEditor(loaded.graph, loaded.topology))
     sites = [
@@ -26,12 +25,12 @@ def analyse(src: Path, raw: bytes, spec: Spec | None) -> Analysis:
              kind=s.kind, slots=s.slots, sparse=s.sparse, device=s.device, scope=f"{s.scope}/")
         for s in found.sites
     ]
-    result = Analysis(loaded.format_name, sites, [SkipEntry(s.key, s.variable, s.reason) for s in found.skips])
+    result = Analysis(loaded.format_name, sites, list(found.skips))
     if spec is not None:
-        first_new = len(loaded.graph.node)
         outcome = rewrite_tf(loaded, spec)
+        editor = outcome.graph.editor
         result.report = outcome.report
-        result.changes = Changes([n.name for n in loaded.graph.node[first_new:]], set(outcome.changed))
+        result.changes = Changes(editor.added if editor is not None else [], set(outcome.changed))
         result.view = lambda: graph_view(loaded.graph)
     return result
 

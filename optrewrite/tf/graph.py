@@ -144,6 +144,8 @@ class GraphEditor:
         self.index = topo.index
         self._topology: Topology | None = topo
         self.changed: set[int] = set()
+        self._linted = len(graph.node)  # nodes before this index passed the lint
+        self._unlinted: set[int] = set()  # existing nodes changed since the last lint
 
     # ----------------------------------------------------------------- queries
     def node(self, name: str) -> proto.NodeDef:
@@ -207,6 +209,25 @@ class GraphEditor:
         i = self.index[name]
         if i < self.first_new:
             self.changed.add(i)
+            self._unlinted.add(i)
+
+    @property
+    def added(self) -> list[str]:
+        """The names of the nodes inserted so far, in graph order."""
+        return [n.name for n in self.graph.node[self.first_new:]]
+
+    def lint(self) -> None:
+        """After an edit: names are unique, and every input of a node added or changed since
+        the last lint names an existing node. A failure is a bug of the rewrite."""
+        if len(self.index) != len(self.graph.node):
+            raise AssertionError("duplicate node names after rewrite")
+        touched = [self.graph.node[i] for i in sorted(self._unlinted)] + list(self.graph.node[self._linted:])
+        for node in touched:
+            for inp in node.input:
+                if node_of(inp) not in self.index:
+                    raise AssertionError(f"rewrite left {node.name!r} with dangling input {inp!r}")
+        self._linted = len(self.graph.node)
+        self._unlinted.clear()
 
     def add_control_input(self, name: str, source: str) -> None:
         node = self.node(name)

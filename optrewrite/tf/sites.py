@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
+from optrewrite.core import Skip
 from optrewrite.errors import InputError
 from optrewrite.tf import proto
 from optrewrite.tf.graph import TAG_ATTR, GraphEditor, canonical_tensor, node_of
@@ -77,15 +78,6 @@ class UpdateSite:
     def dtype_name(self) -> str:
         """The variable's float type as numpy names it ("float32", ...)."""
         return proto.FLOAT_NAMES[self.dtype]
-
-
-@dataclass(frozen=True)
-class Skip:
-    """An update the rewrite will not touch, and why."""
-
-    key: str
-    variable: str | None
-    reason: str
 
 
 def _resolve_variable(g: GraphEditor, tensor: str) -> proto.NodeDef | None:

@@ -7,7 +7,7 @@ For the variable's new value X and a clip group (max_norm c, dims)::
     l2norm  = Where(pred, Sqrt(Where(pred, l2sum, 1)), l2sum)
     over    = Not(l2norm <= c)                            # NaN counts as over, as in TF
     X_final = If(ReduceSum(Where(over, 1, 0)) > 0,
-                 then: X - (X - X * c / Max(l2norm, c)),  # the seed's assign_sub of TF's clip
+                 then: X - (X - X * c / Max(l2norm, c)),  # VariableClippingOptimizer's assign_sub
                  else: X)
 
 A zero norm leaves X unchanged; no epsilon is added (TF's clip_by_norm). The ``If`` skips
@@ -18,11 +18,45 @@ newer) the clipped value is computed every step, exactly as TF does.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import onnx
 
-from optrewrite.onnx.graph import PREFIX, Block, branch, value_info
+from optrewrite.onnx.graph import PREFIX, Block, Editor, branch, value_info
 from optrewrite.onnx.passes.guard_zero_grad import branches
+from optrewrite.passes import PassResult
 from optrewrite.spec import ClipGroup
+
+if TYPE_CHECKING:
+    from optrewrite.onnx.passes.state import SiteState
+
+
+class ClipByNorm:
+    name = "clip"
+
+    def run(self, ed: Editor, states: Sequence[SiteState]) -> PassResult:
+        """After each site's update: its clip groups in spec order, the last one producing
+        the name the update produced."""
+        result = PassResult()
+        for st in states:
+            st.settle_update()
+            actions = st.selection.of(self.name)
+            site = st.site
+            b = ed.block(f"{st.scope}/clip")
+            x = st.x_out
+            for k, action in enumerate(actions):
+                group = action.options
+                last = k == len(actions) - 1
+                out = site.updated if last else ed.fresh(f"{site.updated}/{PREFIX}_{group.field}")
+                clip_by_norm(b, x, group, site.elem_type, out, ed.types.get(site.variable))
+                x = out
+            if st.group is not None:
+                st.tails.append(b)
+            else:
+                assert st.declared is not None
+                ed.insert_after(max(st.declared.producer[o] for o in st.site_outs), b.nodes)
+            result.inserted[site.key] = [a.label for a in actions]
+        return result
 
 
 def clip_by_norm(b: Block, x: str, group: ClipGroup, elem: int, out: str, like: onnx.TypeProto | None) -> None:
@@ -50,3 +84,5 @@ def _clipped(b: Block, x: str, c: str, l2norm: str, out: str) -> str:
     clipped = b.op("Div", [b.op("Mul", [x, c]), b.op("Max", [l2norm, c])])
     return b.op("Sub", [x, b.op("Sub", [x, clipped])], out=out)
 
+
+PASS = ClipByNorm()

@@ -10,9 +10,50 @@ An all-zero gradient adds nothing to the norm and stays zero, so the guard still
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 from onnx import helper
 
-from optrewrite.onnx.graph import Block
+from optrewrite.errors import SpecError
+from optrewrite.onnx.graph import PREFIX, Block, Editor, elem_type_name
+from optrewrite.passes import PassResult
+
+if TYPE_CHECKING:
+    from optrewrite.onnx.passes.state import SiteState
+
+TAG = "global_norm_clip"
+
+
+class GlobalNormClip:
+    name = TAG
+
+    def run(self, ed: Editor, states: Sequence[SiteState]) -> PassResult:
+        """One clip over every given site's gradient, placed before the first update that
+        reads one (the final ordering moves it later when a gradient is produced after that)."""
+        (rule,) = states[0].selection.of(TAG)
+        types = sorted({elem_type_name(st.site.elem_type) for st in states})
+        if len(types) != 1:
+            raise SpecError(rule.source, TAG, f"the selected gradients have different element types ({', '.join(types)})")
+        b = ed.block(f"{PREFIX}/{TAG}")
+        clipped = global_norm_clip(b, [st.gradient for st in states], rule.options, states[0].site.elem_type)
+        ed.insert_before(_first_use(ed, states), b.nodes)
+        for st, new in zip(states, clipped):
+            old, st.gradient = st.gradient, new
+            if st.declared is not None:  # the update's own ops read the clipped gradient
+                for i in st.declared.readers.get(old, set()) & st.cone:
+                    node = ed.graph.node[i]
+                    ed.set_io(i, inputs=[new if name == old else name for name in node.input])
+        return PassResult(inserted={st.site.key: [TAG] for st in states})
+
+
+def _first_use(ed: Editor, states: Sequence[SiteState]) -> int:
+    """The first node that reads one of the sites' gradients for its update."""
+    firsts = [st.site.node for st in states if st.site.node is not None]
+    wanted = {st.site.gradient for st in states if st.site.node is None}
+    if wanted:
+        firsts += [next((i for i, n in enumerate(ed.graph.node) if not wanted.isdisjoint(n.input)),
+                        len(ed.graph.node) - 1)]
+    return min(firsts)
 
 
 def global_norm_clip(b: Block, gradients: list[str], clip_norm: float, elem: int) -> list[str]:
@@ -27,3 +68,6 @@ def global_norm_clip(b: Block, gradients: list[str], clip_norm: float, elem: int
     finite = b.op("Mul", [b.const(clip_norm, elem), smaller])
     scale = b.op("Add", [finite, b.op("Sub", [norm, norm])])
     return [b.op("Mul", [g, scale]) for g in gradients]
+
+
+PASS = GlobalNormClip()

@@ -8,7 +8,7 @@
                     else: Identity(X), Identity(S_1), ..)
 
 The sum of absolute values is zero exactly when every element is zero or -0.0; a NaN makes it
-NaN, for which ``<= 0`` is false, so a NaN gradient is applied, as in the seed (an infinity
+NaN, for which ``<= 0`` is false, so a NaN gradient is applied, as MultitaskOptimizerWrapper does (an infinity
 likewise). The branch outputs take the types of X and the states.
 
 onnxruntime's CUDA provider has no ``If`` kernel for ai.onnx opset 21 and newer. For such
@@ -20,14 +20,105 @@ which computes the update on every step and keeps the old values on a skipped on
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import onnx
 
-from optrewrite.onnx.graph import Block, branch, value_info
+from optrewrite.onnx.graph import PREFIX, Block, Editor, branch, value_info
+from optrewrite.passes import PassResult
 
+if TYPE_CHECKING:
+    from optrewrite.onnx.passes.state import Declared, SiteState
 
 LAST_OPSET_WITH_CUDA_IF = 20
+TAG = "guard"
+
+
+class GuardZeroGrad:
+    name = TAG
+
+    def run(self, ed: Editor, states: Sequence[SiteState]) -> PassResult:
+        for st in states:
+            if st.group is not None:
+                _guard_tensor(ed, st)
+            else:
+                _guard_declared(ed, st)
+        return PassResult(inserted={st.site.key: [TAG] for st in states})
+
+
+def _guard_tensor(ed: Editor, st: SiteState) -> None:
+    """A training-node tensor: its update, as a one-tensor node or lowered, inside the ``If``."""
+    site = st.site
+    outs = st.outs
+    results = [ed.fresh(f"{o}/{PREFIX}_updated") for o in outs]
+    then = ed.block(f"{st.scope}/update")
+    st.place_update(then, results)
+    guard = ed.block(f"{st.scope}/guard")
+    cond = any_nonzero(guard, st.gradient, site.elem_type)
+    guarded(guard, cond, then, results, st.olds, outs, [ed.types.get(o) for o in st.olds],
+            select=st.lowered and not branches(ed.opset or 0))
+    st.tails.append(guard)
+
+
+def _guard_declared(ed: Editor, st: SiteState) -> None:
+    """A declared site: the ops only its results need move into the ``If``; when something
+    else reads them, the update is computed every step and the guard selects its results."""
+    from optrewrite.onnx.passes.state import cycle_error  # noqa: PLC0415
+
+    site = st.site
+    d = st.declared
+    assert d is not None
+    nodes = ed.graph.node
+    producer = d.producer
+    outs = st.site_outs
+    cone = st.cone
+    fed = next((o for o in outs if producer[o] in d.gradient_side), None)
+    if fed is not None:
+        raise cycle_error(site, fed)
+    moved = _movable(nodes, d, cone, set(outs)) if branches(ed.opset or 0) else set()
+    if any(producer[o] not in moved for o in outs):
+        # Some of the update's results are read elsewhere: it runs every step and the
+        # guard selects its results (computed, then discarded on a skipped step).
+        moved = set()
+    renamed = {o: ed.fresh(f"{o}/{PREFIX}_updated") for o in outs}
+    for i in cone:
+        node = nodes[i]
+        ed.set_io(i, inputs=[renamed.get(x, x) for x in node.input],
+                  outputs=[renamed.get(x, x) for x in node.output])
+    then = ed.block(f"{st.scope}/update")
+    for i in sorted(moved):
+        then.nodes.append(nodes[i])
+        ed.replace_node(i, [])
+    select = not branches(ed.opset or 0)
+    results = [renamed[o] if moved or select else then.op("Identity", [renamed[o]]) for o in outs]
+    guard = ed.block(f"{st.scope}/guard")
+    cond = any_nonzero(guard, st.gradient, site.elem_type)
+    guarded(guard, cond, then, results, st.olds, st.outs, [ed.types.get(o) for o in st.olds], select=select)
+    ed.insert_after(max(producer[o] for o in outs), guard.nodes)
+    st.placed = True
+
+
+def _movable(nodes: Sequence[onnx.NodeProto], d: Declared, cone: set[int], site_outputs: set[str]) -> set[int]:
+    """The cone's nodes that can run inside the guard's branch.
+
+    A node stays outside when something outside the branch reads one of its results: a node
+    outside the cone (except for the site's results, which the ``If`` provides), or a cone
+    node that stays outside itself.
+    """
+    moved = set(cone)
+    changed = True
+    while changed:
+        changed = False
+        for i in sorted(moved):
+            for out in nodes[i].output:
+                outside = d.readers.get(out, set()) - moved
+                if out in site_outputs:
+                    outside &= cone
+                if outside:
+                    moved.discard(i)
+                    changed = True
+                    break
+    return moved
 
 
 def any_nonzero(b: Block, g: str, elem: int) -> str:
@@ -59,3 +150,6 @@ def guarded(b: Block, cond: str, then: Block, results: Sequence[str], keep: Sequ
     else_g = branch(ed.fresh(f"{b.scope}/else"), else_.nodes,
                     [value_info(k, t) for k, t in zip(kept, types)])
     b.emit("If", [cond], outs=list(outs), then_branch=then_g, else_branch=else_g)
+
+
+PASS = GuardZeroGrad()

@@ -22,12 +22,35 @@ an ``If`` branch by the guard.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import onnx
 from onnx import TensorProto, helper
 
 from optrewrite.errors import InputError
-from optrewrite.onnx.graph import PREVIEW_DOMAIN, Block
+from optrewrite.onnx.graph import PREVIEW_DOMAIN, Block, Editor
+from optrewrite.passes import PassResult
+
+if TYPE_CHECKING:
+    from optrewrite.onnx.passes.state import SiteState
+
+TAG = "lower"
+
+
+class LowerTrainingOps:
+    """Every selected training-node tensor's update as standard ops. A guard that ran before
+    already placed it, lowered, in its branch; the others go into their node's block."""
+
+    name = TAG
+
+    def run(self, ed: Editor, states: Sequence[SiteState]) -> PassResult:
+        for st in states:
+            st.settle_update()
+        return PassResult(inserted={st.site.key: [TAG] for st in states})
+
+
+PASS = LowerTrainingOps()
+
 
 def defaults(op_type: str) -> dict[str, object]:
     """The operator's attribute defaults from its schema (None: required).

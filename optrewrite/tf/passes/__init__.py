@@ -1,31 +1,16 @@
-"""The TF rewrite passes, one a module. Each works on a :class:`SiteState` per update site."""
+"""The TensorFlow passes, one a module, and the registry the pipeline runs them from.
+
+Each pass edits the graph through :class:`~optrewrite.tf.graph.GraphEditor` on
+:class:`~optrewrite.tf.passes.state.SiteState` s; the order is :data:`optrewrite.passes.PASSES`.
+TensorFlow graphs have no ``lower`` pass: their updates are standard ops already.
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Any
 
-from optrewrite.tf.graph import Placement
-from optrewrite.tf.sites import UpdateSite
+from optrewrite.passes import FormatPass
+from optrewrite.tf.passes import clip_by_norm, global_norm_clip, guard_zero_grad
 
-
-@dataclass
-class SiteState:
-    """An update site as the passes transform it.
-
-    ``gradient`` is the tensor the update consumes (replaced by the global-norm clip);
-    ``after`` are the nodes that stand for "the update has happened" (the guard's Merge,
-    then each clip's write), which the update's original consumers end up waiting for.
-    """
-
-    site: UpdateSite
-    gradient: str
-    after: list[str]
-    actions: list[str] = field(default_factory=list)
-
-    @classmethod
-    def start(cls, site: UpdateSite) -> "SiteState":
-        deps = list(dict.fromkeys([*site.sinks, *site.writes]))
-        return cls(site=site, gradient=site.gradient, after=deps)
-
-    @property
-    def placement(self) -> Placement:
-        return Placement(device=self.site.device, colocate_with=self.site.variable)
+REGISTRY: dict[str, FormatPass[Any, Any]] = {
+    p.name: p for p in (global_norm_clip.PASS, guard_zero_grad.PASS, clip_by_norm.PASS)
+}

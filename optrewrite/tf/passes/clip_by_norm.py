@@ -22,10 +22,26 @@ Groups chain: each clip waits for the previous one, and the update's consumers w
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+from optrewrite.passes import PassResult
 from optrewrite.spec import ClipGroup
 from optrewrite.tf import proto
 from optrewrite.tf.graph import GraphEditor, Placement
-from optrewrite.tf.passes import SiteState
+from optrewrite.tf.passes.state import SiteState
+
+
+class ClipByNorm:
+    name = "clip"
+
+    def run(self, g: GraphEditor, states: Sequence[SiteState]) -> PassResult:
+        """Each state's clip groups, in spec order."""
+        result = PassResult()
+        for state in states:
+            for action in state.selection.of(self.name):
+                clip(g, state, action.options)
+                result.inserted.setdefault(state.site.key, []).append(action.label)
+        return result
 
 
 def clip_by_norm_subgraph(
@@ -106,7 +122,6 @@ def clip(g: GraphEditor, state: SiteState, group: ClipGroup) -> None:
         write = g.add(f"{scope}/AssignSub", "AssignSub", [var, delta],
                       attrs={**T, **locking}, colocate=True, **kw)
     state.after = [write]
-    state.actions.append(tag)
 
 
 def _resolve_dims(dims: tuple[int, ...] | None, rank: int | None, variable: str) -> list[int]:
@@ -116,3 +131,6 @@ def _resolve_dims(dims: tuple[int, ...] | None, rank: int | None, variable: str)
             raise ValueError(f"{variable}: unknown rank; give clip dims explicitly")
         return list(dims)
     return list(range(rank)) if dims is None else [d % rank for d in dims]
+
+
+PASS = ClipByNorm()

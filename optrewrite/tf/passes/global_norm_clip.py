@@ -7,17 +7,33 @@ them), with TensorFlow's exact ops::
     scale = c * Minimum(1 / norm, 1 / c) + (norm - norm)         # NaN when norm is not finite
     g_i'  = Identity(g_i * scale)                                 # feeds the update instead of g_i
 
-An all-zero gradient adds nothing to the norm, so the seed's replacement of such gradients
+An all-zero gradient adds nothing to the norm, so MultitaskOptimizerWrapper's replacement of such gradients
 by a scalar zero changes no number; the guard then tests the clipped gradient.
 """
 from __future__ import annotations
 
-from optrewrite.errors import InputError
+from typing import Sequence
+
+from optrewrite.errors import InputError, SpecError
+from optrewrite.passes import PassResult
 from optrewrite.tf import proto
 from optrewrite.tf.graph import LOOP_BACK_EDGES, GraphEditor, Placement, node_of
-from optrewrite.tf.passes import SiteState
+from optrewrite.tf.passes.state import SiteState
 
 TAG = "global_norm_clip"
+
+
+class GlobalNormClip:
+    name = TAG
+
+    def run(self, g: GraphEditor, states: Sequence[SiteState]) -> PassResult:
+        """One clip over every given site's gradient (all selected by the same rule)."""
+        (rule,) = states[0].selection.of(TAG)
+        dtypes = sorted({proto.dtype_name(st.site.dtype) for st in states})
+        if len(dtypes) != 1:
+            raise SpecError(rule.source, TAG, f"the selected gradients have different dtypes ({', '.join(dtypes)})")
+        global_norm_clip(g, list(states), rule.options)
+        return PassResult(inserted={st.site.key: [TAG] for st in states})
 
 
 def _check_acyclic(g: GraphEditor, states: list[SiteState]) -> None:
@@ -42,9 +58,6 @@ def _check_acyclic(g: GraphEditor, states: list[SiteState]) -> None:
 
 
 def global_norm_clip(g: GraphEditor, states: list[SiteState], clip_norm: float) -> None:
-    dtypes = sorted({proto.dtype_name(st.site.dtype) for st in states})
-    if len(dtypes) != 1:
-        raise InputError(f"global_norm_clip: the selected gradients have different dtypes ({', '.join(dtypes)})")
     _check_acyclic(g, states)
     dtype = states[0].site.dtype
     T = {"T": g.type_attr(dtype)}
@@ -82,4 +95,6 @@ def global_norm_clip(g: GraphEditor, states: list[SiteState], clip_norm: float) 
         for member, pos in st.site.grad_uses:
             g.replace_input(member, pos, clipped)
         st.gradient = f"{clipped}:0"
-        st.actions.append(TAG)
+
+
+PASS = GlobalNormClip()

@@ -16,11 +16,23 @@ for the update (the train op, global_step, Adam's beta powers) running every ste
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+from optrewrite.passes import PassResult
 from optrewrite.tf import proto
 from optrewrite.tf.graph import GraphEditor
-from optrewrite.tf.passes import SiteState
+from optrewrite.tf.passes.state import SiteState
 
 TAG = "guard"
+
+
+class GuardZeroGrad:
+    name = TAG
+
+    def run(self, g: GraphEditor, states: Sequence[SiteState]) -> PassResult:
+        for state in states:
+            guard(g, state)
+        return PassResult(inserted={st.site.key: [TAG] for st in states})
 
 
 def guard(g: GraphEditor, state: SiteState) -> None:
@@ -50,4 +62,6 @@ def guard(g: GraphEditor, state: SiteState) -> None:
     merge = g.add(f"{scope}/merge", "Merge", [pivot_f, applied],
                   attrs={"T": T(proto.DT_BOOL), "N": g.int_attr(2)}, placement=at, tag=TAG)
     state.after = [merge]
-    state.actions.append(TAG)
+
+
+PASS = GuardZeroGrad()

@@ -1,0 +1,93 @@
+"""The graph formats optrewrite reads and writes, behind one interface.
+
+A format is one package (``optrewrite/tf``, ``optrewrite/onnx``) whose ``format.py`` defines
+a class implementing :class:`Format`; :data:`REGISTRY` names them, in the order they are
+asked whether they claim a path. Everything outside a format package — the API, the CLI,
+explain, diff, verify, the golden-test helper — reaches a format only through this
+interface, so adding a format is one new package and one line here.
+
+Format modules are imported when first asked for, and import their runtime libraries
+(onnx, TensorFlow) only inside the methods that need them, so that telling the format of
+a path costs nothing.
+"""
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Protocol
+
+if TYPE_CHECKING:
+    from optrewrite.core import Analysis, Outcome
+    from optrewrite.spec import Spec
+
+# module:attribute of each format's implementation; the first that claims a path reads it,
+# so the last one is the fallback for names no other format claims.
+REGISTRY = (
+    "optrewrite.onnx.format:ONNX",
+    "optrewrite.tf.format:TENSORFLOW",
+)
+
+
+class Format(Protocol):
+    """What optrewrite needs of a graph format. Paths name graphs; ``raw`` are a file's bytes."""
+
+    name: str  # "TensorFlow", "ONNX": how messages and reports name the format
+    article: str  # "a TensorFlow graph": the noun phrase for one graph of it
+
+    def claims(self, path: Path) -> bool:
+        """Whether ``path`` names a graph of this format (by its name alone: nothing is read)."""
+        ...
+
+    def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
+        """Refuse, before the graph is read, what the spec asks that this format cannot do."""
+        ...
+
+    def rewrite(self, path: Path, raw: bytes, spec: Spec, *, lower: bool) -> Outcome:
+        """Rewrite in memory; nothing is serialized. InputError for a bad graph or spec."""
+        ...
+
+    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None) -> None:
+        """Serialize the outcome and write it to ``out`` atomically, with whatever the graph
+        needs beside it; ``check`` runs on the complete temporary file before it replaces
+        anything. The only place a rewritten graph is serialized."""
+        ...
+
+    def serialize(self, outcome: Outcome) -> bytes:
+        """The rewritten graph's bytes (a library call that wants bytes, not a file)."""
+        ...
+
+    def analyse(self, path: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
+        """The sites as found; with a spec, also the in-memory rewrite and what it changed."""
+        ...
+
+    def diff(self, a: Path, a_raw: bytes, b: Path, b_raw: bytes) -> list[str]:
+        """The differences between two graphs of this format, one line each (see optrewrite.diff)."""
+        ...
+
+    def verify(self, path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: float) -> str:
+        """Run one step of the graph in its runtime; a one-line summary (see optrewrite.verify)."""
+        ...
+
+    def encode_as(self, actual: Path, raw: bytes, expected: Path) -> bytes:
+        """The graph of ``actual`` (bytes ``raw``) encoded as the file name ``expected`` asks."""
+        ...
+
+
+@lru_cache(maxsize=None)
+def _load(entry: str) -> Format:
+    module, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+def formats() -> list[Format]:
+    """Every registered format, in the order they claim paths."""
+    return [_load(entry) for entry in REGISTRY]
+
+
+def format_for(path: Path) -> Format:
+    """The format that claims ``path``."""
+    for fmt in formats():
+        if fmt.claims(path):
+            return fmt
+    raise AssertionError(f"no format claims {path}; the last one in REGISTRY must claim every path")

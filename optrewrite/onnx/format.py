@@ -1,0 +1,92 @@
+"""ONNX models (``.onnx``, training steps with ai.onnx.preview.training ops or in plain ops)
+as an optrewrite format.
+
+Nothing is imported at module level beyond the standard library: onnx loads when a model is
+read, onnxruntime only when one is verified.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from optrewrite.core import Analysis, Outcome
+    from optrewrite.spec import Spec
+
+
+class OnnxFormat:
+    name = "ONNX"
+    article = "an ONNX model"
+
+    def claims(self, path: Path) -> bool:
+        return path.suffix.lower() == ".onnx"
+
+    def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
+        """Everything a spec asks applies to ONNX models."""
+
+    def rewrite(self, path: Path, raw: bytes, spec: Spec, *, lower: bool) -> Outcome:
+        from optrewrite.onnx import io  # noqa: PLC0415
+        from optrewrite.onnx.rewrite import rewrite_onnx  # noqa: PLC0415
+
+        return rewrite_onnx(io.load(path, raw), spec, lower=lower)
+
+    def serialize(self, outcome: Outcome) -> bytes:
+        from optrewrite.onnx.rewrite import serialize  # noqa: PLC0415
+
+        return serialize(outcome.graph)
+
+    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None) -> None:
+        """Write the model atomically after the onnx checker passes it; place the external
+        data files it references beside it when it goes to another directory (removed again
+        when the write fails)."""
+        from optrewrite.errors import InputError  # noqa: PLC0415
+        from optrewrite.fileio import write_atomic  # noqa: PLC0415
+        from optrewrite.onnx import io  # noqa: PLC0415
+
+        loaded = outcome.graph.loaded
+        src = loaded.path
+        data = self.serialize(outcome)
+        placed = []
+        if io.may_have_external_data(loaded.raw):
+            placed = io.place_external_files(loaded.model, src.parent, out.parent, src)
+
+        def checked(tmp: Path) -> None:
+            try:
+                io.check_written(tmp)
+            except io.CheckFailed as exc:
+                try:
+                    io.check_written(src)
+                except io.CheckFailed as bad_input:
+                    raise InputError(f"{src}: not a valid ONNX model: {bad_input}") from None
+                raise AssertionError(f"the rewritten model fails the onnx checker: {exc}") from None
+            if check is not None:
+                check(tmp)
+
+        try:
+            write_atomic(out, data, verify=checked)
+        except BaseException:
+            for path in placed:
+                path.unlink(missing_ok=True)
+            raise
+
+    def analyse(self, path: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
+        from optrewrite.onnx.explain import analyse  # noqa: PLC0415
+
+        return analyse(path, raw, spec, lower=lower)
+
+    def diff(self, a: Path, a_raw: bytes, b: Path, b_raw: bytes) -> list[str]:
+        from optrewrite.onnx.diff import diff_graphs  # noqa: PLC0415
+
+        return diff_graphs(a, a_raw, b, b_raw)
+
+    def verify(self, path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: float) -> str:
+        from optrewrite.onnx.verify import verify_graph  # noqa: PLC0415
+
+        return verify_graph(path, like, raw, seed=seed, timeout_s=timeout_s)
+
+    def encode_as(self, actual: Path, raw: bytes, expected: Path) -> bytes:
+        """A model is stored as it is, whatever the name."""
+        return raw
+
+
+ONNX = OnnxFormat()

@@ -1,0 +1,89 @@
+"""TensorFlow graphs (GraphDef or MetaGraphDef, binary or text) as an optrewrite format.
+
+The fallback of :data:`optrewrite.formats.REGISTRY`: it claims every name no other format
+claims, and its loader tells GraphDef from MetaGraphDef and binary from text (see
+:func:`optrewrite.tf.io.load`). Nothing here imports TensorFlow; reading and writing needs
+only the GraphDef schema, and only :meth:`TensorFlowFormat.verify` runs TensorFlow.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from optrewrite.errors import InputError
+
+if TYPE_CHECKING:
+    from optrewrite.core import Analysis, Outcome
+    from optrewrite.spec import Spec
+
+# Golden files with these names hold binary graphs; other names hold text (optrewrite.testing).
+BINARY_SUFFIXES = frozenset({".pb", ".graphdef", ".meta"})
+
+
+class TensorFlowFormat:
+    name = "TensorFlow"
+    article = "a TensorFlow graph"
+
+    def claims(self, path: Path) -> bool:
+        return True
+
+    def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
+        if lower or (spec is not None and spec.lower):
+            raise InputError(f"{path}: lowering applies to ONNX models only")
+        if spec is not None and spec.updates:
+            raise InputError(f"{spec.source}: updates: names update sites of ONNX models only; "
+                             f"{path} is a TensorFlow graph")
+
+    def rewrite(self, path: Path, raw: bytes, spec: Spec, *, lower: bool) -> Outcome:
+        self.check_request(path, spec, lower=lower)
+        from optrewrite.tf import io  # noqa: PLC0415
+        from optrewrite.tf.rewrite import rewrite_tf  # noqa: PLC0415
+
+        return rewrite_tf(io.load(path, raw), spec)
+
+    def serialize(self, outcome: Outcome) -> bytes:
+        from optrewrite.tf.rewrite import serialize  # noqa: PLC0415
+
+        return serialize(outcome.graph)
+
+    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None) -> None:
+        from optrewrite.fileio import write_atomic  # noqa: PLC0415
+
+        write_atomic(out, self.serialize(outcome), verify=check)
+
+    def analyse(self, path: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
+        self.check_request(path, spec, lower=lower)
+        from optrewrite.tf.explain import analyse  # noqa: PLC0415
+
+        return analyse(path, raw, spec)
+
+    def diff(self, a: Path, a_raw: bytes, b: Path, b_raw: bytes) -> list[str]:
+        from optrewrite.tf.diff import diff_graphs  # noqa: PLC0415
+
+        return diff_graphs(a, a_raw, b, b_raw)
+
+    def verify(self, path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: float) -> str:
+        from optrewrite.tf.verify import verify_graph  # noqa: PLC0415
+
+        return verify_graph(path, like, raw, seed=seed, timeout_s=timeout_s)
+
+    def encode_as(self, actual: Path, raw: bytes, expected: Path) -> bytes:
+        """Binary for ``.pb``, ``.graphdef`` and ``.meta`` (which must hold a MetaGraphDef),
+        text format for any other name."""
+        from google.protobuf import text_format  # noqa: PLC0415
+
+        from optrewrite.tf import io  # noqa: PLC0415
+
+        loaded = io.load(actual, raw)
+        suffix = expected.suffix.lower()
+        if suffix == ".meta" and loaded.container != io.METAGRAPH:
+            raise InputError(f"{expected}: a .meta file holds a MetaGraphDef; {actual} holds a {loaded.container}")
+        encoding = io.BINARY if suffix in BINARY_SUFFIXES else io.TEXT
+        if encoding == loaded.encoding:
+            return raw
+        if encoding == io.TEXT:
+            return text_format.MessageToString(loaded.message).encode("utf-8")
+        return loaded.message.SerializeToString(deterministic=True)
+
+
+TENSORFLOW = TensorFlowFormat()

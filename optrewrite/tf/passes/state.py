@@ -1,0 +1,36 @@
+"""An update site as the TensorFlow passes transform it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from optrewrite.passes import Selection
+from optrewrite.tf.graph import Placement
+from optrewrite.tf.sites import UpdateSite
+
+
+@dataclass
+class SiteState:
+    """One selected update site during the rewrite.
+
+    ``gradient`` is the tensor the update consumes (replaced by the global-norm clip);
+    ``after`` are the nodes that stand for "the update has happened" (the guard's Merge,
+    then each clip's write), which the update's original consumers end up waiting for.
+    """
+
+    selection: Selection[UpdateSite]
+    gradient: str
+    after: list[str]
+
+    @classmethod
+    def start(cls, selection: Selection[UpdateSite]) -> SiteState:
+        site = selection.site
+        deps = list(dict.fromkeys([*site.sinks, *site.writes]))
+        return cls(selection=selection, gradient=site.gradient, after=deps)
+
+    @property
+    def site(self) -> UpdateSite:
+        return self.selection.site
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(device=self.site.device, colocate_with=self.site.variable)
