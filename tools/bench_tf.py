@@ -12,7 +12,11 @@ What it measures, at three sizes (1/4, 1/2 and all of a ~200k-node graph):
   (``optrewrite.fileio.write_atomic``).
 
 * **explain**: ``python -m optrewrite explain GRAPH --spec SPEC`` in a fresh process (the
-  table it prints; the rewrite runs in memory).
+  table it prints; the rewrite runs in memory);
+* **dry-run**: ``python -m optrewrite GRAPH --spec SPEC --dry-run`` (the rewrite in memory,
+  nothing serialized or written);
+* **check**: ``python -m optrewrite OUT --spec SPEC --check`` on the rewritten graph (is it
+  up to date with the spec? the CI gate of the README's recipes).
 
 Each is the wall time of the whole process (interpreter start and imports included) and
 its peak RSS (``ru_maxrss`` from ``resource.getrusage(RUSAGE_CHILDREN)`` in a small timing
@@ -324,6 +328,8 @@ class Row:
     floor: Sample
     rewrite: Sample
     explain: Sample
+    dry_run: Sample
+    check: Sample
 
     @property
     def ratio(self) -> float:
@@ -343,6 +349,8 @@ def bench(label: str, graph: Path, blocks: int, expect_nodes: int, work: Path) -
     floors: list[Sample] = []
     rewrites: list[Sample] = []
     explains: list[Sample] = []
+    dry_runs: list[Sample] = []
+    checks: list[Sample] = []
     for _ in range(REPEATS):
         floors.append(run_measured([py, "-c", FLOOR, str(graph), str(floor_out)], work / "floor.log"))
         rewrites.append(run_measured(
@@ -351,6 +359,10 @@ def bench(label: str, graph: Path, blocks: int, expect_nodes: int, work: Path) -
         ))  # fmt: skip
         explains.append(run_measured([py, "-m", "optrewrite", "explain", str(graph), "--spec", str(spec)],
                                      work / "explain.log"))
+        dry_runs.append(run_measured([py, "-m", "optrewrite", str(graph), "--spec", str(spec), "--dry-run", "-q"],
+                                     work / "dry-run.log"))
+        checks.append(run_measured([py, "-m", "optrewrite", str(out), "--spec", str(spec), "--check", "-q"],
+                                   work / "check.log"))
     nodes = int((work / "floor.log").read_text().split()[-1])
     if nodes != expect_nodes:
         raise RuntimeError(f"{graph} has {nodes} nodes, expected {expect_nodes}: a stale cache? delete it")
@@ -358,7 +370,7 @@ def bench(label: str, graph: Path, blocks: int, expect_nodes: int, work: Path) -
     for path in (out, floor_out):
         path.unlink()
     return Row(label, blocks, nodes, counts["updates_found"], counts["guarded"], counts["clipped"],
-               _median(floors), _median(rewrites), _median(explains))  # fmt: skip
+               _median(floors), _median(rewrites), _median(explains), _median(dry_runs), _median(checks))  # fmt: skip
 
 
 def profile(graph: Path, work: Path, top: int = 25) -> None:
@@ -383,15 +395,18 @@ def profile(graph: Path, work: Path, top: int = 25) -> None:
 def table(rows: list[Row]) -> str:
     lines = [
         "| size | nodes | updates | floor s | rewrite s | ratio | floor peak RSS MB | rewrite peak RSS MB "
-        "| floor µs/node | rewrite µs/node | explain s | explain × floor |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| floor µs/node | rewrite µs/node | explain s | explain × floor | dry-run s | dry-run × floor "
+        "| check s | check × floor |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         lines.append(
             f"| {r.label} | {r.nodes:,} | {r.updates:,} | {r.floor.wall_s:.2f} | {r.rewrite.wall_s:.2f} "
             f"| {r.ratio:.2f}× | {r.floor.peak_rss_mb:.0f} | {r.rewrite.peak_rss_mb:.0f} "
             f"| {r.floor.wall_s / r.nodes * 1e6:.1f} | {r.rewrite.wall_s / r.nodes * 1e6:.1f} "
-            f"| {r.explain.wall_s:.2f} | {r.explain.wall_s / r.floor.wall_s:.2f}× |"
+            f"| {r.explain.wall_s:.2f} | {r.explain.wall_s / r.floor.wall_s:.2f}× "
+            f"| {r.dry_run.wall_s:.2f} | {r.dry_run.wall_s / r.floor.wall_s:.2f}× "
+            f"| {r.check.wall_s:.2f} | {r.check.wall_s / r.floor.wall_s:.2f}× |"
         )
     return "\n".join(lines)
 

@@ -19,7 +19,8 @@ def analyse(src: Path, raw: bytes, spec: Spec | None) -> Analysis:
     """Parse once; with a spec, rewrite that parsed graph in memory (the rewrite edits it in
     place and appends the nodes it inserts). Nothing is serialized."""
     loaded = io.load(src, raw)
-    found = discover(loaded, GraphEditor(loaded.graph, loaded.topology))
+    editor = GraphEditor(loaded.graph, loaded.topology)
+    found = discover(loaded, editor)
     sites = [
         Site(variable=s.variable, shape=_shape(s.shape), dtype=proto.dtype_name(s.dtype), update=s.key,
              kind=s.kind, slots=s.slots, sparse=s.sparse, device=s.device, scope=f"{s.scope}/")
@@ -27,10 +28,10 @@ def analyse(src: Path, raw: bytes, spec: Spec | None) -> Analysis:
     ]
     result = Analysis(loaded.format_name, sites, list(found.skips))
     if spec is not None:
-        outcome = rewrite_tf(loaded, spec)
-        editor = outcome.graph.editor
+        outcome = rewrite_tf(loaded, spec, discovered=(editor, found))
+        changed = outcome.graph.editor is not None
         result.report = outcome.report
-        result.changes = Changes(editor.added if editor is not None else [], set(outcome.changed))
+        result.changes = Changes(editor.added if changed else [], set(outcome.changed))
         result.view = lambda: graph_view(loaded.graph)
     return result
 

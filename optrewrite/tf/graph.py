@@ -221,12 +221,13 @@ class GraphEditor:
         the last lint names an existing node. A failure is a bug of the rewrite."""
         if len(self.index) != len(self.graph.node):
             raise AssertionError("duplicate node names after rewrite")
-        touched = [self.graph.node[i] for i in sorted(self._unlinted)] + list(self.graph.node[self._linted:])
-        for node in touched:
+        nodes, index = self.graph.node, self.index
+        for i in [*self._unlinted, *range(self._linted, len(nodes))]:
+            node = nodes[i]
             for inp in node.input:
-                if node_of(inp) not in self.index:
+                if node_of(inp) not in index:
                     raise AssertionError(f"rewrite left {node.name!r} with dangling input {inp!r}")
-        self._linted = len(self.graph.node)
+        self._linted = len(nodes)
         self._unlinted.clear()
 
     def add_control_input(self, name: str, source: str) -> None:

@@ -47,10 +47,15 @@ def discover(loaded: io.TfGraphFile, g: GraphEditor) -> Discovery:
         raise InputError(f"{loaded.path}: {exc}") from None
 
 
-def rewrite_tf(loaded: io.TfGraphFile, spec: Spec) -> Outcome:
-    g = GraphEditor(loaded.graph, loaded.topology)
+def rewrite_tf(loaded: io.TfGraphFile, spec: Spec, *,
+               discovered: tuple[GraphEditor, Discovery] | None = None) -> Outcome:
+    """Rewrite the parsed graph in place; ``discovered``: its editor and sites, when found already."""
+    if discovered is None:
+        g = GraphEditor(loaded.graph, loaded.topology)
+        found = discover(loaded, g)
+    else:
+        g, found = discovered
     report = Report(input=str(loaded.path), format=loaded.format_name)
-    found = discover(loaded, g)
     sites = found.sites
     report.skipped = list(found.skips)
     spec.bind({s.variable: s.rank for s in sites}, {s.variable: s.reason for s in found.skips if s.variable},

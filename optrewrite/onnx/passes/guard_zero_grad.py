@@ -30,7 +30,6 @@ from optrewrite.passes import PassResult
 if TYPE_CHECKING:
     from optrewrite.onnx.passes.state import Declared, SiteState
 
-LAST_OPSET_WITH_CUDA_IF = 20
 TAG = "guard"
 
 
@@ -127,8 +126,11 @@ def any_nonzero(b: Block, g: str, elem: int) -> str:
 
 
 def branches(opset: int) -> bool:
-    """Whether the guard may skip work with ``If`` at this ai.onnx opset (see above)."""
-    return opset <= LAST_OPSET_WITH_CUDA_IF
+    """Whether the guard may skip work with ``If`` at this ai.onnx opset: onnxruntime's CUDA
+    provider has an ``If`` kernel for it (the shipped kernel table, :mod:`..cuda_table`)."""
+    from optrewrite.onnx.cuda_table import cuda_kernel  # noqa: PLC0415
+
+    return cuda_kernel("ai.onnx", "If", opset) is not None
 
 
 def guarded(b: Block, cond: str, then: Block, results: Sequence[str], keep: Sequence[str],
