@@ -7,7 +7,7 @@ Every rewritten update keeps its output names: the last inserted op of a tensor 
 the name the original update produced, so graph outputs and consumers are unchanged.
 
 1. A preview-training node whose tensors are selected is replaced. Lowered, each tensor's
-   update becomes standard ops (:mod:`.passes.lower_training_ops`); otherwise unguarded
+   update becomes standard ops (:mod:`.lowering`); otherwise unguarded
    tensors stay in one reduced node of the same kind and name, and each guarded tensor
    gets a one-tensor node of its own inside its ``If``.
 2. A decomposed site's update ops (those the update's outputs need and nothing else does)

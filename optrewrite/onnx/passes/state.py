@@ -17,7 +17,7 @@ import onnx
 
 from optrewrite.errors import InputError
 from optrewrite.onnx.graph import PREFIX, PREVIEW_DOMAIN, Block, Editor, node_uses
-from optrewrite.onnx.passes import lower_training_ops as lowering
+from optrewrite.onnx import lowering
 from optrewrite.onnx.sites import TrainingNode, UpdateSite
 from optrewrite.passes import Selection
 
