@@ -43,7 +43,7 @@ from optrewrite.errors import InputError, shorten
 from optrewrite.onnx import io
 from optrewrite.onnx.graph import PREFIX, PREVIEW_DOMAIN, Editor, check_graph
 from optrewrite.onnx.passes import REGISTRY
-from optrewrite.onnx.passes.state import Declared, NodeGroup, SiteState
+from optrewrite.onnx.passes.state import site_states
 from optrewrite.onnx.sites import UpdateSite, find_update_sites
 from optrewrite.report import Report, SiteEntry
 from optrewrite.spec import Spec
@@ -97,7 +97,8 @@ def malformed(raw: bytes) -> str | None:
     return check_graph(model.graph)
 
 
-def _applies(site: UpdateSite) -> tuple[str, ...] | None:
+def applicable(site: UpdateSite) -> tuple[str, ...] | None:
+    """The passes that can act on a site (None: all): a declared site has no training op to lower."""
     return None if site.node is not None else _NOT_LOWERED
 
 
@@ -124,23 +125,14 @@ def _rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool) -> Outcome:
     if lower and not found.nodes:
         raise InputError(f"{loaded.path}: nothing to lower: the model has no {PREVIEW_DOMAIN} update node")
 
-    selections = [passes.select(s, s.variable, rules, applies=_applies(s)) for s in found.sites]
+    selections = [passes.select(s, s.variable, rules, applies=applicable(s)) for s in found.sites]
     if any(sel.touched for sel in selections):
         ed.require_opset(loaded.path)
-    groups = {tn.index: NodeGroup(ed, tn, lower) for tn in found.nodes}
-    declared = Declared(ed, [sel.site for sel in selections if sel.site.node is None and sel.touched])
-    states = []
-    for sel in selections:
-        node = sel.site.node
-        st = SiteState(sel, ed, sel.site.gradient, group=groups[node] if node is not None else None,
-                       declared=declared if node is None else None)
-        if st.group is not None:
-            st.group.states.append(st)
-        states.append(st)
+    states, groups = site_states(ed, found.nodes, selections, lower=lower)
     done = passes.run_pipeline(REGISTRY, ed, [st for st in states if st.selection.touched])
-    for group in groups.values():
+    for group in groups:
         if group.touched:
-            _replace_training_node(ed, group)
+            group.assemble()
     ed.finish()
     model.metadata_props.add(key=PLAN_KEY, value=passes.plan_digest(selections, spec))
     model.metadata_props.add(key=SITES_KEY, value=_sites_record(selections))
@@ -164,33 +156,6 @@ def serialize(rewritten: Rewritten) -> bytes:
     if rewritten.editor is None:
         return rewritten.loaded.raw
     return io.serialize(rewritten.loaded.model)
-
-
-def _replace_training_node(ed: Editor, group: NodeGroup) -> None:
-    """The node's block, then what is left of the node (its tensors no pass placed
-    elsewhere, in one node of the same kind and name), then each tensor's guard and clips."""
-    block = group.start()
-    node = group.proto
-    kept = [st for st in group.states if not st.placed]
-    replacement = list(block.nodes)
-    rebuilt = None
-    if kept:
-        states = len(kept[0].site.states)
-        inputs = [node.input[0], node.input[1], *(st.site.variable for st in kept), *(st.gradient for st in kept)]
-        outputs = [st.x_out for st in kept]
-        for k in range(states):
-            inputs += [st.site.states[k][0] for st in kept]
-            outputs += [st.site.states[k][1] for st in kept]
-        rebuilt = onnx.NodeProto()
-        rebuilt.CopyFrom(node)
-        del rebuilt.input[:], rebuilt.output[:]
-        rebuilt.input.extend(inputs)
-        rebuilt.output.extend(outputs)
-        replacement.append(rebuilt)
-    for st in group.states:
-        for tail in st.tails:
-            replacement.extend(tail.nodes)
-    ed.replace_node(group.node.index, replacement, rebuilt=rebuilt)
 
 
 def _sites_record(selections: list[passes.Selection[UpdateSite]]) -> str:

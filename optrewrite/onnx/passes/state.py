@@ -57,6 +57,33 @@ class NodeGroup:
     def touched(self) -> bool:
         return any(st.selection.touched for st in self.states)
 
+    def assemble(self) -> None:
+        """Replace the training node by its block, then what is left of it (its tensors no
+        pass placed elsewhere, in one node of the same kind and name), then each tensor's
+        guard and clips."""
+        ed = self.editor
+        block = self.start()
+        node = self.proto
+        kept = [st for st in self.states if not st.placed]
+        replacement = list(block.nodes)
+        rebuilt = None
+        if kept:
+            inputs = [node.input[0], node.input[1], *(st.site.variable for st in kept), *(st.gradient for st in kept)]
+            outputs = [st.x_out for st in kept]
+            for k in range(len(kept[0].site.states)):
+                inputs += [st.site.states[k][0] for st in kept]
+                outputs += [st.site.states[k][1] for st in kept]
+            rebuilt = onnx.NodeProto()
+            rebuilt.CopyFrom(node)
+            del rebuilt.input[:], rebuilt.output[:]
+            rebuilt.input.extend(inputs)
+            rebuilt.output.extend(outputs)
+            replacement.append(rebuilt)
+        for st in self.states:
+            for tail in st.tails:
+                replacement.extend(tail.nodes)
+        ed.replace_node(self.node.index, replacement, rebuilt=rebuilt)
+
 
 @dataclass
 class Declared:
@@ -213,3 +240,20 @@ class SiteState:
 def cycle_error(site: UpdateSite, name: str) -> InputError:
     return InputError(f"{site.key}: a selected gradient depends on this update's result {name!r}; "
                       "guarding it would make a cycle")
+
+
+def site_states(ed: Editor, nodes: Sequence[TrainingNode], selections: Sequence[Selection[UpdateSite]], *,
+                lower: bool) -> tuple[list[SiteState], list[NodeGroup]]:
+    """One state per site, in the selections' order, with the training nodes' groups and the
+    declared sites' shared tables; nothing is emitted yet."""
+    groups = {tn.index: NodeGroup(ed, tn, lower) for tn in nodes}
+    declared = Declared(ed, [sel.site for sel in selections if sel.site.node is None and sel.touched])
+    states = []
+    for sel in selections:
+        node = sel.site.node
+        st = SiteState(sel, ed, sel.site.gradient, group=groups[node] if node is not None else None,
+                       declared=declared if node is None else None)
+        if st.group is not None:
+            st.group.states.append(st)
+        states.append(st)
+    return states, list(groups.values())

@@ -14,8 +14,8 @@ from onnx.reference import ReferenceEvaluator
 
 from optrewrite import passes
 from optrewrite.onnx.graph import PREVIEW_DOMAIN, Editor
-from optrewrite.onnx.passes.state import Declared, NodeGroup, SiteState
-from optrewrite.onnx.rewrite import _applies, _replace_training_node
+from optrewrite.onnx.passes.state import NodeGroup, SiteState, site_states
+from optrewrite.onnx.rewrite import applicable
 from optrewrite.onnx.sites import STATES, find_update_sites
 from optrewrite.passes import FormatPass, PassResult
 from optrewrite.spec import parse_spec
@@ -78,7 +78,7 @@ class Rewrite:
         """Reassemble each touched training node and write the node list, as the driver does."""
         for group in self.groups:
             if group.touched:
-                _replace_training_node(self.editor, group)
+                group.assemble()
         self.editor.finish()
         return self.model
 
@@ -93,19 +93,10 @@ def selected(model: onnx.ModelProto, spec_text: str) -> Rewrite:
     spec.bind({s.variable: s.rank for s in found.sites}, {},
               {s.variable: helper.tensor_dtype_to_np_dtype(s.elem_type).name for s in found.sites})
     rules = passes.rules(spec, lower=lower)
-    selections = [passes.select(s, s.variable, rules, applies=_applies(s)) for s in found.sites]
+    selections = [passes.select(s, s.variable, rules, applies=applicable(s)) for s in found.sites]
     ed.require_opset("step.onnx")
-    groups = {tn.index: NodeGroup(ed, tn, lower) for tn in found.nodes}
-    declared = Declared(ed, [sel.site for sel in selections if sel.site.node is None and sel.touched])
-    states = []
-    for sel in selections:
-        node = sel.site.node
-        st = SiteState(sel, ed, sel.site.gradient, group=groups[node] if node is not None else None,
-                       declared=declared if node is None else None)
-        if st.group is not None:
-            st.group.states.append(st)
-        states.append(st)
-    return Rewrite(model, ed, states, list(groups.values()))
+    states, groups = site_states(ed, found.nodes, selections, lower=lower)
+    return Rewrite(model, ed, states, groups)
 
 
 def check_golden(model: onnx.ModelProto, name: str, **scopes: str) -> None:
