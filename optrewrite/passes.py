@@ -45,10 +45,13 @@ class Rule:
 
 
 class PassKind(Protocol):
-    name: str
+    name: str  # as the report names its actions: "guard", "clip[0]"
+    module: str  # the module of each format's ``passes`` package that implements it
     scope: str  # "step": once over all selected sites; "site": site by site
     count: str | None  # the report's key counting the sites it touched
     summary: str | None  # how the summary line words that count
+    count_doc: str | None  # what the count means, for the report's JSON Schema
+    indexed: bool  # its actions are numbered by spec entry: "clip[0]", "clip[1]"
 
     def rules(self, spec: Spec, *, lower: bool) -> list[Rule]: ...
 
@@ -56,9 +59,12 @@ class PassKind(Protocol):
 @dataclass(frozen=True)
 class _GlobalNormClip:
     name: str = "global_norm_clip"
+    module: str = "global_norm_clip"
     scope: str = "step"
     count: str | None = "global_norm_clipped"
     summary: str | None = "global-norm clipped"
+    count_doc: str | None = "Sites whose gradient takes part in the global-norm clip."
+    indexed: bool = False
 
     def rules(self, spec: Spec, *, lower: bool) -> list[Rule]:
         gnc = spec.global_norm_clip
@@ -70,9 +76,12 @@ class _GlobalNormClip:
 @dataclass(frozen=True)
 class _Guard:
     name: str = "guard"
+    module: str = "guard_zero_grad"
     scope: str = "site"
     count: str | None = "guarded"
     summary: str | None = "guarded"
+    count_doc: str | None = "Sites where an all-zero-gradient guard was inserted."
+    indexed: bool = False
 
     def rules(self, spec: Spec, *, lower: bool) -> list[Rule]:
         return [] if spec.guard is None else [Rule(self.name, self.name, spec.guard.select, "", self.name)]
@@ -81,9 +90,12 @@ class _Guard:
 @dataclass(frozen=True)
 class _Clip:
     name: str = "clip"
+    module: str = "clip_by_norm"
     scope: str = "site"
     count: str | None = "clipped"
     summary: str | None = "clipped"
+    count_doc: str | None = "Sites where at least one clip-by-norm group was inserted."
+    indexed: bool = True
 
     def rules(self, spec: Spec, *, lower: bool) -> list[Rule]:
         out = []
@@ -99,9 +111,12 @@ class _Clip:
 @dataclass(frozen=True)
 class _Lower:
     name: str = "lower"
+    module: str = "lower_training_ops"
     scope: str = "site"
     count: str | None = None
     summary: str | None = None
+    count_doc: str | None = None
+    indexed: bool = False
 
     def rules(self, spec: Spec, *, lower: bool) -> list[Rule]:
         return [Rule(self.name, self.name, None, "", self.name)] if lower or spec.lower else []
@@ -109,6 +124,27 @@ class _Lower:
 
 PASSES: tuple[PassKind, ...] = (_GlobalNormClip(), _Guard(), _Clip(), _Lower())
 BY_NAME = {p.name: p for p in PASSES}
+
+
+def action_pattern() -> str:
+    """A regular expression of every action name the report may list (``clip[i]`` for groups)."""
+    names = "|".join(k.name + (r"\[[0-9]+\]" if k.indexed else "") for k in PASSES)
+    return f"^({names})$"
+
+
+def format_registry(package: str) -> dict[str, FormatPass[Any, Any]]:
+    """A format's passes: for each kind of :data:`PASSES`, the ``PASS`` of the module
+    ``<package>.<kind.module>`` where the format has one; a kind without is not available
+    for that format's graphs."""
+    import importlib  # noqa: PLC0415
+    import importlib.util  # noqa: PLC0415
+
+    registry: dict[str, FormatPass[Any, Any]] = {}
+    for kind in PASSES:
+        name = f"{package}.{kind.module}"
+        if importlib.util.find_spec(name) is not None:
+            registry[kind.name] = importlib.import_module(name).PASS
+    return registry
 
 
 def pass_of(label: str) -> str:

@@ -8,7 +8,6 @@ recognised.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import onnx
@@ -88,14 +87,31 @@ def test_actions_run_and_are_reported_in_pipeline_order() -> None:
     assert [k.name for k in passes.PASSES] == ["global_norm_clip", "guard", "clip", "lower"]
 
 
-def test_report_counts_come_from_the_pass_kinds() -> None:
-    report = Report(input="g", format="f")
-    report.sites = []
-    keys = set(report.counts())
+def test_report_counts_and_action_names_come_from_the_pass_kinds() -> None:
+    import re
+
+    from optrewrite.schema import report_schema
+
+    keys = set(Report(input="g", format="f").counts())
     assert keys == {"updates_found", "skipped", *(k.count for k in passes.PASSES if k.count)}
-    schema = json.loads((Path(passes.__file__).parent / "schema" / "report.schema.json").read_text())
-    pattern = schema["$defs"]["site"]["properties"]["inserted"]["items"]["pattern"]
-    assert all(k.name in pattern for k in passes.PASSES)
+    schema = report_schema()
+    assert set(schema["properties"]["counts"]["required"]) == keys
+    pattern = re.compile(schema["$defs"]["site"]["properties"]["inserted"]["items"]["pattern"])
+    spec = parse_spec("version: 1\nlower: true\nguard: {}\nclip:\n  - max_norm: 1.0\n    variables: ['*']\n"
+                      "  - max_norm: 2.0\n    variables: ['*']\nglobal_norm_clip:\n  clip_norm: 1.0\n")
+    labels = [r.label for r in passes.rules(spec)]
+    assert labels == ["global_norm_clip", "guard", "clip[0]", "clip[1]", "lower"]
+    assert all(pattern.match(label) for label in labels)
+    assert not any(pattern.match(bad) for bad in ("clip", "guard[0]", "nothing"))
+
+
+def test_each_format_registers_the_passes_it_implements() -> None:
+    from optrewrite.onnx.passes import REGISTRY as ONNX_PASSES
+    from optrewrite.tf.passes import REGISTRY as TF_PASSES
+
+    assert list(TF_PASSES) == ["global_norm_clip", "guard", "clip"]
+    assert list(ONNX_PASSES) == ["global_norm_clip", "guard", "clip", "lower"]
+    assert all(p.name == name for registry in (TF_PASSES, ONNX_PASSES) for name, p in registry.items())
 
 
 def test_mixed_gradient_types_under_one_global_norm_clip_blame_the_spec_on_tensorflow(tmp_path: Path) -> None:

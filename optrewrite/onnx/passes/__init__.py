@@ -1,16 +1,14 @@
 """The ONNX passes, one a module, and the registry the pipeline runs them from.
 
 Each pass emits standard ONNX ops into :class:`~optrewrite.onnx.graph.Block` s of the
-:class:`~optrewrite.onnx.graph.Editor`, working on :class:`~optrewrite.onnx.passes.state.SiteState` s;
-the order is :data:`optrewrite.passes.PASSES`.
+:class:`~optrewrite.onnx.graph.Editor`, working on :class:`~optrewrite.onnx.passes.state.SiteState` s.
+The registry holds, for each kind of :data:`optrewrite.passes.PASSES`, this package's module
+of that kind's name (``PassKind.module``).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from optrewrite.onnx.passes import clip_by_norm, global_norm_clip, guard_zero_grad, lower_training_ops
-from optrewrite.passes import FormatPass
+from optrewrite.passes import FormatPass, format_registry
 
-REGISTRY: dict[str, FormatPass[Any, Any]] = {
-    p.name: p for p in (global_norm_clip.PASS, guard_zero_grad.PASS, clip_by_norm.PASS, lower_training_ops.PASS)
-}
+REGISTRY: dict[str, FormatPass[Any, Any]] = format_registry(__name__)
