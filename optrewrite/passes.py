@@ -10,8 +10,9 @@ One ordered pipeline serves every format::
 
 A :class:`PassKind` here is format-neutral: which spec rules it contributes (what it selects,
 with which parameters), and how the report counts it. Each format implements the kinds it
-supports in its ``passes`` package (``REGISTRY``, name -> :class:`FormatPass`); a kind a
-format lacks is refused for that format's graphs before anything is read. The report's
+supports in its ``passes`` package (``REGISTRY``, name -> :class:`FormatPass`); a spec that
+asks a format for a kind it lacks is refused before the graph is read (the format's
+``check_request``). The report's
 action names and counts, explain's rules, the report schema's action list and the plan
 digest all come from :data:`PASSES`.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Generic, Protocol, Sequence, TypeVar
 
 from optrewrite.core import Skip
 from optrewrite.spec import Selector, Spec
@@ -157,11 +158,6 @@ def rules(spec: Spec, *, lower: bool = False) -> list[Rule]:
     return [replace(r, source=spec.source) for p in PASSES for r in p.rules(spec, lower=lower)]
 
 
-def requested(spec: Spec, *, lower: bool = False) -> list[str]:
-    """The names of the passes the spec (and ``--lower``) asks for."""
-    return list(dict.fromkeys(r.pass_name for r in rules(spec, lower=lower)))
-
-
 @dataclass(frozen=True)
 class Selection(Generic[S]):
     """What the spec asks at one update site: its actions, in pipeline order."""
@@ -251,7 +247,7 @@ class FormatPass(Protocol[E, St]):
 
 
 def run_pipeline(registry: dict[str, FormatPass[Any, Any]], editor: Any, states: Sequence[Any],
-                 *, lint: Any = None) -> PassResult:
+                 *, lint: Callable[[Any], None] | None = None) -> PassResult:
     """Run the format's passes over the site states (each with a ``selection``) in pipeline
     order; ``lint(editor)`` after each run. Returns what they did, together."""
     total = PassResult()
