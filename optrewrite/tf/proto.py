@@ -55,3 +55,15 @@ FLOAT_NAMES = {DT_FLOAT: "float32", DT_DOUBLE: "float64", DT_HALF: "float16", DT
 
 def dtype_name(dtype: int) -> str:
     return types_pb2.DataType.Name(dtype)[3:].lower() if dtype in types_pb2.DataType.values() else str(dtype)
+
+# TF2 SavedModel pieces (optrewrite.tf2): the function library and the object graph.
+try:
+    from tensorboard.compat.proto import function_pb2, saved_object_graph_pb2
+except ImportError:  # pragma: no cover - depends on the installation
+    from tensorflow.core.framework import function_pb2  # type: ignore[no-redef]
+    from tensorflow.core.protobuf import saved_object_graph_pb2  # type: ignore[no-redef]
+
+FunctionDef = function_pb2.FunctionDef
+FunctionDefLibrary = function_pb2.FunctionDefLibrary
+SavedObjectGraph = saved_object_graph_pb2.SavedObjectGraph
+CollectionDef = meta_graph_pb2.CollectionDef

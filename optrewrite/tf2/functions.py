@@ -1,0 +1,140 @@
+"""An editor over one FunctionDef body, recording what changed.
+
+Function bodies name tensors ``node:out_arg:index`` (``Mul:z:0``) and function inputs by their
+bare arg name. :class:`FunctionEditor` offers the GraphEditor calls the TF passes use
+(``add``, ``const``, ``unique_name``, attr helpers), so :func:`clip_by_norm_subgraph` runs on
+it unchanged: ``add`` returns the new node's first output in function syntax, which is what
+the next ``add`` takes as input. Output arg names come from :data:`OUTPUT_ARGS`, a static
+table checked against TensorFlow's op registry by the tests.
+
+Every change is recorded: new nodes (tagged with the ``_optrewrite`` attr), existing nodes
+whose inputs changed, new control outputs (added to ``signature.control_output`` and
+``control_ret`` so that TensorFlow runs them).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from optrewrite.tf import proto
+from optrewrite.tf.graph import TAG_ATTR, Placement, pack_values
+
+# op -> the name of its first output arg (the only one optrewrite reads, except Unique's idx).
+OUTPUT_ARGS: dict[str, str] = {
+    "Any": "output", "AddV2": "z", "Cast": "y", "Const": "output", "GatherV2": "output",
+    "Greater": "z", "Identity": "output", "L2Loss": "output", "Maximum": "z", "Minimum": "z",
+    "Mul": "z", "OnesLike": "y", "Pack": "output", "ReadVariableOp": "value", "RealDiv": "z",
+    "Reshape": "output", "ResourceGather": "output", "Select": "output", "SelectV2": "output",
+    "Sqrt": "y", "Sub": "z", "Sum": "output", "Unique": "y",
+    "AssignSubVariableOp": "", "AssignAddVariableOp": "", "AssignVariableOp": "",
+    "ResourceScatterSub": "", "NoOp": "",
+}  # fmt: skip
+# Ops whose second output optrewrite reads.
+SECOND_OUTPUT_ARGS: dict[str, str] = {"Unique": "idx"}
+
+
+def node_of(ref: str) -> str:
+    """The node (or function input) a body input names: ``a:z:0`` -> ``a``, ``^a`` -> ``a``."""
+    return ref[1:] if ref.startswith("^") else ref.split(":", 1)[0]
+
+
+@dataclass
+class FunctionEditor:
+    """Edits one function body; ``added`` and ``changed`` say what it did."""
+
+    fn: proto.FunctionDef
+    added: list[str] = field(default_factory=list)
+    changed: set[str] = field(default_factory=set)
+    control_outputs: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.index = {n.name: i for i, n in enumerate(self.fn.node_def)}
+        self.args = {a.name for a in self.fn.signature.input_arg}
+
+    @property
+    def name(self) -> str:
+        return self.fn.signature.name
+
+    @property
+    def touched(self) -> bool:
+        return bool(self.added or self.changed or self.control_outputs)
+
+    def node(self, name: str) -> proto.NodeDef:
+        return self.fn.node_def[self.index[name]]
+
+    def unique_name(self, name: str) -> str:
+        taken = self.index.keys() | self.args
+        if name not in taken:
+            return name
+        k = 1
+        while f"{name}_{k}" in taken:
+            k += 1
+        return f"{name}_{k}"
+
+    def add(self, name: str, op: str, inputs: Sequence[str] = (), *,
+            attrs: dict[str, proto.AttrValue] | None = None, placement: Placement | None = None,
+            tag: str, colocate: bool = False, control: Iterable[str] = ()) -> str:
+        """Append a node; return its first output as body inputs name it (its name for ops without outputs)."""
+        name = self.unique_name(name)
+        node = self.fn.node_def.add()
+        node.name = name
+        node.op = op
+        node.input.extend(inputs)
+        node.input.extend(f"^{c}" for c in dict.fromkeys(node_of(c) for c in control))
+        if placement is not None and placement.device:
+            node.device = placement.device
+        for key, value in (attrs or {}).items():
+            node.attr[key].CopyFrom(value)
+        node.attr[TAG_ATTR].s = tag.encode()
+        self.index[name] = len(self.fn.node_def) - 1
+        self.added.append(name)
+        out = OUTPUT_ARGS[op]
+        return f"{name}:{out}:0" if out else name
+
+    def const(self, name: str, value: float | int | list, dtype: int, *,
+              placement: Placement | None = None, tag: str) -> str:
+        tensor = proto.TensorProto(dtype=dtype)
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list):
+            tensor.tensor_shape.dim.add(size=len(values))
+        tensor.tensor_content = pack_values(values, dtype)
+        return self.add(name, "Const", attrs={"dtype": self.type_attr(dtype), "value": proto.AttrValue(tensor=tensor)},
+                        placement=placement, tag=tag)
+
+    def set_input(self, name: str, position: int, ref: str) -> None:
+        node = self.node(name)
+        node.input[position] = ref
+        self._mark(name)
+
+    def add_control_input(self, name: str, source: str) -> None:
+        node = self.node(name)
+        ctl = f"^{node_of(source)}"
+        if ctl not in node.input:
+            node.input.append(ctl)
+            self._mark(name)
+
+    def add_control_output(self, node_name: str) -> None:
+        """Make the function run ``node_name`` (a stateful op nothing consumes)."""
+        sig = self.fn.signature
+        key = node_name
+        if key not in sig.control_output:
+            sig.control_output.append(key)
+        self.fn.control_ret[key] = node_name
+        self.control_outputs.append(node_name)
+
+    def _mark(self, name: str) -> None:
+        if name not in self.added:
+            self.changed.add(name)
+
+    # GraphEditor's attr helpers, so the TF passes' subgraph builders run on function bodies
+    @staticmethod
+    def type_attr(dtype: int) -> proto.AttrValue:
+        return proto.AttrValue(type=dtype)
+
+    @staticmethod
+    def bool_attr(value: bool) -> proto.AttrValue:
+        return proto.AttrValue(b=value)
+
+    @staticmethod
+    def int_attr(value: int) -> proto.AttrValue:
+        return proto.AttrValue(i=value)

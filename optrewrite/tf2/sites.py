@@ -1,0 +1,495 @@
+"""Finding optimizer updates inside the functions of a TF2 SavedModel.
+
+1. **Variables** are the object graph's ``variable`` nodes, named by their path from the root:
+   breadth-first over ``children[].local_name``, preferring a path without list indices and
+   not through an optimizer object (one with an ``iterations`` child), each component with
+   one leading underscore stripped (``net/head_a/_kernel`` reads ``net/head_a/kernel``,
+   Keras 3's ``variable.path``).
+2. **Bindings**: each concrete function of the object graph binds its last
+   ``len(bound_inputs)`` inputs to the objects ``bound_inputs`` lists; calls
+   (``StatefulPartitionedCall``, ``PartitionedCall``) pass them on positionally. A function
+   reached with two different variables on one input has that input unbound. The
+   ``_traced_save`` / ``_traced_restore`` functions are never read.
+3. **Sites**, per function and trainable variable V, by data flow: the writes to V
+   (``AssignSubVariableOp``, ``AssignAddVariableOp``, ``AssignVariableOp``,
+   ``ResourceScatterAdd/Sub/Update``), then its **gradient**: the tensor closest to those
+   writes (backwards over data edges and the control edges automatic control dependencies
+   add between ops on one resource) that every write to V depends on, that has V's dtype and
+   shape (rows of V for a scatter), that is no constant, and that depends on no read of a
+   non-trainable variable (slots, the iteration counter, the learning rate, a loss scale).
+   The site's **slot writes** are the writes to non-trainable variables that depend on the
+   gradient; a non-trainable variable written from the gradients of several variables
+   (shared state) belongs to no site. Writes with no gradient (restores, assignments of
+   constants, the iteration counter) are no sites.
+4. **Skips** (the report says why): a trainable variable written in a function where no
+   gradient can be told apart, whose gradient also feeds another trainable variable's
+   writes, or that is written by an op the guard cannot gate; fused ``ResourceApply*`` ops
+   and updates inside ``If``/``Case`` branches are reported, not rewritten.
+"""
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass, field
+
+from optrewrite.core import Skip
+from optrewrite.tf import proto
+from optrewrite.tf.sites import UPDATE_OPS
+from optrewrite.tf.graph import TAG_ATTR
+from optrewrite.tf2.functions import node_of
+
+DENSE_WRITES = frozenset({"AssignSubVariableOp", "AssignAddVariableOp", "AssignVariableOp"})
+SCATTER_WRITES = frozenset({"ResourceScatterAdd", "ResourceScatterSub", "ResourceScatterUpdate"})
+OTHER_WRITES = frozenset({"ResourceScatterMul", "ResourceScatterDiv", "ResourceScatterMax", "ResourceScatterMin",
+                          "ResourceScatterNdAdd", "ResourceScatterNdSub", "ResourceScatterNdUpdate",
+                          "ResourceStridedSliceAssign"})
+WRITES = DENSE_WRITES | SCATTER_WRITES | OTHER_WRITES
+READS = frozenset({"ReadVariableOp", "ResourceGather", "ResourceGatherNd", "VariableShape"})
+CALLS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
+BRANCHES = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
+SKIPPED_FUNCTIONS = re.compile(r"^__inference__traced_(save|restore)_\d+$")
+_PASS_THROUGH = frozenset({"Identity"})
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A variable of the object graph."""
+
+    node_id: int
+    path: str
+    trainable: bool
+    dtype: int
+    shape: tuple[int, ...] | None
+
+
+@dataclass(frozen=True)
+class FunctionSite:
+    """One variable's update in one function body."""
+
+    function: str
+    variable: Variable
+    gradient: str  # the body input string of the gradient (a sparse gradient's values)
+    gradient_node: str
+    indices: str | None  # a scatter update's indices, as a body input string
+    indices_dtype: int
+    writes: tuple[str, ...]  # every write of the group, in body order
+    var_writes: tuple[str, ...]  # the writes to the variable itself
+    slots: tuple[Variable, ...]
+    resource: dict[str, str] = field(default_factory=dict, compare=False, hash=False)  # write -> resource ref
+    kind: str = ""  # the ops writing the variable: "AssignSubVariableOp", ...
+
+    @property
+    def key(self) -> str:
+        return f"{self.function}/{self.var_writes[-1]}"
+
+    @property
+    def sparse(self) -> bool:
+        return self.indices is not None
+
+    @property
+    def scope(self) -> str:
+        return f"optrewrite/{self.variable.path}"
+
+
+# ---------------------------------------------------------------------------- variables
+
+
+def _strip(component: str) -> str:
+    return component[1:] if component.startswith("_") and len(component) > 1 else component
+
+
+def variables(og: proto.SavedObjectGraph) -> dict[int, Variable]:
+    """Every variable node of the object graph, by node id, with its preferred path."""
+    nodes = og.nodes
+    if not nodes:
+        return {}
+    optimizers = {i for i, n in enumerate(nodes)
+                  if any(c.local_name in ("iterations", "_iterations", "iter") for c in n.children)}
+    paths: dict[int, list[tuple[tuple[bool, bool, int, int], str]]] = {}
+    first: dict[int, tuple[str, bool, bool]] = {0: ("", False, False)}
+    queue = deque([0])
+    order = 0
+    while queue:
+        i = queue.popleft()
+        prefix, indexed, through_opt = first[i]
+        through_opt = through_opt or i in optimizers
+        for child in nodes[i].children:
+            j = child.node_id
+            if j >= len(nodes):
+                continue
+            name = child.local_name
+            path = f"{prefix}/{name}" if prefix else name
+            idx = indexed or name.isdigit()
+            order += 1
+            if nodes[j].WhichOneof("kind") == "variable":
+                rank = (idx, through_opt, path.count("/"), order)
+                paths.setdefault(j, []).append((rank, path))
+            if j not in first:
+                first[j] = (path, idx, through_opt)
+                queue.append(j)
+    out: dict[int, Variable] = {}
+    for j, found in paths.items():
+        path = min(found)[1]
+        v = nodes[j].variable
+        shape = None if v.shape.unknown_rank else tuple(d.size for d in v.shape.dim)
+        out[j] = Variable(j, "/".join(_strip(c) for c in path.split("/")), v.trainable, v.dtype, shape)
+    return out
+
+
+# ---------------------------------------------------------------------------- bindings
+
+
+def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
+    """For every function reached from the object graph's concrete functions: input arg -> variable."""
+    functions = {f.signature.name: f for f in meta.graph_def.library.function}
+    known = variables(meta.object_graph_def)
+    bound: dict[str, dict[str, Variable | None]] = {}
+    todo: deque[str] = deque()
+
+    def bind(fname: str, arg: str, var: Variable | None) -> None:
+        have = bound.setdefault(fname, {})
+        if arg in have and have[arg] != var:
+            var = None
+        if have.get(arg, ...) != var:
+            have[arg] = var
+            todo.append(fname)
+
+    for fname, cf in meta.object_graph_def.concrete_functions.items():
+        fn = functions.get(fname)
+        if fn is None or SKIPPED_FUNCTIONS.match(fname):
+            continue
+        args = fn.signature.input_arg
+        n = len(cf.bound_inputs)
+        bound.setdefault(fname, {})
+        todo.append(fname)
+        if n > len(args):
+            continue
+        for arg, node_id in zip(args[len(args) - n:], cf.bound_inputs):
+            bind(fname, arg.name, known.get(node_id))
+    seen_state: dict[str, tuple] = {}
+    while todo:
+        fname = todo.popleft()
+        fn = functions[fname]
+        state = tuple(sorted((k, v.node_id if v else -1) for k, v in bound[fname].items()))
+        if seen_state.get(fname) == state:
+            continue
+        seen_state[fname] = state
+        local = bound[fname]
+        for node in fn.node_def:
+            if node.op not in CALLS:
+                continue
+            callee = node.attr["f"].func.name if "f" in node.attr else ""
+            target = functions.get(callee)
+            if target is None or SKIPPED_FUNCTIONS.match(callee):
+                continue
+            data = [i for i in node.input if not i.startswith("^")]
+            bound.setdefault(callee, {})
+            for pos, arg in enumerate(target.signature.input_arg):
+                if pos < len(data) and ":" not in data[pos] and data[pos] in local:
+                    bind(callee, arg.name, local[data[pos]])
+            if callee not in seen_state:
+                todo.append(callee)
+    return bound
+
+
+# ---------------------------------------------------------------------------- one body
+
+
+@dataclass
+class Body:
+    """Dependency tables of one function body (data and control edges)."""
+
+    fn: proto.FunctionDef
+    nodes: dict[str, proto.NodeDef]
+    order: list[str]  # topological
+    anc: dict[str, int]  # node -> bitset of its ancestors (data and control, the node excluded)
+    bit: dict[str, int]
+    consumers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # node or arg -> (consumer, input)
+
+    @classmethod
+    def of(cls, fn: proto.FunctionDef) -> Body:
+        nodes = {n.name: n for n in fn.node_def}
+        order: list[str] = []
+        state: dict[str, int] = {}
+        for root in nodes:
+            if root in state:
+                continue
+            stack = [(root, False)]
+            while stack:
+                name, done = stack.pop()
+                if done:
+                    state[name] = 2
+                    order.append(name)
+                    continue
+                if state.get(name):
+                    continue
+                state[name] = 1
+                stack.append((name, True))
+                for inp in nodes[name].input:
+                    src = node_of(inp)
+                    if src in nodes and not state.get(src):
+                        stack.append((src, False))
+        bit = {name: 1 << i for i, name in enumerate(order)}
+        consumers: dict[str, list[tuple[str, str]]] = {}
+        for name in order:
+            for inp in nodes[name].input:
+                consumers.setdefault(node_of(inp), []).append((name, inp))
+        anc: dict[str, int] = {}
+        for name in order:
+            acc = 0
+            for inp in nodes[name].input:
+                src = node_of(inp)
+                if src in nodes:
+                    acc |= anc.get(src, 0) | bit[src]
+            anc[name] = acc
+        return cls(fn, nodes, order, anc, bit, consumers)
+
+    def tensor_descendants(self, ref: str) -> set[str]:
+        """The nodes that depend on the tensor ``ref`` (not merely on its node: one output of an
+        IdentityN carries one gradient)."""
+        start = [c for c, inp in self.consumers.get(node_of(ref), []) if inp == ref]
+        seen: set[str] = set()
+        while start:
+            n = start.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            start.extend(c for c, _ in self.consumers.get(n, []))
+        return seen
+
+    def depends(self, node: str, on: str) -> bool:
+        return on in self.bit and bool(self.anc.get(node, 0) & self.bit[on])
+
+
+def _resource(body: Body, ref: str, local: dict[str, Variable | None]) -> Variable | None:
+    for _ in range(8):
+        name = node_of(ref)
+        if ":" not in ref and name in local:
+            return local[name]
+        node = body.nodes.get(name)
+        if node is None or node.op not in _PASS_THROUGH or not node.input:
+            return None
+        ref = node.input[0]
+    return None
+
+
+def _output_shape(node: proto.NodeDef, ref: str) -> tuple[int, ...] | None:
+    value = node.attr.get("_output_shapes")
+    if value is None or not value.list.shape:
+        return None
+    shapes = value.list.shape
+    index = int(ref.rsplit(":", 1)[1]) if ref.count(":") == 2 else 0
+    if len(shapes) != 1 and ref.count(":") == 2 and index >= len(shapes):
+        return None
+    shape = shapes[index] if len(shapes) > 1 else shapes[0]
+    if len(shapes) > 1 and index == 0 and ref.count(":") == 2:
+        # several output args: the index counts within one arg; only trust single-arg ops
+        pass
+    if shape.unknown_rank:
+        return None
+    return tuple(d.size for d in shape.dim)
+
+
+def _dtype_ok(node: proto.NodeDef, dtype: int) -> bool:
+    for key in ("T", "dtype", "DstT", "out_type"):
+        value = node.attr.get(key)
+        if value is not None and value.WhichOneof("value") == "type":
+            return value.type == dtype
+    return True
+
+
+def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tuple[list[FunctionSite], list[Skip]]:
+    """The update sites of one function body, given which inputs carry which variables."""
+    fname = fn.signature.name
+    body = Body.of(fn)
+    skips: list[Skip] = []
+    args = {a.name: a for a in fn.signature.input_arg}
+    writes: dict[int, list[str]] = {}  # variable node id -> writes to it, in body order
+    target: dict[str, Variable] = {}
+    resource_ref: dict[str, str] = {}
+    blocked: set[str] = set()  # reads of non-trainable variables
+    trainable_reads: set[str] = set()
+    for name in body.order:
+        node = body.nodes[name]
+        if TAG_ATTR in node.attr:
+            continue
+        if node.op in READS and node.input:
+            var = _resource(body, node.input[0], local)
+            if var is not None and not var.trainable:
+                blocked.add(name)
+            elif var is not None:
+                trainable_reads.add(name)
+        elif node.op in WRITES and node.input:
+            var = _resource(body, node.input[0], local)
+            if var is None:
+                continue
+            target[name] = var
+            resource_ref[name] = node.input[0]
+            writes.setdefault(var.node_id, []).append(name)
+        elif node.op in UPDATE_OPS:
+            var = _resource(body, node.input[UPDATE_OPS[node.op]["var"]], local) if node.input else None
+            skips.append(Skip(f"{fname}/{name}", var.path if var else None,
+                              f"fused {node.op} inside a function is not rewritten yet"))
+        elif node.op in BRANCHES:
+            skips.append(Skip(f"{fname}/{name}", None, f"{node.op} branches are not searched for updates yet"))
+    blocked_bits = 0
+    for name in blocked:
+        blocked_bits |= body.bit[name]
+    is_arg_input = {a for a, d in args.items() if d.type in proto.FLOAT_TYPES}
+
+    found: list[tuple[FunctionSite, int]] = []
+    for ws in writes.values():
+        var = target[ws[0]]
+        if not var.trainable:
+            continue
+        if var.dtype not in proto.FLOAT_TYPES:
+            skips.append(Skip(f"{fname}/{ws[-1]}", var.path, f"the variable is {proto.dtype_name(var.dtype)}; "
+                              "only float variables are rewritten"))
+            continue
+        other = [w for w in ws if body.nodes[w].op not in DENSE_WRITES | SCATTER_WRITES]
+        if other:
+            skips.append(Skip(f"{fname}/{ws[-1]}", var.path, f"written by {body.nodes[other[0]].op}, which the guard cannot gate"))
+            continue
+        scatter = [w for w in ws if body.nodes[w].op in SCATTER_WRITES]
+        if scatter and len(scatter) != len(ws):
+            skips.append(Skip(f"{fname}/{ws[-1]}", var.path, "written both densely and by scatter ops"))
+            continue
+        indices = None
+        if scatter:
+            idx = {body.nodes[w].input[1] for w in scatter}
+            if len(idx) != 1:
+                skips.append(Skip(f"{fname}/{ws[-1]}", var.path, "its scatter writes use different indices"))
+                continue
+            indices = idx.pop()
+        grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=bool(scatter))
+        if grad is None and not scatter:
+            # an IndexedSlices gradient the optimizer densifies (UnsortedSegmentSum) after scaling
+            grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=True)
+            if grad is not None:
+                below = body.tensor_descendants(grad[0])
+                segs = [n for n in body.order if n in below and body.nodes[n].op == "UnsortedSegmentSum"
+                        and all(body.depends(w, n) for w in ws)]
+                if not segs:
+                    grad = None
+                else:
+                    indices = body.nodes[segs[0]].input[1]
+                    scatter = [segs[0]]
+        if grad is None:
+            if any(body.anc.get(w, 0) & blocked_bits or any(
+                    (body.anc.get(w, 0) & body.bit[t]) for t in trainable_reads) for w in ws):
+                skips.append(Skip(f"{fname}/{ws[-1]}", var.path,
+                                  "no gradient can be told apart from the update math (written without one?)"))
+            continue
+        gref, gnode = grad
+        found.append((FunctionSite(fname, var, gref, gnode, indices,
+                                   _indices_dtype(body, scatter), (), tuple(ws), (), {}), 0))
+    # slot writes: writes to non-trainable variables that depend on exactly one site's gradient
+    claims: dict[str, list[int]] = {}
+    sites: list[FunctionSite] = []
+    reach = [body.tensor_descendants(site.gradient) for site, _ in found]
+    for k, (site, _) in enumerate(found):
+        for w, var in target.items():
+            if not var.trainable and w in reach[k]:
+                claims.setdefault(w, []).append(k)
+    shared_vars = {target[w].node_id for w, ks in claims.items() if len(ks) > 1}
+    for k, (site, _) in enumerate(found):
+        bad = [s.variable.path for j, (s, _) in enumerate(found) if j != k
+               and any(w in reach[k] for w in s.var_writes)]
+        if bad:
+            skips.append(Skip(site.key, site.variable.path, f"its gradient also feeds the update of {bad[0]}"))
+            continue
+        slot_writes = [w for w, ks in claims.items() if ks == [k] and target[w].node_id not in shared_vars]
+        bad_ops = [w for w in slot_writes if body.nodes[w].op not in DENSE_WRITES | SCATTER_WRITES]
+        if bad_ops:
+            skips.append(Skip(site.key, site.variable.path,
+                              f"its slot is written by {body.nodes[bad_ops[0]].op}, which the guard cannot gate"))
+            continue
+        all_writes = sorted({*site.var_writes, *slot_writes}, key=body.order.index)
+        slots: dict[int, Variable] = {}
+        for w in slot_writes:
+            slots.setdefault(target[w].node_id, target[w])
+        sites.append(FunctionSite(
+            function=fname, variable=site.variable, gradient=site.gradient, gradient_node=site.gradient_node,
+            indices=site.indices, indices_dtype=site.indices_dtype, writes=tuple(all_writes),
+            var_writes=site.var_writes, slots=tuple(sorted(slots.values(), key=lambda v: v.path)),
+            resource={w: resource_ref[w] for w in all_writes},
+            kind=" + ".join(sorted({body.nodes[w].op for w in site.var_writes}))))
+    return sites, skips
+
+
+def _indices_dtype(body: Body, scatter: list[str]) -> int:
+    if not scatter:
+        return proto.DT_INT32
+    node = body.nodes[scatter[0]]
+    value = node.attr.get("Tindices") or node.attr.get("Tindices")
+    if node.op == "UnsortedSegmentSum":
+        value = node.attr.get("Tindices")
+    return value.type if value is not None else proto.DT_INT32
+
+
+def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args: set[str],
+              *, sparse: bool) -> tuple[str, str] | None:
+    """The tensor closest to the writes ``ws`` that they all depend on and that no read of a
+    non-trainable variable feeds; (body input string, producing node)."""
+    starts = [body.nodes[w].input[2 if body.nodes[w].op in SCATTER_WRITES else 1] for w in ws]
+    seen: set[str] = set()
+    queue: deque[str] = deque(starts)
+    control: deque[str] = deque()
+    while queue or control:
+        ref = queue.popleft() if queue else control.popleft()
+        if ref in seen:
+            continue
+        seen.add(ref)
+        name = node_of(ref)
+        node = body.nodes.get(name)
+        if node is None:  # a function input
+            if name in data_args and _arg_fits(body, name, var, sparse) and set(ws) <= body.tensor_descendants(ref):
+                return ref, name
+            continue
+        if (not ref.startswith("^") and _candidate(body, node, ref, ws, var, blocked, sparse)
+                and set(ws) <= body.tensor_descendants(ref)):
+            return ref, name
+        for inp in node.input:
+            (control if inp.startswith("^") else queue).append(inp)
+    return None
+
+
+def _arg_fits(body: Body, arg: str, var: Variable, sparse: bool) -> bool:
+    """Whether the function input ``arg`` has the variable's dtype and (known) shape."""
+    names = [a.name for a in body.fn.signature.input_arg]
+    pos = names.index(arg)
+    if body.fn.signature.input_arg[pos].type != var.dtype:
+        return False
+    attrs = body.fn.arg_attr.get(pos)
+    value = attrs.attr.get("_output_shapes") if attrs is not None else None
+    if value is None or len(value.list.shape) != 1 or value.list.shape[0].unknown_rank or var.shape is None:
+        return False
+    shape = tuple(d.size for d in value.list.shape[0].dim)
+    if sparse:
+        return len(shape) == len(var.shape) and shape[1:] == var.shape[1:]
+    return shape == var.shape
+
+
+def _candidate(body: Body, node: proto.NodeDef, ref: str, ws: list[str], var: Variable, blocked: int,
+               sparse: bool) -> bool:
+    name = node.name
+    if node.op in ("Const", "Placeholder") or node.op in READS or node.op in WRITES:
+        return False
+    if body.bit[name] & blocked or body.anc[name] & blocked:
+        return False
+    if body.anc[name] == 0:  # built from nothing: a constant expression
+        return False
+    if not all(body.depends(w, name) for w in ws):
+        return False
+    if not _dtype_ok(node, var.dtype):
+        return False
+    shape = _output_shape(node, ref)
+    if var.shape is not None and shape is not None:
+        if sparse:
+            if len(shape) != len(var.shape) or tuple(shape[1:]) != tuple(var.shape[1:]):
+                return False
+        elif tuple(shape) != tuple(var.shape):
+            return False
+    elif var.shape is not None and shape is None:
+        return False
+    return True
