@@ -13,6 +13,9 @@ line, ``- X`` (only in A), ``+ X`` (only in B) or ``~ X: what -> what`` (in both
 A change inside a nested structure (a TF library function, an ONNX subgraph or local
 function) is the inner line behind the path that leads to it. Lines come in a fixed order:
 section by section, within a section removed, added, then changed entries, each by name.
+Names in a line are :func:`~optrewrite.errors.printable`: a control character, line separator
+or bidi control in a graph shows as an escape (``\\x1b``, ``\\u202e``), so no name can forge a
+line or drive the terminal.
 
 The file names pick the format (:func:`optrewrite.formats.format_for`), and the format
 compares the two graphs (``Format.diff``). This module holds what every format's diff
@@ -47,7 +50,7 @@ from google.protobuf import unknown_fields
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from optrewrite.errors import InputError
+from optrewrite.errors import InputError, printable
 from optrewrite.fileio import read_input
 from optrewrite.formats import format_for
 
@@ -70,10 +73,11 @@ class GraphDiff:
         return not self.lines
 
     def render(self, a_label: str, b_label: str) -> str:
-        """A header ``N differences between A and B``, then the lines, indented."""
+        """A header ``N differences between A and B``, then the lines, indented; the labels
+        and lines :func:`~optrewrite.errors.printable` (names come from the graphs)."""
         n = len(self.lines)
-        header = f"{n} difference{'' if n == 1 else 's'} between {a_label} and {b_label}"
-        return "\n".join([header, *(f"  {line}" for line in self.lines)])
+        header = f"{n} difference{'' if n == 1 else 's'} between {printable(a_label)} and {printable(b_label)}"
+        return "\n".join([header, *(f"  {printable(line)}" for line in self.lines)])
 
 
 def diff_files(a: Path, b: Path) -> GraphDiff:

@@ -6,11 +6,17 @@ Works on format-neutral :class:`Changes` (which nodes the rewrite inserted or ch
 the site whose name prefix they carry; the rest (global-norm clip, the plan record, lowered
 step scalars) form one "shared" cluster. Neighbours are the nodes outside
 a cluster that feed it or read from it, at most :data:`MAX_NEIGHBOURS` per cluster.
+
+Names come from the graph: each label shows them :func:`~optrewrite.errors.printable`, then
+quoted for DOT (quotes and backslashes escaped), so no name can end a DOT string, add a line
+to the file, or put an ESC sequence into a viewer's terminal.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
+
+from optrewrite.errors import printable
 
 MAX_NEIGHBOURS = 16
 _INSERTED, _CHANGED, _NEIGHBOUR = "#cfe3ff", "#ffe0a8", "#f2f2f2"
@@ -98,7 +104,8 @@ class Drawing:
 
         lines = [
             "digraph optrewrite {",
-            f'  graph [rankdir=TB, fontname="Helvetica", fontsize=12, labelloc=t, label={_q(title + LEGEND)}];',
+            '  graph [rankdir=TB, fontname="Helvetica", fontsize=12, labelloc=t, '
+            f'label={_q(printable(title) + LEGEND)}];',
             '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10, fillcolor="white"];',
             '  edge [color="#555555"];',
         ]
@@ -109,7 +116,8 @@ class Drawing:
         neighbours: dict[str, None] = {}
         for i, (site, keys) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))):
             lines.append(f"  subgraph cluster_{i} {{")
-            lines.append(f'    label={_q(labels[site])}; style="rounded,filled"; fillcolor="#fbfbff"; color="#7799cc";')
+            label = _q(printable(labels[site]))
+            lines.append(f'    label={label}; style="rounded,filled"; fillcolor="#fbfbff"; color="#7799cc";')
             members = set(keys)
             for key in keys:
                 lines.append(f"    {ident(key)} [label={_q(self._label(key))}, fillcolor=\"{_INSERTED}\"];")
@@ -150,11 +158,14 @@ class Drawing:
         node = self.after.nodes[key]
         extra = f" ({len(node.nested)} nodes inside)" if node.nested else ""
         mark = "\n(changed)" if key in self.grouping.changes.changed else ""
-        return f"{key}\n{node.op}{extra}{mark}"
+        return f"{printable(key)}\n{printable(node.op)}{extra}{mark}"
 
 
 def _q(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """``text`` as a DOT string: its newlines are the label's line breaks; names in it are
+    already :func:`printable`, so no other control character is left."""
+    lines = (printable(line) for line in text.split("\n"))
+    return '"' + "\\n".join(line.replace("\\", "\\\\").replace('"', '\\"') for line in lines) + '"'
 
 
 def group(changes: Changes, sites: Sequence[tuple[str, str, str]]) -> Grouping:

@@ -1,5 +1,15 @@
-"""Error types and the exit codes the CLI maps them to."""
+"""Error types, the exit codes the CLI maps them to, and making untrusted text safe to print.
+
+Names come from graphs and specs that optrewrite did not write: a node name may hold an ESC
+sequence that clears a terminal, a CR or LF that forges a line of output, or a bidi override
+that shows text in another order than it is. :func:`printable` shows such characters as
+escapes; every message, table, diff line, summary and drawing label passes names through it
+(an :class:`OptrewriteError`'s message does itself). JSON output keeps names exact: JSON
+escapes control characters itself.
+"""
 from __future__ import annotations
+
+import re
 
 EXIT_OK = 0
 EXIT_DIFFERENT = 1  # diff: the graphs differ; --check: rewriting would change the graph
@@ -8,9 +18,17 @@ EXIT_INTERNAL = 3
 
 
 class OptrewriteError(Exception):
-    """Base class of errors that carry a short, user-facing message."""
+    """Base class of errors that carry a short, user-facing message.
+
+    The message is made :func:`printable` here, so a name it quotes raw cannot break the one
+    line it is printed as."""
 
     exit_code = EXIT_INTERNAL
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str):
+            args = (printable(args[0]), *args[1:])
+        super().__init__(*args)
 
 
 class InputError(OptrewriteError):
@@ -38,3 +56,21 @@ def shorten(text: str, limit: int = 60) -> str:
 def quoted(value: object, limit: int = 60) -> str:
     """``repr(value)`` cut for a one-line message."""
     return shorten(repr(value), limit)
+
+
+# C0 controls (tab and newline too), DEL and C1 controls; the Unicode line and paragraph
+# separators; the bidi embeddings, overrides and isolates (U+202A-U+202E, U+2066-U+2069) and
+# marks (U+061C, U+200E, U+200F); lone surrogates, which no terminal encoding can write.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal, one line: control characters, line and paragraph
+    separators, bidi controls and lone surrogates as ``\\xNN`` / ``\\uNNNN`` escapes (as Python
+    writes them); everything else, letters of any script included, as it is."""
+    return _UNSAFE.sub(_escape, text)

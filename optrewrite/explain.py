@@ -18,7 +18,7 @@ from typing import Callable
 from optrewrite import passes
 from optrewrite.core import Site, Skip
 from optrewrite.drawing import Drawing, group
-from optrewrite.errors import InputError, shorten
+from optrewrite.errors import InputError, printable, shorten
 from optrewrite.fileio import read_input, write_atomic
 from optrewrite.formats import format_for
 from optrewrite.spec import load_spec
@@ -86,9 +86,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def render_table(ex: Explanation) -> str:
-    """The explanation as a fixed-width table, then the skipped updates."""
+    """The explanation as a fixed-width table, then the skipped updates. Every name, path and
+    reason is :func:`~optrewrite.errors.printable`: graphs and specs are untrusted text."""
+    p = printable
     sites = f"{len(ex.rows)} update site" + ("" if len(ex.rows) == 1 else "s")
-    lines = [f"{ex.input} ({ex.format}): {sites}" + (f", spec {ex.spec}" if ex.spec else "")]
+    lines = [f"{p(ex.input)} ({p(ex.format)}): {sites}" + (f", spec {p(ex.spec)}" if ex.spec else "")]
     header = ["variable", "shape", "dtype", "optimizer", "update", "slots", "grad", "device"]
     if ex.spec:
         header += ["selected by", "inserts"]
@@ -100,15 +102,16 @@ def render_table(ex: Explanation) -> str:
         if ex.spec:
             rules = "; ".join(r.selected_by + r.not_selected) or "-"
             cells += [rules, f"{', '.join(r.inserted)} (+{r.nodes} nodes)" if r.inserted else "-"]
-        body.append(cells)
+        body.append([p(cell) for cell in cells])
     lines += _table(header, body) if body else ["(no optimizer update found)"]
     if ex.spec and ex.shared_nodes:
         lines.append(f"shared by several sites: +{ex.shared_nodes} nodes")
     if ex.note:
-        lines.append(ex.note)
+        lines.append(p(ex.note))
     if ex.skipped:
         lines.append(f"skipped ({len(ex.skipped)}):")
-        lines += [f"  {s.update}" + (f" ({s.variable})" if s.variable else "") + f": {s.reason}" for s in ex.skipped]
+        lines += [f"  {p(s.update)}" + (f" ({p(s.variable)})" if s.variable else "") + f": {p(s.reason)}"
+                  for s in ex.skipped]
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from optrewrite.core import Skip
+from optrewrite.errors import printable
 from optrewrite.passes import PASSES, pass_of
 
 
@@ -49,23 +50,26 @@ class Report:
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     def summary(self) -> str:
+        """A few lines for a terminal; every name and path in them :func:`printable`."""
+        p = printable
         c = self.counts()
         # the per-site passes first, then those over the whole step
         counted = sorted((k for k in PASSES if k.count is not None and k.summary), key=lambda k: k.scope != "site")
         done = "".join(f"{c[k.count]} {k.summary}, " for k in counted)
-        lines = [f"optrewrite: {self.input} ({self.format}): {c['updates_found']} updates found, "
+        lines = [f"optrewrite: {p(self.input)} ({p(self.format)}): {c['updates_found']} updates found, "
                  f"{done}{c['skipped']} skipped"]
         if self.note:
-            lines.append(f"  {self.note}")
+            lines.append(f"  {p(self.note)}")
         for s in self.skipped:
-            lines.append(f"  skipped {s.update}" + (f" ({s.variable})" if s.variable else "") + f": {s.reason}")
+            variable = f" ({p(s.variable)})" if s.variable else ""
+            lines.append(f"  skipped {p(s.update)}{variable}: {p(s.reason)}")
         counts = f"(+{self.nodes_added} nodes, {self.nodes_changed} changed)"
         if self.output:
             verb = "wrote" if self.changed else "wrote unchanged"
-            lines.append(f"  {verb} {self.output} {counts}")
+            lines.append(f"  {verb} {p(self.output)} {counts}")
         elif self.mode != "write":
             lines.append(f"  {self.mode}: " + (f"rewriting would change the graph {counts}" if self.changed
                                                 else "rewriting would not change the graph"))
         if self.verified:
-            lines.append(f"  verified: {self.verified}")
+            lines.append(f"  verified: {p(self.verified)}")
         return "\n".join(lines)

@@ -34,7 +34,7 @@ from optrewrite.diff import (
     quote,
     with_values,
 )
-from optrewrite.errors import InputError
+from optrewrite.errors import InputError, printable
 
 def _load_onnx(path: Path, raw: bytes) -> onnx.ModelProto:
     try:
@@ -321,5 +321,5 @@ def _onnx_model(a: onnx.ModelProto, b: onnx.ModelProto) -> list[str]:
 
 def diff_graphs(a: Path, a_raw: bytes, b: Path, b_raw: bytes) -> list[str]:
     """The differences between the ONNX models in files ``a`` and ``b`` (bytes ``a_raw``,
-    ``b_raw``), one line each; InputError when one is no ONNX model."""
-    return _onnx_model(_load_onnx(a, a_raw), _load_onnx(b, b_raw))
+    ``b_raw``), one line each, names :func:`printable`; InputError when one is no ONNX model."""
+    return [printable(line) for line in _onnx_model(_load_onnx(a, a_raw), _load_onnx(b, b_raw))]

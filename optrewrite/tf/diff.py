@@ -36,6 +36,7 @@ from optrewrite.diff import (
     scalar_text,
     with_values,
 )
+from optrewrite.errors import printable
 from optrewrite.tf import io
 
 _TF_NUMPY = {
@@ -240,8 +241,8 @@ def _tf_meta(a: Any, b: Any) -> list[str]:
 
 def diff_graphs(a: Path, a_raw: bytes, b: Path, b_raw: bytes) -> list[str]:
     """The differences between the TensorFlow graphs in files ``a`` and ``b`` (bytes ``a_raw``,
-    ``b_raw``), one line each; InputError when one cannot be read."""
-    return _tf_file(io.load(a, a_raw), io.load(b, b_raw))
+    ``b_raw``), one line each, names :func:`printable`; InputError when one cannot be read."""
+    return [printable(line) for line in _tf_file(io.load(a, a_raw), io.load(b, b_raw))]
 
 
 def _tf_file(a: io.TfGraphFile, b: io.TfGraphFile) -> list[str]:
