@@ -170,10 +170,18 @@ def serialize(loaded: SavedModelFile, changed: set[str], extra_collections: dict
 def fingerprint(directory: Path) -> bytes | None:
     """TensorFlow's FingerprintDef of the SavedModel in ``directory``; None without TensorFlow."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    saved = os.dup(2)  # TensorFlow's C++ logging writes to fd 2 on import, whatever the log level
     try:
-        from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting  # noqa: PLC0415
-    except ImportError:
-        return None
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting  # noqa: PLC0415
+            except ImportError:
+                return None
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
     return bytes(fingerprinting.CreateFingerprintDef(str(directory)))
 
 

@@ -67,7 +67,7 @@ class FunctionSite:
     """One variable's update in one function body."""
 
     function: str
-    variable: Variable
+    var: Variable
     gradient: str  # the body input string of the gradient (a sparse gradient's values)
     gradient_node: str
     indices: str | None  # a scatter update's indices, as a body input string
@@ -79,6 +79,11 @@ class FunctionSite:
     kind: str = ""  # the ops writing the variable: "AssignSubVariableOp", ...
 
     @property
+    def variable(self) -> str:
+        """The variable's object-graph path, as specs select it."""
+        return self.var.path
+
+    @property
     def key(self) -> str:
         return f"{self.function}/{self.var_writes[-1]}"
 
@@ -88,7 +93,7 @@ class FunctionSite:
 
     @property
     def scope(self) -> str:
-        return f"optrewrite/{self.variable.path}"
+        return f"optrewrite/{self.var.path}"
 
 
 # ---------------------------------------------------------------------------- variables
@@ -393,15 +398,15 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
                 claims.setdefault(w, []).append(k)
     shared_vars = {target[w].node_id for w, ks in claims.items() if len(ks) > 1}
     for k, (site, _) in enumerate(found):
-        bad = [s.variable.path for j, (s, _) in enumerate(found) if j != k
+        bad = [s.var.path for j, (s, _) in enumerate(found) if j != k
                and any(w in reach[k] for w in s.var_writes)]
         if bad:
-            skips.append(Skip(site.key, site.variable.path, f"its gradient also feeds the update of {bad[0]}"))
+            skips.append(Skip(site.key, site.var.path, f"its gradient also feeds the update of {bad[0]}"))
             continue
         slot_writes = [w for w, ks in claims.items() if ks == [k] and target[w].node_id not in shared_vars]
         bad_ops = [w for w in slot_writes if body.nodes[w].op not in DENSE_WRITES | SCATTER_WRITES]
         if bad_ops:
-            skips.append(Skip(site.key, site.variable.path,
+            skips.append(Skip(site.key, site.var.path,
                               f"its slot is written by {body.nodes[bad_ops[0]].op}, which the guard cannot gate"))
             continue
         all_writes = sorted({*site.var_writes, *slot_writes}, key=body.order.index)
@@ -409,7 +414,7 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
         for w in slot_writes:
             slots.setdefault(target[w].node_id, target[w])
         sites.append(FunctionSite(
-            function=fname, variable=site.variable, gradient=site.gradient, gradient_node=site.gradient_node,
+            function=fname, var=site.var, gradient=site.gradient, gradient_node=site.gradient_node,
             indices=site.indices, indices_dtype=site.indices_dtype, writes=tuple(all_writes),
             var_writes=site.var_writes, slots=tuple(sorted(slots.values(), key=lambda v: v.path)),
             resource={w: resource_ref[w] for w in all_writes},

@@ -1,0 +1,101 @@
+"""TF2 SavedModels (a directory with ``saved_model.pb``) as an optrewrite format.
+
+Claims a directory that holds ``saved_model.pb``, or a path named ``saved_model.pb``; reads its
+own input (:meth:`SavedModelFormat.read`: the ``saved_model.pb`` bytes, after checking the
+directory is a SavedModel) and writes a whole SavedModel directory (:mod:`optrewrite.tf2.io`).
+Rewriting imports no TensorFlow; saving imports it only to regenerate ``fingerprint.pb``, and
+``verify`` runs the output in TensorFlow.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from optrewrite.errors import InputError
+
+if TYPE_CHECKING:
+    from optrewrite.core import Analysis, Outcome
+    from optrewrite.spec import Spec
+
+
+class SavedModelFormat:
+    name = "TensorFlow SavedModel"
+    article = "a TensorFlow SavedModel"
+
+    def claims(self, path: Path) -> bool:
+        if path.name == "saved_model.pb" and not path.is_dir():
+            return True
+        return path.is_dir() and (path / "saved_model.pb").exists()
+
+    def read(self, path: Path) -> bytes:
+        """The ``saved_model.pb`` bytes of the SavedModel ``path`` names."""
+        from optrewrite.tf2 import io  # noqa: PLC0415
+
+        return io.read(path)
+
+    def default_output(self, path: Path) -> Path:
+        """``export`` -> ``export.rewritten`` beside it (also for ``export/saved_model.pb``)."""
+        from optrewrite.tf2 import io  # noqa: PLC0415
+
+        root = io.export_dir(path)
+        return root.with_name(f"{root.name}.rewritten")
+
+    def check_output(self, src: Path, out: Path) -> None:
+        """Refuse an output that is, or lies inside, the input SavedModel (before anything is read)."""
+        from optrewrite.tf2 import io  # noqa: PLC0415
+
+        io.check_output(src, out)
+
+    def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
+        if lower or (spec is not None and spec.lower):
+            raise InputError(f"{path}: lowering applies to ONNX models only")
+        if spec is not None and spec.updates:
+            raise InputError(f"{spec.source}: updates: names update sites of ONNX models only; "
+                             f"{path} is a TensorFlow SavedModel")
+
+    def rewrite(self, path: Path, raw: bytes, spec: Spec, *, lower: bool) -> Outcome:
+        self.check_request(path, spec, lower=lower)
+        from optrewrite.tf2 import io  # noqa: PLC0415
+        from optrewrite.tf2.rewrite import rewrite_savedmodel  # noqa: PLC0415
+
+        return rewrite_savedmodel(io.load(path, raw), spec)
+
+    def serialize(self, outcome: Outcome) -> bytes:
+        """The rewritten ``saved_model.pb`` (without the directory around it)."""
+        from optrewrite.tf2.rewrite import serialize  # noqa: PLC0415
+
+        return serialize(outcome.graph)
+
+    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None) -> None:
+        """Write the whole SavedModel directory ``out`` atomically; ``check`` runs on the
+        complete temporary directory first. Notes in the report when no fingerprint was written."""
+        from optrewrite.tf2 import io  # noqa: PLC0415
+
+        loaded = outcome.graph.loaded
+        io.check_output(loaded.path, out)
+        if not io.write_savedmodel(loaded.root, out, self.serialize(outcome), check=check):
+            note = "fingerprint.pb left out (TensorFlow is not importable to regenerate it)"
+            outcome.report.note = f"{outcome.report.note}; {note}" if outcome.report.note else note
+
+    def analyse(self, path: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
+        self.check_request(path, spec, lower=lower)
+        from optrewrite.tf2.explain import analyse  # noqa: PLC0415
+
+        return analyse(path, raw, spec)
+
+    def diff(self, a: Path, a_raw: bytes, b: Path, b_raw: bytes) -> list[str]:
+        from optrewrite.tf2.diff import diff_savedmodels  # noqa: PLC0415
+
+        return diff_savedmodels(a, a_raw, b, b_raw)
+
+    def verify(self, path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: float) -> str:
+        from optrewrite.tf2.verify import verify_savedmodel  # noqa: PLC0415
+
+        return verify_savedmodel(path, seed=seed, timeout_s=timeout_s)
+
+    def encode_as(self, actual: Path, raw: bytes, expected: Path) -> bytes:
+        """A SavedModel's golden file is its ``saved_model.pb``, as it is."""
+        return raw
+
+
+SAVEDMODEL = SavedModelFormat()

@@ -1,0 +1,88 @@
+"""All-zero-gradient guard inside a function body, by ``SelectV2`` on each write.
+
+With g the site's gradient (a sparse gradient's values)::
+
+    nonzero = Any(Cast(Reshape(g, [-1]), bool), [0])     # NaN counts as non-zero, -0.0 as zero
+
+every write of the site (the variable's and its slots') keeps its op and name; its value input
+is gated:
+
+1. ``AssignSubVariableOp(r, d)``  -> ``AssignSubVariableOp(r, SelectV2(nonzero, d, +0.0))``;
+2. ``AssignAddVariableOp(r, d)``  -> ``AssignAddVariableOp(r, SelectV2(nonzero, d, -0.0))``
+   (x - (+0) and x + (-0) are x bit for bit, -0.0 included);
+3. ``AssignVariableOp(r, x)``     -> ``AssignVariableOp(r, SelectV2(nonzero, x, ReadVariableOp(r)))``,
+   the new read carrying the write's control inputs, so it reads the value the write replaces;
+4. ``ResourceScatterAdd/Sub(r, i, u)`` -> the same on ``u`` with -0.0 / +0.0;
+   ``ResourceScatterUpdate(r, i, u)`` -> ``u`` or ``ResourceGather(r, i)`` (the old rows).
+
+A skipped step thus leaves the variable and its slots bit for bit; shared state (the iteration
+counter, learning rates, loss scales) is not among the site's writes and advances. ``Select``
+keeps every stateful op where it was: grappler drops nothing and TFLite converts it, where
+``StatelessIf`` or ``Switch`` would not.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from optrewrite.passes import PassResult
+from optrewrite.tf import proto
+from optrewrite.tf2.functions import FunctionEditor, node_of
+from optrewrite.tf2.passes.state import SiteState
+
+TAG = "guard"
+
+
+class GuardZeroGrad:
+    name = TAG
+
+    def run(self, editor: object, states: Sequence[SiteState]) -> PassResult:
+        for state in states:
+            guard(state.editor, state)
+        return PassResult(inserted={st.site.key: [TAG] for st in states})
+
+
+def nonzero_of(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: str) -> str:
+    """``Any(Cast(Reshape(gradient, [-1]), bool), [0])``: whether the gradient has a non-zero element."""
+    T = g.type_attr
+    shape = g.const(f"{scope}/flat/shape", [-1], proto.DT_INT32, tag=tag)
+    flat = g.add(f"{scope}/flat", "Reshape", [gradient, shape],
+                 attrs={"T": T(dtype), "Tshape": T(proto.DT_INT32)}, tag=tag)
+    as_bool = g.add(f"{scope}/as_bool", "Cast", [flat],
+                    attrs={"SrcT": T(dtype), "DstT": T(proto.DT_BOOL), "Truncate": g.bool_attr(False)}, tag=tag)
+    axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, tag=tag)
+    return g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
+                 attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, tag=tag)
+
+
+def guard(g: FunctionEditor, state: SiteState) -> None:
+    site = state.site
+    scope = g.unique_name(f"{site.scope}/optrewrite_guard")
+    nonzero = nonzero_of(g, scope, state.gradient, site.var.dtype, tag=TAG)
+    for k, write in enumerate(site.writes):
+        node = g.node(write)
+        dtype = node.attr["dtype"].type if "dtype" in node.attr else site.var.dtype
+        T = {"T": g.type_attr(dtype)}
+        resource = node.input[0]
+        controls = [i for i in node.input if i.startswith("^")]
+        pos = 2 if "Scatter" in node.op else 1
+        value = node.input[pos]
+        here = f"{scope}/{k}"
+        if node.op in ("AssignSubVariableOp", "ResourceScatterSub"):
+            keep = g.const(f"{here}/zero", 0.0, dtype, tag=TAG)
+        elif node.op in ("AssignAddVariableOp", "ResourceScatterAdd"):
+            keep = g.const(f"{here}/neg_zero", -0.0, dtype, tag=TAG)
+        elif node.op == "AssignVariableOp":
+            keep = g.add(f"{here}/old", "ReadVariableOp", [resource], control=[node_of(c) for c in controls],
+                         attrs={"dtype": g.type_attr(dtype)}, tag=TAG)
+        elif node.op == "ResourceScatterUpdate":
+            keep = g.add(f"{here}/old", "ResourceGather", [resource, node.input[1]],
+                         control=[node_of(c) for c in controls],
+                         attrs={"dtype": g.type_attr(dtype), "Tindices": node.attr["Tindices"],
+                                "batch_dims": g.int_attr(0), "validate_indices": g.bool_attr(True)}, tag=TAG)
+        else:  # sites.find_sites admits no other write
+            raise AssertionError(f"cannot gate {node.op}")
+        gated = g.add(f"{here}/select", "SelectV2", [nonzero, value, keep], attrs=T, tag=TAG)
+        g.set_input(write, pos, gated)
+
+
+PASS = GuardZeroGrad()
