@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # so the last one is the fallback for names no other format claims.
 REGISTRY = (
     "optrewrite.onnx.format:ONNX",
+    "optrewrite.tf2.format:SAVEDMODEL",
     "optrewrite.tf.format:TENSORFLOW",
 )
 
@@ -83,6 +84,41 @@ def _load(entry: str) -> Format:
 def formats() -> list[Format]:
     """Every registered format, in the order they claim paths."""
     return [_load(entry) for entry in REGISTRY]
+
+
+def read_graph(path: Path) -> bytes:
+    """The bytes a format reads for ``path``: its own ``read(path)`` where it has one (a
+    SavedModel is a directory), else the file's bytes (:func:`optrewrite.fileio.read_input`)."""
+    reader = getattr(format_for(path), "read", None)
+    if reader is not None:
+        return reader(path)  # type: ignore[no-any-return]
+    from optrewrite.fileio import read_input  # noqa: PLC0415
+
+    return read_input(path)
+
+
+def output_for(path: Path) -> Path:
+    """The default output for ``path``: the format's ``default_output(path)`` where it has one
+    (``export/`` -> ``export.rewritten/``), else :func:`optrewrite.fileio.default_output`."""
+    default = getattr(format_for(path), "default_output", None)
+    if default is not None:
+        return default(path)  # type: ignore[no-any-return]
+    from optrewrite.fileio import default_output  # noqa: PLC0415
+
+    return default_output(path)
+
+
+def check_output(src: Path, out: Path) -> None:
+    """Refuse an output path before anything is read: the format's ``check_output(src, out)``
+    where it has one (a SavedModel directory may replace an earlier output directory, never
+    lie inside its input), else :func:`optrewrite.fileio.check_writable`."""
+    check = getattr(format_for(src), "check_output", None)
+    if check is not None:
+        check(src, out)
+        return
+    from optrewrite.fileio import check_writable  # noqa: PLC0415
+
+    check_writable(out)
 
 
 def format_for(path: Path) -> Format:
