@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import Callable
 
 from optrewrite.errors import InputError, shorten
-from optrewrite.fileio import check_distinct, check_writable, default_output, read_input
-from optrewrite.formats import format_for
+from optrewrite.fileio import check_distinct, check_writable
+from optrewrite.formats import check_output, format_for, output_for, read_graph
 from optrewrite.report import Report
 from optrewrite.spec import Spec, load_spec
 
@@ -52,17 +52,17 @@ def rewrite_file(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     src = Path(input_path)
     writes = mode == "write"
-    out = (Path(output) if output is not None else default_output(src)) if writes else None
+    out = (Path(output) if output is not None else output_for(src)) if writes else None
     for target in (t for t in (out, Path(report_path) if report_path is not None else None) if t is not None):
         check_distinct(src, target)
         check_distinct(Path(spec_path), target, what="the spec")
-        check_writable(target)
+        check_output(src, target) if target is out else check_writable(target)
     if report_path is not None and out is not None and Path(report_path).resolve() == out.resolve():
         raise InputError(f"{report_path}: the report would overwrite the output")
     if verify and not writes:
         raise InputError(f"--verify runs the written graph; it cannot be combined with {mode}")
     spec = load_spec(spec_path)
-    raw = read_input(src)
+    raw = read_graph(src)
     fmt = format_for(src)
     outcome = fmt.rewrite(src, raw, spec, lower=lower)
     report = outcome.report
