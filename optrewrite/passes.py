@@ -85,7 +85,12 @@ class _Guard:
     indexed: bool = False
 
     def rules(self, spec: Spec, *, lower: bool) -> list[Rule]:
-        return [] if spec.guard is None else [Rule(self.name, self.name, spec.guard.select, "", self.name)]
+        guard = spec.guard
+        if guard is None:
+            return []
+        if guard.when == "zero":  # the original rule: its plan text predates the option
+            return [Rule(self.name, self.name, guard.select, "", self.name, guard)]
+        return [Rule(self.name, self.name, guard.select, f" (when {guard.when})", f"{self.name} when={guard.when}", guard)]
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,19 @@ Every error names the file, the line where YAML gives one, and the field, e.g.
 
 Validation happens in two steps: :func:`load_spec` checks everything that needs no graph;
 :meth:`Spec.bind` checks the selectors and dims against the variables a graph holds.
+
+A spec is untrusted input, so its size is bounded (each bound a SpecError naming the field):
+the file holds at most :data:`MAX_SPEC_BYTES`; YAML at most :data:`MAX_YAML_NODES` nodes,
+an alias counted each time it is used (so an alias bomb is refused early); a pattern at most
+:data:`MAX_PATTERN_CHARS` characters and a spec at most :data:`MAX_PATTERNS` of them; at most
+:data:`MAX_CLIP_GROUPS` clip groups and :data:`MAX_UPDATES` ``updates:`` entries, each naming
+tensors of at most :data:`MAX_NAME_CHARS` characters and at most :data:`MAX_STATE_PAIRS`
+state pairs; ``dims`` at most :data:`MAX_DIMS`. Each distinct pattern text is compiled once
+per spec, however often aliases repeat it.
 """
 from __future__ import annotations
 
+import contextvars
 import fnmatch
 import math
 import re
@@ -20,6 +30,7 @@ import yaml
 from optrewrite.errors import SpecError, quoted, shorten
 
 SUPPORTED_VERSIONS = (1,)
+GUARD_WHEN = ("zero", "nonfinite", "zero_or_nonfinite")  # when the guard skips an update
 # The positive normal range of each float type a norm may be written in: a norm outside it
 # overflows to inf or loses its precision (and 1/norm overflows) once it is a constant of that type.
 NORMAL_RANGE = {
@@ -28,6 +39,18 @@ NORMAL_RANGE = {
     "float32": (1.1754943508222875e-38, 3.4028234663852886e38),
     "float64": (2.2250738585072014e-308, 1.7976931348623157e308),
 }
+
+# Bounds of a spec (module docstring): generous for any spec written by hand or generated
+# for a real model, small enough that reading one takes seconds at most.
+MAX_SPEC_BYTES = 1 << 20  # the spec file; a spec is a few kilobytes, updates for ~3,000 sites fit
+MAX_YAML_NODES = 250_000  # scalars, lists and mappings, an alias counted each time it is used
+MAX_PATTERN_CHARS = 1_000  # one pattern (glob or "re:" regex); list several instead of a longer one
+MAX_PATTERNS = 10_000  # include and exclude patterns of all selectors together
+MAX_CLIP_GROUPS = 1_000
+MAX_UPDATES = 10_000  # entries of updates:
+MAX_STATE_PAIRS = 16  # state pairs of one updates: entry
+MAX_NAME_CHARS = 4_096  # a tensor name in updates:
+MAX_DIMS = 254  # clip dims: TensorFlow's largest rank
 
 
 @dataclass(frozen=True)
@@ -66,7 +89,15 @@ class Selector:
 
 @dataclass(frozen=True)
 class GuardSpec:
+    """The all-zero-gradient guard (MultitaskOptimizerWrapper), and when it skips an update.
+
+    ``when``: ``zero`` (the gradient has no non-zero element; the default and the original
+    wrapper's rule), ``nonfinite`` (some element is NaN or infinite: the loss-scale
+    optimizers' rule, per variable), or ``zero_or_nonfinite`` (either).
+    """
+
     select: Selector
+    when: str = "zero"
 
 
 @dataclass(frozen=True)
@@ -212,6 +243,7 @@ class _Node:
     def mapping(self, allowed: Sequence[str]) -> dict[str, _Node]:
         if not isinstance(self.node, yaml.MappingNode):
             raise self.fail(f"must be a mapping, got {self._kind()}")
+        _walked(self, len(self.node.value))
         out: dict[str, _Node] = {}
         for key_node, value_node in self.node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
@@ -228,26 +260,35 @@ class _Node:
             out[key] = _Node(self.source, value_node, sub)
         return out
 
-    def sequence(self) -> list[_Node]:
+    def sequence(self, limit: int | None = None, what: str = "entries") -> list[_Node]:
         if not isinstance(self.node, yaml.SequenceNode):
             raise self.fail(f"must be a list, got {self._kind()}")
+        if limit is not None and len(self.node.value) > limit:
+            raise self.fail(f"lists {len(self.node.value)} {what}; at most {limit:,} are allowed")
+        _walked(self, len(self.node.value))
         return [_Node(self.source, n, f"{self.path}[{i}]") for i, n in enumerate(self.node.value)]
 
     def scalar(self) -> Any:
         if not isinstance(self.node, yaml.ScalarNode):
             raise self.fail(f"must be a single value, got {self._kind()}")
+        parse = _PARSE.get(None)
+        # One constructor per spec: it constructs an aliased scalar once. Its stream is empty:
+        # a constructor never reads it (a loader over the value would scan it on every call).
+        constructor = parse.constructor if parse is not None else yaml.SafeLoader("")
         try:
-            return yaml.SafeLoader(self.node.value).construct_object(self.node)  # type: ignore[arg-type]
+            return constructor.construct_object(self.node)  # type: ignore[arg-type]
         except yaml.YAMLError as exc:  # an unknown or unsafe tag, bad base64
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise self.fail(f"cannot read {self._kind()}: {shorten(problem)}") from None
         except (ValueError, OverflowError, KeyError):  # !!int 'abc', 4301 digits, !!bool maybe
             raise self.fail(f"cannot read {self._kind()} as {self.node.tag.rsplit(':', 1)[-1]}") from None
 
-    def string(self) -> str:
+    def string(self, limit: int = MAX_NAME_CHARS) -> str:
         value = self.scalar()
         if not isinstance(value, str) or not value:
             raise self.fail(f"must be a non-empty string, got {quoted(value)}")
+        if len(value) > limit:
+            raise self.fail(f"{quoted(value, 24)} has {len(value):,} characters; at most {limit:,} are allowed")
         return value
 
     def boolean(self) -> bool:
@@ -282,22 +323,57 @@ class _Node:
         return shorten(repr(self.node.value))
 
 
+class _Parse:
+    """What one :func:`parse_spec` shares: the YAML constructor, the compiled patterns by
+    their text, and the counts the bounds apply to."""
+
+    def __init__(self) -> None:
+        self.constructor = yaml.SafeLoader("")
+        self.regexes: dict[str, re.Pattern[str]] = {}
+        self.patterns = 0
+        self.walked = 0
+
+
+_PARSE: contextvars.ContextVar[_Parse] = contextvars.ContextVar("optrewrite_spec_parse")
+
+
+def _walked(node: _Node, count: int) -> None:
+    """Count ``count`` more nodes visited; an alias is visited each time it is used."""
+    parse = _PARSE.get(None)
+    if parse is None:
+        return
+    parse.walked += count
+    if parse.walked > MAX_YAML_NODES:
+        raise node.fail(f"the spec has more than {MAX_YAML_NODES:,} YAML nodes (an alias counts each time it is used)")
+
+
+def _compile(text: str) -> re.Pattern[str]:
+    """The regex of a pattern's text; re.error and friends when a ``re:`` one does not compile."""
+    return re.compile(text[3:]) if text.startswith("re:") else re.compile(fnmatch.translate(text))
+
+
 def _pattern(node: _Node) -> Pattern:
-    text = node.string()
-    if text.startswith("re:"):
+    text = node.string(limit=MAX_PATTERN_CHARS)
+    parse = _PARSE.get(None)
+    if parse is not None:
+        parse.patterns += 1
+        if parse.patterns > MAX_PATTERNS:
+            raise node.fail(f"the spec has more than {MAX_PATTERNS:,} patterns")
+    regex = parse.regexes.get(text) if parse is not None else None
+    if regex is None:
         try:
-            regex = re.compile(text[3:])
+            regex = _compile(text)
         except (re.error, RecursionError, OverflowError) as exc:
             problem = exc if isinstance(exc, re.error) else "nested or repeated too deeply"
             raise node.fail(f"invalid regular expression {shorten(repr(text[3:]))}: {problem}") from None
-    else:
-        regex = re.compile(fnmatch.translate(text))
+        if parse is not None:
+            parse.regexes[text] = regex
     return Pattern(text=text, line=node.line, _regex=regex)
 
 
 def _selector(parent: dict[str, _Node], owner: _Node, *, default_all: bool) -> Selector:
     if "variables" in parent:
-        include = tuple(_pattern(n) for n in parent["variables"].sequence())
+        include = tuple(_pattern(n) for n in parent["variables"].sequence(MAX_PATTERNS, "patterns"))
         if not include:
             raise parent["variables"].fail("must list at least one pattern")
     elif default_all:
@@ -306,15 +382,18 @@ def _selector(parent: dict[str, _Node], owner: _Node, *, default_all: bool) -> S
         raise owner.fail("missing required key 'variables'")
     exclude: tuple[Pattern, ...] = ()
     if "exclude" in parent:
-        exclude = tuple(_pattern(n) for n in parent["exclude"].sequence())
+        exclude = tuple(_pattern(n) for n in parent["exclude"].sequence(MAX_PATTERNS, "patterns"))
     return Selector(include=include, exclude=exclude, field=owner.path, line=owner.line)
 
 
 def _guard(node: _Node) -> GuardSpec:
     if isinstance(node.node, yaml.ScalarNode) and node.node.tag == "tag:yaml.org,2002:null":  # "guard:" alone
         node = _Node(node.source, yaml.MappingNode("tag:yaml.org,2002:map", [], node.node.start_mark), node.path)
-    keys = node.mapping(["variables", "exclude"])
-    return GuardSpec(select=_selector(keys, node, default_all=True))
+    keys = node.mapping(["variables", "exclude", "when"])
+    when = keys["when"].string() if "when" in keys else "zero"
+    if when not in GUARD_WHEN:
+        raise keys["when"].fail(f"must be one of {', '.join(GUARD_WHEN)}, got {quoted(when)}")
+    return GuardSpec(select=_selector(keys, node, default_all=True), when=when)
 
 
 def _clip_group(index: int, node: _Node) -> ClipGroup:
@@ -325,7 +404,7 @@ def _clip_group(index: int, node: _Node) -> ClipGroup:
         raise node.fail("missing required key 'max_norm'")
     dims: tuple[int, ...] | None = None
     if "dims" in keys:
-        dims = tuple(n.integer() for n in keys["dims"].sequence())
+        dims = tuple(n.integer() for n in keys["dims"].sequence(MAX_DIMS, "dims"))
         if not dims:
             raise keys["dims"].fail("must list at least one dim (omit dims for the norm of the whole variable)")
         if len(set(dims)) != len(dims):
@@ -358,7 +437,7 @@ def _update_site(node: _Node) -> UpdateSiteSpec:
         if required not in keys:
             raise node.fail(f"missing required key {required!r}")
     state: list[tuple[str, str]] = []
-    for pair in keys["state"].sequence() if "state" in keys else []:
+    for pair in keys["state"].sequence(MAX_STATE_PAIRS, "state pairs") if "state" in keys else []:
         items = pair.sequence()
         if len(items) != 2:
             raise pair.fail("must be a pair [state_input, state_output]")
@@ -375,10 +454,51 @@ def _update_site(node: _Node) -> UpdateSiteSpec:
 _TOP_KEYS = ["version", "guard", "clip", "global_norm_clip", "lower", "updates"]
 
 
+class _Loader(yaml.SafeLoader):
+    """A safe loader that composes at most :data:`MAX_YAML_NODES` nodes, aliases included."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.composed = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.composed += 1
+        if self.composed > MAX_YAML_NODES:
+            raise _TooManyNodes(self.peek_event().start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+
+class _TooManyNodes(Exception):
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+def _compose(text: str) -> yaml.Node | None:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
 def parse_spec(text: str, source: str = "<spec>") -> Spec:
     """Parse and validate spec text; raise SpecError naming source, line and field."""
+    if len(text) > MAX_SPEC_BYTES:  # characters: never fewer than the UTF-8 bytes
+        raise SpecError(source, "", f"the spec has {len(text):,} characters; at most {MAX_SPEC_BYTES:,} are allowed")
+    token = _PARSE.set(_Parse())
     try:
-        root_node = yaml.compose(text, Loader=yaml.SafeLoader)
+        return _parse(text, source)
+    finally:
+        _PARSE.reset(token)
+
+
+def _parse(text: str, source: str) -> Spec:
+    try:
+        root_node = _compose(text)
+    except _TooManyNodes as exc:
+        raise SpecError(source, "", f"the spec has more than {MAX_YAML_NODES:,} YAML nodes "
+                        "(an alias counts each time it is used)", exc.line) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -398,7 +518,7 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
         )
     clip: tuple[ClipGroup, ...] = ()
     if "clip" in keys:
-        clip = tuple(_clip_group(i, n) for i, n in enumerate(keys["clip"].sequence()))
+        clip = tuple(_clip_group(i, n) for i, n in enumerate(keys["clip"].sequence(MAX_CLIP_GROUPS, "clip groups")))
     spec = Spec(
         source=source,
         version=version,
@@ -406,7 +526,8 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
         clip=clip,
         global_norm_clip=_global_norm_clip(keys["global_norm_clip"]) if "global_norm_clip" in keys else None,
         lower=keys["lower"].boolean() if "lower" in keys else False,
-        updates=tuple(_update_site(n) for n in keys["updates"].sequence()) if "updates" in keys else (),
+        updates=tuple(_update_site(n) for n in keys["updates"].sequence(MAX_UPDATES, "updates"))
+        if "updates" in keys else (),
     )
     if spec.guard is None and not spec.clip and spec.global_norm_clip is None and not spec.lower:
         raise root.fail("asks for nothing: give at least one of guard, clip, global_norm_clip, lower")

@@ -2,7 +2,9 @@
 
 ::
 
-    update = Not(ReduceL1(G, keepdims=0) <= 0)               # some element is non-zero
+    update = Not(ReduceL1(G, keepdims=0) <= 0)               # some element is non-zero (when: zero)
+           | Equal(ReduceSum(G - G, keepdims=0), 0)          # every element finite (when: nonfinite)
+           | And(both)                                       # (when: zero_or_nonfinite)
     X', S'_1.. = If(update,
                     then: the update's ops (moved inside, so a skipped step does no work),
                     else: Identity(X), Identity(S_1), ..)
@@ -53,7 +55,7 @@ def _guard_tensor(ed: Editor, st: SiteState) -> None:
     then = ed.block(f"{st.scope}/update")
     st.place_update(then, results)
     guard = ed.block(f"{st.scope}/guard")
-    cond = any_nonzero(guard, st.gradient, site.elem_type)
+    cond = applies(guard, st.gradient, site.elem_type, _when(st))
     guarded(guard, cond, then, results, st.olds, outs, [ed.types.get(o) for o in st.olds],
             select=st.lowered and not branches(ed.opset or 0))
     st.tails.append(guard)
@@ -91,7 +93,7 @@ def _guard_declared(ed: Editor, st: SiteState) -> None:
     select = not branches(ed.opset or 0)
     results = [renamed[o] if moved or select else then.op("Identity", [renamed[o]]) for o in outs]
     guard = ed.block(f"{st.scope}/guard")
-    cond = any_nonzero(guard, st.gradient, site.elem_type)
+    cond = applies(guard, st.gradient, site.elem_type, _when(st))
     guarded(guard, cond, then, results, st.olds, st.outs, [ed.types.get(o) for o in st.olds], select=select)
     ed.insert_after(max(producer[o] for o in outs), guard.nodes)
     st.placed = True
@@ -120,9 +122,21 @@ def _movable(nodes: Sequence[onnx.NodeProto], d: Declared, cone: set[int], site_
     return moved
 
 
-def any_nonzero(b: Block, g: str, elem: int) -> str:
-    total = b.op("ReduceL1", [g], keepdims=0)
-    return b.op("Not", [b.op("LessOrEqual", [total, b.const(0.0, elem)])])
+def _when(st: SiteState) -> str:
+    return st.selection.of(TAG)[0].options.when  # type: ignore[no-any-return]
+
+
+def applies(b: Block, g: str, elem: int, when: str = "zero") -> str:
+    """Whether the update applies: the gradient has a non-zero element (``zero``), every
+    element is finite (``nonfinite``), or both (``zero_or_nonfinite``)."""
+    tests = []
+    if when in ("zero", "zero_or_nonfinite"):
+        total = b.op("ReduceL1", [g], keepdims=0)
+        tests.append(b.op("Not", [b.op("LessOrEqual", [total, b.const(0.0, elem)])]))
+    if when in ("nonfinite", "zero_or_nonfinite"):
+        nan_if_not = b.reduce("ReduceSum", b.op("Sub", [g, g]), None, keepdims=0)
+        tests.append(b.op("Equal", [nan_if_not, b.const(0.0, elem)]))
+    return tests[0] if len(tests) == 1 else b.op("And", tests)
 
 
 def branches(opset: int) -> bool:

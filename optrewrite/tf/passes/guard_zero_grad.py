@@ -2,8 +2,11 @@
 
 For each selected update site, with g its gradient (the values of a sparse gradient)::
 
-    nonzero = Any(Cast(Reshape(g, [-1]), bool), [0])      # NaN counts as non-zero, -0.0 as zero
-    switch  = Switch(nonzero, nonzero)
+    flat    = Reshape(g, [-1])
+    nonzero = Any(Cast(flat, bool), [0])                  # NaN counts as non-zero, -0.0 as zero
+    finite  = Equal(Sum(flat - flat, [0]), 0)             # NaN or +-inf make flat - flat NaN
+    apply   = nonzero | finite | LogicalAnd(nonzero, finite)   # guard.when: zero | nonfinite | both
+    switch  = Switch(apply, apply)
     pivot_t = Identity(switch:1)                            # dead when g is all zero
     pivot_f = Identity(switch:0)                            # dead otherwise
     every state write of the update  +=  ^pivot_t          # skipped when g is all zero
@@ -11,7 +14,7 @@ For each selected update site, with g its gradient (the values of a sparse gradi
     merge   = Merge(pivot_f, applied)                       # live every step
 
 This is the v1 ``cond`` structure: a dead control input makes the writes dead, so the
-variable and its slots keep their values, while the Merge keeps everything that waited
+variable and its slots keep their values (docs/semantics.md#guard), while the Merge keeps everything that waited
 for the update (the train op, global_step, Adam's beta powers) running every step.
 """
 from __future__ import annotations
@@ -40,16 +43,28 @@ def guard(g: GraphEditor, state: SiteState) -> None:
     at = state.placement
     scope = f"{site.scope}/optrewrite_guard"
     T = g.type_attr
+    when = state.selection.of(TAG)[0].options.when
     shape = g.const(f"{scope}/flat/shape", [-1], proto.DT_INT32, placement=at, tag=TAG)
     flat = g.add(f"{scope}/flat", "Reshape", [state.gradient, shape],
                  attrs={"T": T(site.dtype), "Tshape": T(proto.DT_INT32)}, placement=at, tag=TAG)
-    as_bool = g.add(f"{scope}/as_bool", "Cast", [flat],
-                    attrs={"SrcT": T(site.dtype), "DstT": T(proto.DT_BOOL), "Truncate": g.bool_attr(False)},
-                    placement=at, tag=TAG)
-    axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
-    nonzero = g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
-                    attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, placement=at, tag=TAG)
-    switch = g.add(f"{scope}/switch", "Switch", [nonzero, nonzero],
+    tests = []
+    if when in ("zero", "zero_or_nonfinite"):
+        as_bool = g.add(f"{scope}/as_bool", "Cast", [flat],
+                        attrs={"SrcT": T(site.dtype), "DstT": T(proto.DT_BOOL), "Truncate": g.bool_attr(False)},
+                        placement=at, tag=TAG)
+        axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
+        tests.append(g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
+                           attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, placement=at, tag=TAG))
+    if when in ("nonfinite", "zero_or_nonfinite"):
+        nan_if_not = g.add(f"{scope}/finite/sub", "Sub", [flat, flat], attrs={"T": T(site.dtype)}, placement=at, tag=TAG)
+        axis = g.const(f"{scope}/finite/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
+        total = g.add(f"{scope}/finite/sum", "Sum", [nan_if_not, axis],
+                      attrs={"T": T(site.dtype), "keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)},
+                      placement=at, tag=TAG)
+        zero = g.const(f"{scope}/finite/zero", 0.0, site.dtype, placement=at, tag=TAG)
+        tests.append(g.add(f"{scope}/finite", "Equal", [total, zero], attrs={"T": T(site.dtype)}, placement=at, tag=TAG))
+    apply = tests[0] if len(tests) == 1 else g.add(f"{scope}/apply", "LogicalAnd", tests, placement=at, tag=TAG)
+    switch = g.add(f"{scope}/switch", "Switch", [apply, apply],
                    attrs={"T": T(proto.DT_BOOL)}, placement=at, tag=TAG)
     pivot_t = g.add(f"{scope}/pivot_t", "Identity", [f"{switch}:1"],
                     attrs={"T": T(proto.DT_BOOL)}, placement=at, tag=TAG)
