@@ -49,6 +49,7 @@ CALLS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
 BRANCHES = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
 SKIPPED_FUNCTIONS = re.compile(r"^__inference__traced_(save|restore)_\d+$")
 _PASS_THROUGH = frozenset({"Identity"})
+_MAX_CANDIDATES = 24  # gradient candidates weighed per variable (the gradient is a few ops from the writes)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,11 @@ def variables(og: proto.SavedObjectGraph) -> dict[int, Variable]:
         path = min(found)[1]
         v = nodes[j].variable
         shape = None if v.shape.unknown_rank else tuple(d.size for d in v.shape.dim)
-        out[j] = Variable(j, "/".join(_strip(c) for c in path.split("/")), v.trainable, v.dtype, shape)
+        rank = min(found)[0]
+        # a variable reached only through an optimizer object is optimizer state (Nadam's
+        # u_product), whatever its trainable flag says
+        trainable = v.trainable and not rank[1]
+        out[j] = Variable(j, "/".join(_strip(c) for c in path.split("/")), trainable, v.dtype, shape)
     return out
 
 
@@ -342,6 +347,7 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
         blocked_bits |= body.bit[name]
     is_arg_input = {a for a, d in args.items() if d.type in proto.FLOAT_TYPES}
 
+    state_writes = [w for w, v in target.items() if not v.trainable]
     found: list[tuple[FunctionSite, int]] = []
     for ws in writes.values():
         var = target[ws[0]]
@@ -366,14 +372,16 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
                 skips.append(Skip(f"{fname}/{ws[-1]}", var.path, "its scatter writes use different indices"))
                 continue
             indices = idx.pop()
-        grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=bool(scatter))
+        grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=bool(scatter), state_writes=state_writes,
+                         other_writes=[w for w, v in target.items() if v.trainable and v.node_id != var.node_id])
         if grad is None and not scatter:
             # an IndexedSlices gradient the optimizer densifies (UnsortedSegmentSum) after scaling
-            grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=True)
+            grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=True, state_writes=state_writes,
+                             other_writes=[w for w, v in target.items() if v.trainable and v.node_id != var.node_id])
             if grad is not None:
                 below = body.tensor_descendants(grad[0])
                 segs = [n for n in body.order if n in below and body.nodes[n].op == "UnsortedSegmentSum"
-                        and all(body.depends(w, n) for w in ws)]
+                        and body.depends(ws[-1], n)]
                 if not segs:
                     grad = None
                 else:
@@ -433,13 +441,20 @@ def _indices_dtype(body: Body, scatter: list[str]) -> int:
 
 
 def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args: set[str],
-              *, sparse: bool) -> tuple[str, str] | None:
-    """The tensor closest to the writes ``ws`` that they all depend on and that no read of a
-    non-trainable variable feeds; (body input string, producing node)."""
-    starts = [body.nodes[w].input[2 if body.nodes[w].op in SCATTER_WRITES else 1] for w in ws]
+              *, sparse: bool, state_writes: list[str], other_writes: list[str]) -> tuple[str, str] | None:
+    """The variable's gradient among the tensors its last write depends on: no constant, the
+    variable's dtype and shape (rows of it when ``sparse``), no read of a non-trainable variable
+    upstream. Of those, the one the most writes of non-trainable variables (``state_writes``:
+    the slots) depend on, then the closest to the writes (an optimizer's ``g * (1 - beta)``
+    feeds one slot, ``g`` feeds them all); a tensor that also feeds another trainable
+    variable's writes (``other_writes``) is upstream of the gradient. Returns (body input string, producing node)."""
+    last = ws[-1]
+    starts = [body.nodes[last].input[2 if body.nodes[last].op in SCATTER_WRITES else 1]]
     seen: set[str] = set()
     queue: deque[str] = deque(starts)
     control: deque[str] = deque()
+    best: tuple[int, int, str, str] | None = None
+    rank = 0
     while queue or control:
         ref = queue.popleft() if queue else control.popleft()
         if ref in seen:
@@ -447,16 +462,24 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args:
         seen.add(ref)
         name = node_of(ref)
         node = body.nodes.get(name)
+        ok = False
         if node is None:  # a function input
-            if name in data_args and _arg_fits(body, name, var, sparse) and set(ws) <= body.tensor_descendants(ref):
-                return ref, name
-            continue
-        if (not ref.startswith("^") and _candidate(body, node, ref, ws, var, blocked, sparse)
-                and set(ws) <= body.tensor_descendants(ref)):
-            return ref, name
-        for inp in node.input:
-            (control if inp.startswith("^") else queue).append(inp)
-    return None
+            ok = name in data_args and _arg_fits(body, name, var, sparse)
+        elif not ref.startswith("^"):
+            ok = _candidate(body, node, ref, [last], var, blocked, sparse)
+        if ok:
+            below = body.tensor_descendants(ref)
+            if last in below and not any(w in below for w in other_writes):
+                score = sum(1 for w in state_writes if w in below)
+                rank += 1
+                if best is None or score > best[0]:
+                    best = (score, rank, ref, name)
+                if rank >= _MAX_CANDIDATES:
+                    break
+        if node is not None:
+            for inp in node.input:
+                (control if inp.startswith("^") else queue).append(inp)
+    return None if best is None else (best[2], best[3])
 
 
 def _arg_fits(body: Body, arg: str, var: Variable, sparse: bool) -> bool:

@@ -170,7 +170,7 @@ def test_bad_inputs_are_one_line_errors(models: dict[str, Path], tmp_path: Path,
     cases = [
         (novars, tmp_path / "o1", "variables/"),
         (corrupt, tmp_path / "o2", "corrupt"),
-        (models["adam"], models["adam"], "overwrite"),
+        (models["adam"], models["adam"], "input"),
         (models["adam"], models["adam"] / "inside", "inside the input"),
     ]
     for src, out, words in cases:
