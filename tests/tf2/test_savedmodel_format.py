@@ -357,3 +357,12 @@ def test_rewriting_imports_no_tensorflow(models: dict[str, Path], tmp_path: Path
             "f.serialize(o); assert 'tensorflow' not in sys.modules, 'tensorflow imported'")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ})
     assert proto.FunctionDef
+
+
+def test_verify_runs_the_training_signature(models: dict[str, Path], tmp_path: Path) -> None:
+    from optrewrite.tf2.verify import verify_savedmodel
+
+    out = tmp_path / "out"
+    assert _rewrite(models["sgdm"], _spec(tmp_path, GUARD_B), out) == 0
+    summary = verify_savedmodel(out, seed=0, timeout_s=60)
+    assert "'train'" in summary and "variables changed" in summary
