@@ -98,7 +98,8 @@ DECOMPOSED = (FIXTURES / "decomposed_momentum" / "spec.yaml").read_text()
         ("version: !foo 1\nguard: {}\n", "version: cannot read '1': "),  # was ConstructorError
         ("version: 1\nguard:\n  variables: [!!binary 'AAA']\n", "guard.variables[0]: cannot read 'AAA'"),
         ("version: 1\nguard:\n  variables: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
-        ("version: 1\nguard:\n  variables: ['re:" + "(" * 5000 + ")" * 5000 + "']\n", "nested or repeated too deeply"),
+        ("version: 1\nguard:\n  variables: ['re:" + "(" * 5000 + ")" * 5000 + "']\n",
+         "guard.variables[0]: 're:(((((((((((((((((... has 10,003 characters; at most 1,000 are allowed"),
         ("version: 1\nguard:\n  variables: ['re:a{99999999999}']\n", "nested or repeated too deeply"),
         ("version: 1\nclip:\n  - variables: [a]\n    max_norm: 1" + "0" * 400 + "\n", "must be a positive number"),
         ("version: 1\nclip:\n  - variables: [a]\n    dims: []\n    max_norm: 1\n", "must list at least one dim"),

@@ -13,6 +13,13 @@ An *update site* is everything one optimizer does to one variable in a step:
 A candidate that cannot be rewritten safely is returned as a :class:`Skip` with the reason
 (an update of a variable that is not float, one inside a function, ...); an update op whose
 inputs or attrs do not fit its definition is an InputError: the graph would not import.
+
+An Apply op's variable and slot inputs must lead, through ``Identity`` chains, to a variable
+node. Where they come from an op that can hand on a variable optrewrite does not follow — a
+captured resource placeholder of a TensorFlow 2 function's GraphDef, control flow (``Enter``,
+``Switch``, ``Merge``, ...), a function call or argument, a temporary variable — the update
+is skipped; from any other op (a ``Const``, a value placeholder, ``ReadVariableOp``, ...) it
+is an InputError: that op holds no variable, so the graph cannot run.
 """
 from __future__ import annotations
 
@@ -21,12 +28,24 @@ from dataclasses import dataclass
 from importlib import resources
 
 from optrewrite.core import Skip
-from optrewrite.errors import InputError
+from optrewrite.errors import InputError, quoted
 from optrewrite.tf import proto
 from optrewrite.tf.graph import TAG_ATTR, GraphEditor, canonical_tensor, node_of
 
 VARIABLE_OPS = frozenset({"VariableV2", "Variable", "VarHandleOp"})
 _PASS_THROUGH = frozenset({"Identity", "RefIdentity"})
+_PLACEHOLDERS = frozenset({"Placeholder", "PlaceholderV2", "PlaceholderWithDefault"})
+# Ops through which a variable's ref or resource legitimately reaches an update op, and which
+# optrewrite does not follow: loop frames and cond branches, function calls and arguments,
+# temporary variables. An update behind one is skipped, not refused.
+OPAQUE_VARIABLE_OPS = frozenset(
+    {
+        "Enter", "RefEnter", "Exit", "RefExit", "Switch", "RefSwitch", "_SwitchN", "Merge", "RefMerge",
+        "NextIteration", "RefNextIteration", "If", "StatelessIf", "While", "StatelessWhile", "Case",
+        "StatelessCase", "PartitionedCall", "StatefulPartitionedCall", "_Arg", "TemporaryVariable",
+        "_VarHandlesOp",
+    }
+)  # fmt: skip
 # Ops that write variable state inside a decomposed update group.
 WRITE_OPS = frozenset(
     {
@@ -81,14 +100,47 @@ class UpdateSite:
 
 
 def _resolve_variable(g: GraphEditor, tensor: str) -> proto.NodeDef | None:
+    node = _source(g, tensor)
+    return node if node.op in VARIABLE_OPS else None
+
+
+def _source(g: GraphEditor, tensor: str) -> proto.NodeDef:
+    """The node behind ``tensor`` and the ``Identity`` chain it comes through (however long)."""
     node = g.producer(tensor)
-    for _ in range(8):
-        if node.op in VARIABLE_OPS:
-            return node
-        if node.op not in _PASS_THROUGH or not node.input:
-            return None
+    seen = {node.name}
+    while node.op in _PASS_THROUGH and node.input and not node.input[0].startswith("^"):
         node = g.producer(node.input[0])
-    return None
+        if node.name in seen:  # an Identity cycle: a graph check refuses it, but never loop here
+            break
+        seen.add(node.name)
+    return node
+
+
+def _update_variable(g: GraphEditor, update: proto.NodeDef, pos: int, what: str) -> proto.NodeDef | str:
+    """The variable node behind input ``pos`` of an Apply op, or why the update is skipped;
+    InputError when that input comes from an op that holds no variable (module docstring)."""
+    tensor = update.input[pos]
+    node = _source(g, tensor)
+    if node.op in VARIABLE_OPS:
+        return node
+    direct = node.name == tensor.partition(":")[0]
+    if node.op in _PLACEHOLDERS:
+        value = node.attr.get("dtype")
+        if value is not None and value.WhichOneof("value") == "type" and value.type == proto.DT_RESOURCE:
+            source = "" if direct else f" (through {tensor!r})"
+            return (f"{what} input {node.name!r}{source} is a captured resource placeholder, as in a GraphDef "
+                    "of a TensorFlow 2 function; rewrite the TensorFlow 2 SavedModel instead")
+    kind = f"{_article(node.op)} {node.op} node" if node.op else "a node without op"
+    if node.op in OPAQUE_VARIABLE_OPS:
+        source = "is" if direct else f"comes through {node.name!r},"
+        return f"{what} input {tensor!r} {source} {kind}, which optrewrite does not follow to a variable"
+    source = "is" if direct else f"leads to {quoted(node.name)},"
+    raise InputError(f"node {quoted(update.name)} ({update.op}): its {what} input {quoted(tensor)} {source} "
+                     f"{kind}, not a variable")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in ("A", "E", "I", "O", "U") else "a"
 
 
 def _check_arity(node: proto.NodeDef, expected: int) -> None:
@@ -160,17 +212,17 @@ def _apply_site(g: GraphEditor, node: proto.NodeDef) -> UpdateSite | Skip:
     info = UPDATE_OPS[node.op]
     _check_arity(node, len(info["inputs"]))
     indices_dtype = _type_attr(node, "Tindices") if info["indices"] is not None else proto.DT_INT32
-    var = _resolve_variable(g, node.input[info["var"]])
-    if var is None:
-        return Skip(node.name, None, f"the variable input {node.input[info['var']]!r} is not a variable node")
+    var = _update_variable(g, node, info["var"], "variable")
+    if isinstance(var, str):
+        return Skip(node.name, None, f"the {var}")
     why = _not_float(var)
     if why:
         return Skip(node.name, var.name, why)
     slots = []
     for pos in info["slots"]:
-        slot = _resolve_variable(g, node.input[pos])
-        if slot is None:
-            return Skip(node.name, var.name, f"slot input {node.input[pos]!r} is not a variable node")
+        slot = _update_variable(g, node, pos, "slot")
+        if isinstance(slot, str):
+            return Skip(node.name, var.name, f"its {slot}")
         slots.append(slot.name)
     members = frozenset({node.name})
     sinks, why = _sinks(g, members)
