@@ -1,8 +1,12 @@
 """All-zero-gradient guard inside a function body, by ``SelectV2`` on each write.
 
-With g the site's gradient (a sparse gradient's values)::
+With g the site's gradient (a sparse gradient's values) and ``guard.when`` choosing the rule
+(the TF graph pass's, :mod:`optrewrite.tf.passes.guard_zero_grad`)::
 
-    nonzero = Any(Cast(Reshape(g, [-1]), bool), [0])     # NaN counts as non-zero, -0.0 as zero
+    flat    = Reshape(g, [-1])
+    nonzero = Any(Cast(flat, bool), [0])                  # NaN counts as non-zero, -0.0 as zero
+    finite  = Equal(Sum(flat - flat, [0]), 0)             # NaN or +-inf make flat - flat NaN
+    apply   = nonzero | finite | LogicalAnd(nonzero, finite)   # when: zero | nonfinite | zero_or_nonfinite
 
 every write of the site (the variable's and its slots') keeps its op and name; its value input
 is gated:
@@ -41,23 +45,44 @@ class GuardZeroGrad:
         return PassResult(inserted={st.site.key: [TAG] for st in states})
 
 
-def nonzero_of(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: str) -> str:
-    """``Any(Cast(Reshape(gradient, [-1]), bool), [0])``: whether the gradient has a non-zero element."""
+def apply_of(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: str, when: str = "zero") -> str:
+    """The scalar bool "run the update" for ``gradient`` under the rule ``when`` (see above)."""
     T = g.type_attr
     shape = g.const(f"{scope}/flat/shape", [-1], proto.DT_INT32, tag=tag)
     flat = g.add(f"{scope}/flat", "Reshape", [gradient, shape],
                  attrs={"T": T(dtype), "Tshape": T(proto.DT_INT32)}, tag=tag)
-    as_bool = g.add(f"{scope}/as_bool", "Cast", [flat],
-                    attrs={"SrcT": T(dtype), "DstT": T(proto.DT_BOOL), "Truncate": g.bool_attr(False)}, tag=tag)
-    axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, tag=tag)
-    return g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
-                 attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, tag=tag)
+    tests = []
+    if when in ("zero", "zero_or_nonfinite"):
+        as_bool = g.add(f"{scope}/as_bool", "Cast", [flat],
+                        attrs={"SrcT": T(dtype), "DstT": T(proto.DT_BOOL), "Truncate": g.bool_attr(False)}, tag=tag)
+        axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, tag=tag)
+        tests.append(g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
+                           attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, tag=tag))
+    if when in ("nonfinite", "zero_or_nonfinite"):
+        nan_if_not = g.add(f"{scope}/finite/sub", "Sub", [flat, flat], attrs={"T": T(dtype)}, tag=tag)
+        axis = g.const(f"{scope}/finite/axis", [0], proto.DT_INT32, tag=tag)
+        total = g.add(f"{scope}/finite/sum", "Sum", [nan_if_not, axis],
+                      attrs={"T": T(dtype), "keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, tag=tag)
+        zero = g.const(f"{scope}/finite/zero", 0.0, dtype, tag=tag)
+        tests.append(g.add(f"{scope}/finite", "Equal", [total, zero],
+                           attrs={"T": T(dtype), "incompatible_shape_error": g.bool_attr(True)}, tag=tag))
+    if not tests:
+        raise AssertionError(f"guard.when {when!r}")
+    if len(tests) == 1:
+        return tests[0]
+    return g.add(f"{scope}/apply", "LogicalAnd", tests, tag=tag)
+
+
+def when_of(state: SiteState) -> str:
+    rules = state.selection.of(TAG)
+    options = rules[0].options if rules else None
+    return getattr(options, "when", "zero") or "zero"
 
 
 def guard(g: FunctionEditor, state: SiteState) -> None:
     site = state.site
     scope = g.unique_name(f"{site.scope}/optrewrite_guard")
-    nonzero = nonzero_of(g, scope, state.gradient, site.var.dtype, tag=TAG)
+    nonzero = apply_of(g, scope, state.gradient, site.var.dtype, tag=TAG, when=when_of(state))
     for k, write in enumerate(site.writes):
         node = g.node(write)
         dtype = node.attr["dtype"].type if "dtype" in node.attr else site.var.dtype
