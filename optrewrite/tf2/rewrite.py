@@ -4,7 +4,14 @@
    (:mod:`optrewrite.tf2.sites`); ``Spec.bind`` checks selectors against the variables' paths.
 2. Run :data:`optrewrite.tf2.passes.REGISTRY` through :func:`optrewrite.passes.run_pipeline`,
    one :class:`~optrewrite.tf2.functions.FunctionEditor` per function body.
-3. Record the plan digest as the MetaGraphDef's ``collection_def["optrewrite_plan"]`` (a
+3. Report one row per **variable**: a Keras SavedModel holds the training step twice (the
+   ``train`` signature's function and the object graph's own trace of the same
+   ``tf.function``), and either may run, so both are rewritten; the report (and explain) list
+   the variable once, its ``update`` naming every function's update (``F1/w, F2/w``, in
+   library order) and its actions once. Skips are merged the same way (same variable, same
+   reason). The plan digest still covers every function's site (in library order), so it
+   changes when the set of rewritten functions does, and a rerun reproduces it.
+4. Record the plan digest as the MetaGraphDef's ``collection_def["optrewrite_plan"]`` (a
    bytes list); ``tf.saved_model.load`` ignores collections. A SavedModel that carries the
    record with the same digest is "nothing to do"; with another, the rewrite is refused.
 
@@ -75,7 +82,7 @@ def rewrite_savedmodel(loaded: io.SavedModelFile, spec: Spec) -> Outcome:
     report = Report(input=str(loaded.path), format=FORMAT_NAME)
     found = discover(loaded)
     sites = found.sites
-    report.skipped = list(found.skips)
+    report.skipped = merge_skips(found.skips)
     if not sites and _selects(spec):
         what = "; ".join(f"{s.variable or s.update}: {s.reason}" for s in found.skips[:3])
         raise InputError(f"{loaded.path}: the SavedModel has no optimizer update the spec could select"
@@ -95,7 +102,8 @@ def rewrite_savedmodel(loaded: io.SavedModelFile, spec: Spec) -> Outcome:
         if recorded != digest:
             raise InputError(f"{loaded.path}: already rewritten by optrewrite with a different spec; "
                              "rewrite the original SavedModel instead")
-        report.sites = [_entry(sel.site, sel.labels) for sel in selections]
+        labels = {sel.site.key: sel.labels for sel in selections}
+        report.sites = [_entry(group, labels) for group in by_variable(sites)]
         report.note = "already rewritten with this spec: nothing to do"
         return Outcome(report=report, graph=Rewritten(loaded))
 
@@ -108,8 +116,8 @@ def rewrite_savedmodel(loaded: io.SavedModelFile, spec: Spec) -> Outcome:
         states.append(SiteState.start(sel, editor))
     done = passes.run_pipeline(REGISTRY, None, states)
     rewritten = Rewritten(loaded, editors, plan=digest)
-    report.sites = [_entry(site, done.inserted.get(site.key, [])) for site in sites]
-    report.skipped += done.skipped
+    report.sites = [_entry(group, done.inserted) for group in by_variable(sites)]
+    report.skipped = merge_skips([*report.skipped, *done.skipped])
     report.changed = True
     report.nodes_added = sum(len(e.added) for e in editors.values())
     report.nodes_changed = sum(len(e.changed) for e in editors.values())
@@ -131,6 +139,40 @@ def serialize(rewritten: Rewritten) -> bytes:
                         {PLAN_COLLECTION: record.SerializeToString(deterministic=True)})
 
 
-def _entry(site: FunctionSite, actions: list[str]) -> SiteEntry:
-    return SiteEntry(variable=site.var.path, update=site.key, kind=site.kind, sparse=site.sparse,
-                     device="", inserted=list(actions))
+def by_variable(sites: list[FunctionSite]) -> list[list[FunctionSite]]:
+    """The sites grouped by variable, in the order each variable is first found."""
+    groups: dict[str, list[FunctionSite]] = {}
+    for site in sites:
+        groups.setdefault(site.var.path, []).append(site)
+    return list(groups.values())
+
+
+def update_name(group: list[FunctionSite]) -> str:
+    """The report's ``update`` of a variable updated in one or several functions."""
+    return ", ".join(dict.fromkeys(s.key for s in group))
+
+
+def kind_of(group: list[FunctionSite]) -> str:
+    return " / ".join(dict.fromkeys(s.kind for s in group))
+
+
+def merge_skips(skips: list[Skip]) -> list[Skip]:
+    """One skip per (variable, reason), its ``update`` naming every function's: the copies of
+    one step skip the same updates. Skips that name no variable are kept as they are."""
+    merged: dict[tuple[str | None, str, str], list[str]] = {}
+    for skip in skips:
+        key = (skip.variable, skip.reason, "" if skip.variable else skip.update)
+        merged.setdefault(key, []).append(skip.update)
+    return [Skip(", ".join(dict.fromkeys(updates)), variable, reason)
+            for (variable, reason, _), updates in merged.items()]
+
+
+def _entry(group: list[FunctionSite], inserted: dict[str, list[str]]) -> SiteEntry:
+    actions: list[str] = []
+    for site in group:
+        for label in inserted.get(site.key, []):
+            if label not in actions:
+                actions.append(label)
+    first = group[0]
+    return SiteEntry(variable=first.var.path, update=update_name(group), kind=kind_of(group),
+                     sparse=any(s.sparse for s in group), device="", inserted=actions)
