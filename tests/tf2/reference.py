@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -200,22 +201,52 @@ def rewrite(export_dir: Path, config: RewriteConfig, work: Path, name: str) -> R
     return Rewritten(rc, err.getvalue(), data, out_dir)
 
 
-def exclude_variables(config: RewriteConfig, names: Iterable[str]) -> RewriteConfig:
+def exclude_variables(config: RewriteConfig, names: Iterable[str],
+                      variables: Sequence[str] = MODEL_VARIABLES) -> RewriteConfig:  # fmt: skip
     """``config`` with ``names`` excluded from every rule (what a rewrite that skipped those
-    variables' updates implements)."""
+    variables' updates implements); a rule left selecting none of ``variables`` is dropped."""
     extra = tuple(sorted(set(names)))
     if not extra:
         return config
 
-    def sel(s: Selection) -> Selection:
-        return Selection(s.include, s.exclude + extra)
+    def sel(s: Selection) -> Selection | None:
+        out = Selection(s.include, s.exclude + extra)
+        return out if any(out.matches(v) for v in variables) else None
 
+    gnc = config.global_norm_clip
+    gnc_sel = None if gnc is None else sel(gnc.select)
+    clips = [(g, sel(g.select)) for g in config.clip]
     return RewriteConfig(
         guard=None if config.guard is None else sel(config.guard),
-        clip=tuple(replace(g, select=sel(g.select)) for g in config.clip),
-        global_norm_clip=None if config.global_norm_clip is None
-        else replace(config.global_norm_clip, select=sel(config.global_norm_clip.select)),
-    )  # fmt: skip
+        clip=tuple(replace(g, select=s) for g, s in clips if s is not None),
+        global_norm_clip=None if gnc is None or gnc_sel is None else replace(gnc, select=gnc_sel),
+    )
+
+
+def rewrite_excluding_refused(r: "CaseRuns", name: str, config: RewriteConfig
+                              ) -> tuple[Rewritten, set[str] | None, RewriteConfig]:  # fmt: skip
+    """Rewrite with ``config``; when optrewrite refuses because a selected variable is not
+    rewritable (exit 2, naming the variable and why), exclude that variable, as a user
+    would, and rewrite again. Returns the last rewrite, the variables it skipped (None:
+    refused altogether, with reasons) and the config the reference must run: the spec with
+    every refused and skipped variable excluded."""
+    refused: list[str] = []
+    spec = config
+    for attempt in range(len(MODEL_VARIABLES) + 1):
+        label = name if not refused else f"{name}-{attempt}"
+        rw = r.rewrite(label, spec)
+        m = NOT_REWRITABLE.search(rw.stderr) if rw.rc == 2 else None
+        if m is None:
+            break
+        assert m.group("var") not in refused, rw.describe()
+        refused.append(m.group("var"))
+        spec = exclude_variables(config, refused)
+        if spec.guard is None and not spec.clip and spec.global_norm_clip is None:
+            return rw, None, spec
+    skipped = check_report(rw, r.variables())
+    if skipped is None:
+        return rw, None, spec
+    return rw, skipped | set(refused), exclude_variables(config, skipped | set(refused))
 
 
 # --------------------------------------------------------------------------- comparing runs
@@ -275,12 +306,13 @@ class CaseRuns:
     SavedModels trained. States: before the first step and after each step, so
     ``states[: warmup + 1]`` is the unmasked part."""
 
-    def __init__(self, saved: models.Saved, work: Path, steps: int, warmup: int) -> None:
+    def __init__(self, saved: models.Saved, work: Path, steps: int, warmup: int,
+                 schedule: list[Step] | None = None) -> None:  # fmt: skip
         self.saved = saved
         self.work = work
         self.names = saved.state_names
         self.warmup = warmup
-        self.schedule = models.schedule(steps, warmup=warmup)
+        self.schedule = models.schedule(steps, warmup=warmup) if schedule is None else schedule
         self._cache: dict[Any, Any] = {}
 
     def _once(self, key: Any, make: Any) -> Any:
@@ -303,8 +335,9 @@ class CaseRuns:
         return self._once(("rewrite", name), lambda: rewrite(
             self.saved.export_dir, config, self.work, name))
 
-    def rewritten(self, name: str) -> list[State]:
-        rw = self._cache[("rewrite", name)]
+    def rewritten(self, name: str, rw: Rewritten | None = None) -> list[State]:
+        rw = self._cache[("rewrite", name)] if rw is None else rw
+        name = str(rw.out_dir)
         return self._once(("rewritten", name), lambda: run_loaded(
             rw.out_dir, self.names, self.schedule))
 
@@ -316,9 +349,26 @@ class CaseRuns:
         return states[: self.warmup + 1]
 
 
-def check_report(rw: Rewritten, variables: Sequence[str]) -> set[str]:
-    """The rewrite succeeded and its report is well formed; the variables it skipped (each
-    skip has a reason)."""
+REFUSED = re.compile(r"has no optimizer update the spec could select \(found: (?P<found>.+)\)")
+NOT_REWRITABLE = re.compile(r"'(?P<var>[^']+)' is not rewritable: (?P<reason>\S.*)")
+
+
+def check_report(rw: Rewritten, variables: Sequence[str]) -> set[str] | None:
+    """The rewrite succeeded and its report is well formed: the variables it skipped (each
+    skip has a reason). None when the rewrite was refused because every update it found is
+    skipped — the documented outcome for a spec that selects no rewritable update: exit 2,
+    one line naming each update found and why it is skipped, nothing written."""
+    if rw.rc == 2 and NOT_REWRITABLE.search(rw.stderr):
+        assert not rw.out_dir.exists(), "a refused rewrite wrote its output"
+        return None
+    if rw.rc == 2:
+        m = REFUSED.search(rw.stderr)
+        assert m, rw.describe()
+        for found in m.group("found").split("; "):
+            where, _, reason = found.partition(": ")
+            assert where.strip() and reason.strip(), f"skipped without a reason: {found!r}"
+        assert not rw.out_dir.exists(), "a refused rewrite wrote its output"
+        return None
     assert rw.rc == 0, rw.describe()
     assert rw.report is not None, "no --report written"
     assert rw.report.get("schema") == "optrewrite.report/1", rw.report.get("schema")
