@@ -1,14 +1,16 @@
 """The library entry point behind the CLI: format-blind, through :mod:`optrewrite.formats`."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Callable
 
 from optrewrite.errors import InputError, shorten
-from optrewrite.fileio import check_distinct, check_writable
+from optrewrite.fileio import read_spec
 from optrewrite.formats import check_output, format_for, output_for, read_graph
 from optrewrite.report import Report
 from optrewrite.spec import Spec, load_spec
+from optrewrite.writeplan import WritePlan, graph_reads
 
 
 def rewrite_bytes(path: Path, raw: bytes, spec: Spec, *, lower: bool = False) -> tuple[bytes, Report]:
@@ -42,6 +44,12 @@ def rewrite_file(
     An ONNX output is checked with the onnx checker before it replaces anything; external
     data files it references are placed beside it when it goes to another directory.
 
+    One :class:`~optrewrite.writeplan.WritePlan` holds every file the run reads (the input,
+    its external data, the spec) and writes (the output, the data copied beside it, the
+    report): a write onto a read, or two writes onto one file, is an InputError before
+    anything is written, and the files are written all or nothing (temporary names beside
+    each target, renamed at the end; removed on any failure, an interrupt included).
+
     ``mode`` "dry-run" and "check" rewrite in memory and write nothing but the report (the
     rewritten graph is never serialized); ``report.changed`` then says whether writing would
     change the graph. ``verify`` loads the written graph in its runtime (TensorFlow,
@@ -50,31 +58,46 @@ def rewrite_file(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    src = Path(input_path)
+    src, spec_file = Path(input_path), Path(spec_path)
     writes = mode == "write"
     out = (Path(output) if output is not None else output_for(src)) if writes else None
-    for target in (t for t in (out, Path(report_path) if report_path is not None else None) if t is not None):
-        check_distinct(src, target)
-        check_distinct(Path(spec_path), target, what="the spec")
-        check_output(src, target) if target is out else check_writable(target)
-    if report_path is not None and out is not None and Path(report_path).resolve() == out.resolve():
-        raise InputError(f"{report_path}: the report would overwrite the output")
+    report_file = Path(report_path) if report_path is not None else None
     if verify and not writes:
         raise InputError(f"--verify runs the written graph; it cannot be combined with {mode}")
-    spec = load_spec(spec_path)
-    raw = read_graph(src)
-    fmt = format_for(src)
-    outcome = fmt.rewrite(src, raw, spec, lower=lower)
-    report = outcome.report
-    if out is not None:
-        report.output = str(out)
-        fmt.save(outcome, out, check=_runtime_check(src, out, report) if verify else None)
-    report.mode = mode
-    if report_path is not None:
-        from optrewrite.fileio import write_atomic  # noqa: PLC0415
-
-        write_atomic(Path(report_path), report.to_json().encode())
+    with WritePlan() as plan:
+        plan.read(src, "the input graph")
+        plan.read(spec_file, "the spec")
+        if out is not None:
+            check_output(src, out)
+            plan.write(out, "the output graph", check=False)
+        if report_file is not None:
+            plan.write(report_file, "the report")
+        spec = load_spec(spec_file, read=read_spec)
+        raw = read_graph(src)
+        fmt = format_for(src)
+        outcome = fmt.rewrite(src, raw, spec, lower=lower)
+        for path, role in graph_reads(src, raw):
+            plan.read(path, role)
+        report = outcome.report
+        report.mode = mode
+        if out is not None:
+            report.output = str(out)
+            check = _runtime_check(src, out, report) if verify else None
+            if _takes_plan(fmt.save):
+                fmt.save(outcome, out, check=check, plan=plan)
+            else:  # a format that writes on its own: its output is in place when save returns
+                fmt.save(outcome, out, check=check)
+        if report_file is not None:
+            plan.stage(report_file, report.to_json().encode())
+        plan.commit()
     return report
+
+
+def _takes_plan(save: Callable[..., None]) -> bool:
+    try:
+        return "plan" in inspect.signature(save).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _runtime_check(src: Path, out: Path, report: Report) -> Callable[[Path], None]:

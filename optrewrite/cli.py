@@ -9,26 +9,36 @@
 Exit codes: 0 success (the graphs are equal, for ``diff``; nothing to change, for
 ``--check``); 1 a difference (``diff``: the graphs differ; ``--check``: rewriting would
 change the graph); 2 an input, spec or usage error (one line on stderr per failed input,
-nothing written); 3 an internal failure.
+nothing written); 3 an internal failure; 141 stdout or stderr closed early (``| head``);
+128 + N interrupted by signal N (SIGINT 130, SIGHUP 129, SIGTERM 143), nothing written.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import select
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from optrewrite import __version__
 from optrewrite.errors import EXIT_DIFFERENT, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, OptrewriteError
 
 log = logging.getLogger("optrewrite")
 
+EXIT_BROKEN_PIPE = 128 + 13  # 141: as a program killed by SIGPIPE (what `| head` expects)
+
 EXIT_CODES = """exit codes:
   0  done (diff: the graphs are equal; --check: the graph is already rewritten)
   1  a difference (diff: the graphs differ; --check: rewriting would change the graph)
   2  bad input, spec or usage: one line on stderr, nothing written
-  3  internal failure"""
+  3  internal failure
+  141  stdout closed early (| head)
+  128+N  interrupted by signal N (SIGINT 130, SIGTERM 143): what the run was writing is removed"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,12 +131,36 @@ def _explain(argv: Sequence[str]) -> int:
 
     if args.dot is not None and args.spec is None:
         raise InputError("usage: --dot draws what a spec inserts; give --spec")
+    if args.spec is not None:
+        _check_spec_file(args.spec)
+    plan = None
+    if args.dot is not None:  # refuse a drawing onto the input or the spec before the work
+        import shutil  # noqa: PLC0415
+
+        from optrewrite.writeplan import WritePlan, drawing_targets  # noqa: PLC0415
+
+        plan = WritePlan()
+        plan.read(args.input, "the input graph")
+        plan.read(args.spec, "the spec")
+        for target, role in drawing_targets(args.dot, dot_installed=shutil.which("dot") is not None):
+            plan.write(target, role)
     explanation = explain_file(args.input, args.spec, lower=args.lower)
     print(explanation.to_json() if args.json else render_table(explanation), end="\n" if not args.json else "")
     if args.dot is not None:
-        for written in write_drawing(explanation, args.dot):
+        for written in write_drawing(explanation, args.dot, plan=plan):
             print(f"wrote {written}", file=sys.stderr)
     return EXIT_OK
+
+
+def _check_spec_file(path: Path) -> None:
+    """Refuse a spec that is no regular file or is over the size limit before it is read (a
+    missing one is left to the spec loader's message)."""
+    import os  # noqa: PLC0415
+
+    from optrewrite.fileio import MAX_SPEC_BYTES, check_input_file  # noqa: PLC0415
+
+    if os.path.exists(path):
+        check_input_file(path, limit=MAX_SPEC_BYTES, what="spec")
 
 
 def _diff(argv: Sequence[str]) -> int:
@@ -156,12 +190,13 @@ def _schema(argv: Sequence[str]) -> int:
                    help="load each spec file as the rewrite does (without a graph) and report the first problem of each")
     args = p.parse_args(argv)
     if args.validate:
+        from optrewrite.fileio import read_spec  # noqa: PLC0415
         from optrewrite.spec import load_spec  # noqa: PLC0415
 
         worst = EXIT_OK
         for path in args.validate:
             try:
-                load_spec(path)
+                load_spec(path, read=read_spec)
             except InputError as exc:
                 _error(exc)
                 worst = max(worst, exc.exit_code)
@@ -189,8 +224,85 @@ def _error(exc: OptrewriteError) -> None:
     print(f"optrewrite: error: {exc}", file=sys.stderr)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so that it cleans up as on SIGINT."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Interrupted` while the command runs (main thread only;
+    a signal the caller ignores, as ``nohup`` does SIGHUP, stays ignored); the previous
+    handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _broken(stream: object) -> bool:
+    """Whether ``stream`` is a pipe whose reader has gone (poll reports an error on it)."""
+    try:
+        fd = stream.fileno()  # type: ignore[attr-defined]
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _quiet_closed_outputs() -> None:
+    """Point closed stdout/stderr at /dev/null, so that Python's flush at exit does not fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for stream in (sys.stdout, sys.stderr):
+            if _broken(stream):
+                os.dup2(devnull, stream.fileno())
+    finally:
+        os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; the exit code (see the module's doc).
+
+    A closed stdout or stderr (``optrewrite diff a b | head -1``) ends the run quietly with
+    :data:`EXIT_BROKEN_PIPE`, what a program killed by SIGPIPE reports. SIGINT, SIGTERM and
+    SIGHUP remove what the run wrote and exit with 128 + the signal's number.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    with _signals_interrupt():
+        try:
+            code = _main(argv)
+            if sys.stdout is not None:
+                sys.stdout.flush()  # a closed stdout fails here, not at exit
+            return code
+        except KeyboardInterrupt as exc:  # one that came after the command, while flushing
+            return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+        except BrokenPipeError:
+            if not (_broken(sys.stdout) or _broken(sys.stderr)):
+                log.debug("internal failure", exc_info=True)
+                print("optrewrite: internal error: BrokenPipeError", file=sys.stderr)
+                return EXIT_INTERNAL
+            _quiet_closed_outputs()
+            return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str]) -> int:
     try:
         return run(argv)
     except OptrewriteError as exc:
@@ -198,9 +310,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)
-    except KeyboardInterrupt:
-        print("optrewrite: interrupted", file=sys.stderr)
-        return EXIT_INTERNAL
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        print(f"optrewrite: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    except BrokenPipeError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, exit 3
         log.debug("internal failure", exc_info=True)
         print(f"optrewrite: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -119,33 +119,47 @@ SVG_TIMEOUT_S = 120
 AUTO_SVG_MAX_LINES = 20_000  # a DOT file this long is not rendered unless SVG is asked for
 
 
-def write_drawing(ex: Explanation, path: Path) -> list[Path]:
+def write_drawing(ex: Explanation, path: Path, *, plan: WritePlan | None = None) -> list[Path]:
     """Write the DOT drawing to ``path``; render SVG beside it when graphviz's ``dot`` is installed
     and the drawing is small enough for graphviz to lay out in reasonable time.
 
     A ``path`` ending in ``.svg`` asks for SVG only, which needs ``dot``. Returns what was written.
+    What it writes is checked against the input graph, its external data and the spec (and
+    against what ``plan`` holds) before anything is written, and written all or nothing:
+    ``plan`` (default: a new one) is committed here.
     """
+    from optrewrite.writeplan import WritePlan, drawing_targets, graph_reads  # noqa: PLC0415
+
     assert ex.drawing is not None, "a drawing needs a spec"
-    text = ex.drawing.to_dot(title=f"optrewrite: {Path(ex.input).name} by {Path(ex.spec or '').name}")
     dot = shutil.which("dot")
     wants_svg = path.suffix.lower() == ".svg"
     if wants_svg and dot is None:
         raise InputError(f"{path}: SVG needs graphviz's dot on PATH; install graphviz or write a .dot file")
-    written = []
-    if not wants_svg:
-        write_atomic(path, text.encode())
-        written.append(path)
-    if dot is not None and (wants_svg or text.count("\n") <= AUTO_SVG_MAX_LINES):
-        svg_path = path if wants_svg else path.with_name(path.name + ".svg")
-        try:
-            proc = subprocess.run([dot, "-Tsvg"], input=text.encode(), capture_output=True,
-                                  timeout=SVG_TIMEOUT_S, check=False)
-        except subprocess.TimeoutExpired:
-            raise InputError(f"{svg_path}: graphviz dot did not finish in {SVG_TIMEOUT_S} s; "
-                             "draw fewer sites (a narrower spec) or write a .dot file") from None
-        if proc.returncode != 0:
-            first = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[0]
-            raise InputError(f"{svg_path}: graphviz dot failed: {shorten(first, 160)}")
-        write_atomic(svg_path, proc.stdout)
-        written.append(svg_path)
+    with plan if plan is not None else WritePlan() as plan:
+        plan.read(Path(ex.input), "the input graph")
+        if ex.spec:
+            plan.read(Path(ex.spec), "the spec")
+        for target, role in drawing_targets(path, dot_installed=dot is not None):
+            plan.write(target, role)
+        for read, role in graph_reads(Path(ex.input)):
+            plan.read(read, role)
+        text = ex.drawing.to_dot(title=f"optrewrite: {Path(ex.input).name} by {Path(ex.spec or '').name}")
+        written = []
+        if not wants_svg:
+            plan.stage(path, text.encode())
+            written.append(path)
+        if dot is not None and (wants_svg or text.count("\n") <= AUTO_SVG_MAX_LINES):
+            svg_path = path if wants_svg else path.with_name(path.name + ".svg")
+            try:
+                proc = subprocess.run([dot, "-Tsvg"], input=text.encode(), capture_output=True,
+                                      timeout=SVG_TIMEOUT_S, check=False)
+            except subprocess.TimeoutExpired:
+                raise InputError(f"{svg_path}: graphviz dot did not finish in {SVG_TIMEOUT_S} s; "
+                                 "draw fewer sites (a narrower spec) or write a .dot file") from None
+            if proc.returncode != 0:
+                first = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[0]
+                raise InputError(f"{svg_path}: graphviz dot failed: {shorten(first, 160)}")
+            plan.stage(svg_path, proc.stdout)
+            written.append(svg_path)
+        plan.commit()
     return written

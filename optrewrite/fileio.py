@@ -1,22 +1,93 @@
-"""Graph files: reading, output paths and atomic writes (the format by name: optrewrite.formats)."""
+"""Graph and spec files: bounded reading, output paths and atomic writes (the format by
+name: optrewrite.formats; what a run writes: optrewrite.writeplan).
+
+Inputs are untrusted: a path may name a FIFO, a device (``/dev/zero``), a directory or a
+file too large to parse. :func:`read_input` reads only regular files, at most
+:data:`MAX_GRAPH_BYTES` (protobuf cannot parse a larger message) and :func:`read_spec` at
+most :data:`MAX_SPEC_BYTES`; the size is checked before a byte is read.
+"""
 from __future__ import annotations
 
 import os
-import tempfile
+import stat
 from pathlib import Path
-from typing import Callable
 
 from optrewrite.errors import InputError
+from optrewrite.writeplan import check_writable, write_atomic  # noqa: F401  (the file helpers live here too)
+
+MAX_GRAPH_BYTES = 2**31 - 1  # 2 GiB: protobuf's limit on one serialized message
+MAX_SPEC_BYTES = 1 << 20  # 1 MiB: a spec is a few rules; more is not a spec
+_LIMIT_TEXT = {MAX_GRAPH_BYTES: "2 GiB", MAX_SPEC_BYTES: "1 MiB"}
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def read_input(path: Path) -> bytes:
-    """A graph file's bytes; a file that cannot be read is an InputError naming it."""
+def _size_text(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _check_regular(path: Path, st: os.stat_result, limit: int, what: str) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+        if kind == "a directory" and what == "graph":
+            raise InputError(f"{path}: is a directory, not a graph file")
+        raise InputError(f"{path}: is {kind}, not a {what} file")
+    if st.st_size > limit:
+        why = " (protobuf's limit)" if limit == MAX_GRAPH_BYTES else ""
+        raise InputError(f"{path}: the file is {_size_text(st.st_size)}; a {what} file may hold at most "
+                         f"{_LIMIT_TEXT.get(limit) or _size_text(limit)}{why}")
+
+
+def check_input_file(path: Path, *, limit: int = MAX_GRAPH_BYTES, what: str = "graph") -> None:
+    """InputError unless ``path`` is a regular file of at most ``limit`` bytes (nothing is read)."""
     try:
-        return path.read_bytes()
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a directory, not a graph file") from None
+        st = os.stat(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    _check_regular(path, st, limit, what)
+
+
+def read_bounded(path: Path, limit: int, what: str) -> bytes:
+    """A regular file's bytes, at most ``limit``; InputError for anything else, checked before
+    reading (a FIFO is opened without waiting for a writer). OSError passes through."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        _check_regular(path, st, limit, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    with open(fd, "rb", buffering=0, closefd=True) as f:
+        size = st.st_size
+        parts, total = [], 0
+        while total < size:  # a regular file is read whole, short reads aside
+            part = f.read(size - total)
+            if not part:
+                break
+            parts.append(part)
+            total += len(part)
+        if f.read(1):
+            raise InputError(f"{path}: the file grew while it was read; read it when it is complete")
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def read_input(path: Path, *, limit: int = MAX_GRAPH_BYTES) -> bytes:
+    """A graph file's bytes; a file that cannot be read, is no regular file or is larger than
+    ``limit`` is an InputError naming it."""
+    try:
+        return read_bounded(path, limit, "graph")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def read_spec(path: Path) -> bytes:
+    """A spec file's bytes for :func:`optrewrite.spec.load_spec` (its ``read=``): at most
+    :data:`MAX_SPEC_BYTES` of a regular file; OSError passes through for the spec's message."""
+    return read_bounded(path, MAX_SPEC_BYTES, "spec")
 
 
 def default_output(path: Path) -> Path:
@@ -24,60 +95,5 @@ def default_output(path: Path) -> Path:
     return path.with_name(f"{path.stem}.rewritten{path.suffix}")
 
 
-def check_distinct(input_path: Path, output_path: Path, *, what: str = "the input") -> None:
-    """Refuse to write ``output_path`` when it is ``input_path`` (by name or by a link)."""
-    same = output_path.resolve() == input_path.resolve()
-    if not same and output_path.exists():
-        try:
-            same = os.path.samefile(output_path, input_path)
-        except OSError:
-            same = False
-    if same:
-        raise InputError(f"{output_path}: writing it would overwrite {what}; choose another path")
-
-
-def check_writable(path: Path) -> None:
-    """``path`` names a file in an existing directory (checked before anything is written)."""
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise InputError(f"{path}: the directory {directory} does not exist")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory; name a file")
-
-
-def write_atomic(path: Path, data: bytes, *, verify: Callable[[Path], None] | None = None) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one.
-
-    ``verify`` runs on the complete temporary file, beside ``path``, before it replaces
-    anything; when it raises, nothing is written.
-    """
-    check_writable(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if verify is not None:
-            verify(Path(tmp))
-        os.replace(tmp, path)
-    except OSError as exc:
-        _remove(tmp)
-        raise InputError(f"{path}: cannot write: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+__all__ = ["MAX_GRAPH_BYTES", "MAX_SPEC_BYTES", "check_input_file", "check_writable", "default_output",
+           "read_bounded", "read_input", "read_spec", "write_atomic"]

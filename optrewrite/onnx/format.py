@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from optrewrite.core import Analysis, Outcome
     from optrewrite.spec import Spec
+    from optrewrite.writeplan import WritePlan
 
 
 class OnnxFormat:
@@ -35,22 +36,37 @@ class OnnxFormat:
 
         return serialize(outcome.graph)
 
-    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None) -> None:
-        """Write the model atomically after the onnx checker passes it; place the external
-        data files it references beside it when it goes to another directory (removed again
-        when the write fails)."""
+    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None,
+             plan: WritePlan | None = None) -> None:
+        """Stage the model beside ``out`` and check it with the onnx checker (then ``check``)
+        before it replaces anything. When it goes to another directory, the external data
+        files it references are copied beside it first (the checker and ``check`` need them
+        there); every target is checked against what the run reads and writes before
+        anything is written. With ``plan`` the caller commits (or aborts) it; without, the
+        model is in place when this returns, or nothing is."""
+        from contextlib import nullcontext  # noqa: PLC0415
+
         from optrewrite.errors import InputError  # noqa: PLC0415
-        from optrewrite.fileio import write_atomic  # noqa: PLC0415
         from optrewrite.onnx import io  # noqa: PLC0415
+        from optrewrite.writeplan import WritePlan  # noqa: PLC0415
 
-        loaded = outcome.graph.loaded
-        src = loaded.path
-        data = self.serialize(outcome)
-        placed = []
-        if io.may_have_external_data(loaded.raw):
-            placed = io.place_external_files(loaded.model, src.parent, out.parent, src)
-
-        def checked(tmp: Path) -> None:
+        own = plan is None
+        with WritePlan() if plan is None else nullcontext(plan) as plan:
+            loaded = outcome.graph.loaded
+            src = loaded.path
+            plan.read(src, "the input graph")
+            plan.write(out, "the output graph")
+            copies = []
+            if io.may_have_external_data(loaded.raw):
+                copies = io.external_copies(loaded.model, src.parent, out.parent, src)
+            for source, target, location in copies:
+                plan.read(source, io.data_role(location))
+                plan.write(target, io.copy_role(location), make_dirs=True)
+            needed = [(source, target) for source, target, _ in copies if not io.reusable_copy(target, source)]
+            data = self.serialize(outcome)
+            for source, target in needed:
+                plan.publish(plan.stage_copy(source, target))
+            tmp = plan.stage(out, data)
             try:
                 io.check_written(tmp)
             except io.CheckFailed as exc:
@@ -61,13 +77,8 @@ class OnnxFormat:
                 raise AssertionError(f"the rewritten model fails the onnx checker: {exc}") from None
             if check is not None:
                 check(tmp)
-
-        try:
-            write_atomic(out, data, verify=checked)
-        except BaseException:
-            for path in placed:
-                path.unlink(missing_ok=True)
-            raise
+            if own:
+                plan.commit()
 
     def analyse(self, path: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
         from optrewrite.onnx.explain import analyse  # noqa: PLC0415

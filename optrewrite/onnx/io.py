@@ -2,22 +2,22 @@
 
 Weights stored in external files are never read: the model is parsed with its external-data
 references as they are. When the output goes to another directory, each referenced data
-file is copied beside it (streamed by the OS, never held in memory), because onnxruntime and
-the onnx checker refuse data paths that leave the model's directory, and the checker also
-refuses data files with more than one hard link.
+file is copied beside it (streamed by the OS, never held in memory, by the run's
+:class:`~optrewrite.writeplan.WritePlan`), because onnxruntime and the onnx checker refuse
+data paths that leave the model's directory, and the checker also refuses data files with
+more than one hard link. A location that cannot name such a file (empty, a NUL byte, outside
+the directory) and external data inside local functions are input errors.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
 
-from optrewrite.errors import InputError
+from optrewrite.errors import InputError, quoted
 
 FORMAT_NAME = "ONNX"
 # The newest IR version onnxruntime 1.31 loads; newer inputs are written with this one.
@@ -63,6 +63,25 @@ def serialize(model: onnx.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
+def _attribute_tensors(attr: onnx.AttributeProto):
+    if attr.type == onnx.AttributeProto.TENSOR:
+        yield attr.t
+    elif attr.type == onnx.AttributeProto.TENSORS:
+        yield from attr.tensors
+    elif attr.type == onnx.AttributeProto.SPARSE_TENSOR:
+        yield attr.sparse_tensor.values
+        yield attr.sparse_tensor.indices
+    elif attr.type == onnx.AttributeProto.SPARSE_TENSORS:
+        for sparse in attr.sparse_tensors:
+            yield sparse.values
+            yield sparse.indices
+    elif attr.type == onnx.AttributeProto.GRAPH:
+        yield from _external_tensors(attr.g)
+    elif attr.type == onnx.AttributeProto.GRAPHS:
+        for sub in attr.graphs:
+            yield from _external_tensors(sub)
+
+
 def _external_tensors(graph: onnx.GraphProto):
     """Every TensorProto of ``graph`` and its subgraphs that may hold external data."""
     yield from graph.initializer
@@ -71,15 +90,7 @@ def _external_tensors(graph: onnx.GraphProto):
         yield sparse.indices
     for node in graph.node:
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.TENSORS:
-                yield from attr.tensors
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _external_tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _external_tensors(sub)
+            yield from _attribute_tensors(attr)
 
 
 def may_have_external_data(raw: bytes) -> bool:
@@ -87,63 +98,113 @@ def may_have_external_data(raw: bytes) -> bool:
     return b"location" in raw
 
 
-def external_files(model: onnx.ModelProto) -> list[str]:
-    """The data files the model's external tensors name, relative to its directory."""
-    files: dict[str, None] = {}
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def external_files(model: onnx.ModelProto) -> dict[str, str]:
+    """The data files the model's external tensors name, relative to its directory, each
+    with the name of the first tensor that names it. External data inside a local function
+    is an InputError (onnx's own loaders never resolve it)."""
+    for function in model.functions:
+        for node in function.node:
+            for attr in node.attribute:
+                for tensor in _attribute_tensors(attr):
+                    if _is_external(tensor):
+                        raise InputError(f"tensor {quoted(tensor.name)} of local function {quoted(function.name)}: "
+                                         "external data inside a local function is not supported; store it in the model")
+    files: dict[str, str] = {}
     for tensor in _external_tensors(model.graph):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        if _is_external(tensor):
             entries = {e.key: e.value for e in tensor.external_data}
             if "location" not in entries:
-                raise InputError(f"tensor {tensor.name!r}: external data without a location")
-            files[entries["location"]] = None
-    return list(files)
+                raise InputError(f"tensor {quoted(tensor.name)}: external data without a location")
+            files.setdefault(entries["location"], tensor.name)
+    return files
+
+
+def _location_problem(location: str) -> str | None:
+    """Why ``location`` cannot name a data file beside the model, or None."""
+    if not location:
+        return "is empty"
+    if "\0" in location:
+        return "holds a NUL byte"
+    raw = os.fsencode(location)
+    if len(raw) > 4095 or any(len(part) > 255 for part in raw.split(b"/")):
+        return "is too long for a file name"
+    return None
+
+
+def external_data(model: onnx.ModelProto, src_dir: Path, source: Path) -> list[tuple[str, Path]]:
+    """Each external data file as (location, resolved path); each must be a regular file
+    inside the model's directory. Every problem is an InputError naming ``source`` and a
+    tensor that names the file."""
+    out = []
+    root = src_dir.resolve()
+    for location, tensor in external_files(model).items():
+        where = f"{source}: tensor {quoted(tensor)}: external data {quoted(location)}"
+        problem = _location_problem(location)
+        if problem is not None:
+            raise InputError(f"{where} {problem}")
+        try:
+            path = (src_dir / location).resolve()
+            inside = root in path.parents
+            regular = inside and path.is_file()
+        except (OSError, ValueError, RuntimeError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise InputError(f"{where} is not a usable path: {detail}") from None
+        if not inside:
+            raise InputError(f"{source}: external data {quoted(location)} lies outside the model's directory")
+        if not regular:
+            what = "is missing" if not path.exists() else "is not a regular file"
+            raise InputError(f"{source}: external data file {quoted(location)} {what}")
+        out.append((location, path))
+    return out
 
 
 def check_external_files(model: onnx.ModelProto, src_dir: Path, source: Path) -> list[Path]:
     """Resolve the external data files; each must be a file inside the model's directory."""
-    out = []
-    root = src_dir.resolve()
-    for location in external_files(model):
-        path = (src_dir / location).resolve()
-        if root not in path.parents:
-            raise InputError(f"{source}: external data {location!r} lies outside the model's directory")
-        if not path.is_file():
-            raise InputError(f"{source}: external data file {location!r} is missing")
-        out.append(path)
-    return out
+    return [path for _, path in external_data(model, src_dir, source)]
 
 
-def place_external_files(model: onnx.ModelProto, src_dir: Path, dst_dir: Path, source: Path) -> list[Path]:
-    """Make the model's external data available beside an output written to ``dst_dir``.
+def data_reads(path: Path, raw: bytes) -> list[tuple[Path, str]]:
+    """The external data files the model at ``path`` reads, with their roles, for a write
+    plan (:func:`optrewrite.writeplan.graph_reads`)."""
+    if not may_have_external_data(raw):
+        return []
+    model = load(path, raw).model
+    return [(file, data_role(location)) for location, file in external_data(model, path.parent, path)]
 
-    Returns the files it created (for the caller to remove if the write fails).
-    """
-    files = check_external_files(model, src_dir, source)
+
+def data_role(location: str) -> str:
+    return f"the external data {quoted(location)} of the input graph"
+
+
+def copy_role(location: str) -> str:
+    return f"the copy of the external data {quoted(location)}"
+
+
+def external_copies(model: onnx.ModelProto, src_dir: Path, dst_dir: Path, source: Path) -> list[tuple[Path, Path, str]]:
+    """The data files an output written to ``dst_dir`` needs beside it, as (source file,
+    target, location): none when it goes to the model's own directory."""
+    files = external_data(model, src_dir, source)
     if not files or src_dir.resolve() == dst_dir.resolve():
         return []
-    root = src_dir.resolve()
-    created = []
-    for path in files:
-        target = dst_dir / path.relative_to(root)
-        if target.exists():
-            if os.path.samefile(target, path) or _same_bytes(target, path):
-                continue
-            raise InputError(
-                f"{target}: a different file of that name is in the output directory; "
-                "it would be needed for the model's external data"
-            )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, target)
-            created.append(target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-    return created
+    return [(path, dst_dir / location, location) for location, path in files]
+
+
+def reusable_copy(target: Path, source: Path) -> bool:
+    """Whether ``target`` (in the output directory) already holds ``source``'s bytes; False
+    when it does not exist; an InputError when it is another file."""
+    if not os.path.lexists(target):
+        return False
+    try:
+        if target.is_file() and (os.path.samefile(target, source) or _same_bytes(target, source)):
+            return True
+    except OSError:
+        pass
+    raise InputError(f"{target}: a different file of that name is in the output directory; "
+                     "it would be needed for the model's external data")
 
 
 def _same_bytes(a: Path, b: Path, chunk: int = 1 << 20) -> bool:

@@ -15,6 +15,7 @@ from optrewrite.errors import InputError
 if TYPE_CHECKING:
     from optrewrite.core import Analysis, Outcome
     from optrewrite.spec import Spec
+    from optrewrite.writeplan import WritePlan
 
 # Golden files with these names hold binary graphs; other names hold text (optrewrite.testing).
 BINARY_SUFFIXES = frozenset({".pb", ".graphdef", ".meta"})
@@ -46,10 +47,26 @@ class TensorFlowFormat:
 
         return serialize(outcome.graph)
 
-    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None) -> None:
-        from optrewrite.fileio import write_atomic  # noqa: PLC0415
+    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None,
+             plan: WritePlan | None = None) -> None:
+        """Stage the graph beside ``out``; ``check`` runs on the staged file. With ``plan`` the
+        caller commits (or aborts) it; without, the graph is in place when this returns, or
+        nothing is."""
+        from contextlib import nullcontext  # noqa: PLC0415
 
-        write_atomic(out, self.serialize(outcome), verify=check)
+        from optrewrite.writeplan import WritePlan  # noqa: PLC0415
+
+        own = plan is None
+        with WritePlan() if plan is None else nullcontext(plan) as plan:
+            loaded = getattr(outcome.graph, "loaded", None)
+            if loaded is not None:
+                plan.read(loaded.path, "the input graph")
+            plan.write(out, "the output graph")
+            tmp = plan.stage(out, self.serialize(outcome))
+            if check is not None:
+                check(tmp)
+            if own:
+                plan.commit()
 
     def analyse(self, path: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
         self.check_request(path, spec, lower=lower)
