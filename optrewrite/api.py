@@ -76,7 +76,7 @@ def rewrite_file(
         raw = read_graph(src)
         fmt = format_for(src)
         outcome = fmt.rewrite(src, raw, spec, lower=lower)
-        for path, role in graph_reads(src, raw):
+        for path, role in graph_reads(src, raw, outcome):
             plan.read(path, role)
         report = outcome.report
         report.mode = mode

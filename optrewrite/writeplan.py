@@ -426,13 +426,14 @@ def write_atomic(path: Path, data: bytes, *, verify: Callable[[Path], None] | No
 
 
 # Formats whose graphs name other files they read (ONNX external data), as module:function
-# taking (path, raw) and returning [(path, role)]; the format's name picks the entry.
+# taking (path, raw, outcome) and returning [(path, role)]; the format's name picks the entry.
 GRAPH_READS = {"ONNX": "optrewrite.onnx.io:data_reads"}
 
 
-def graph_reads(path: Path, raw: bytes | None = None) -> list[tuple[Path, str]]:
+def graph_reads(path: Path, raw: bytes | None = None, outcome: object = None) -> list[tuple[Path, str]]:
     """The files the graph at ``path`` (bytes ``raw``, read when not given) reads besides
-    itself, with their roles; InputError when it names one it cannot use."""
+    itself, with their roles; InputError when it names one it cannot use. ``outcome``, the
+    graph's rewrite, lets the format use what it parsed."""
     import importlib  # noqa: PLC0415
 
     from optrewrite.formats import format_for  # noqa: PLC0415
@@ -445,7 +446,7 @@ def graph_reads(path: Path, raw: bytes | None = None) -> list[tuple[Path, str]]:
 
         raw = read_input(path)
     module, _, name = entry.partition(":")
-    return list(getattr(importlib.import_module(module), name)(path, raw))
+    return list(getattr(importlib.import_module(module), name)(path, raw, outcome))
 
 
 def drawing_targets(path: Path, *, dot_installed: bool) -> list[tuple[Path, str]]:

@@ -56,9 +56,7 @@ class OnnxFormat:
             src = loaded.path
             plan.read(src, "the input graph")
             plan.write(out, "the output graph")
-            copies = []
-            if io.may_have_external_data(loaded.raw):
-                copies = io.external_copies(loaded.model, src.parent, out.parent, src)
+            copies = io.external_copies(loaded, out.parent)
             for source, target, location in copies:
                 plan.read(source, io.data_role(location))
                 plan.write(target, io.copy_role(location), make_dirs=True)

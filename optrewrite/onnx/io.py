@@ -11,7 +11,7 @@ the directory) and external data inside local functions are input errors.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -31,6 +31,7 @@ class OnnxFile:
     raw: bytes
     model: onnx.ModelProto
     format_name: str = FORMAT_NAME
+    external: list[tuple[str, Path]] | None = field(default=None, repr=False, compare=False)  # see data_files
 
 
 def load(path: Path, raw: bytes) -> OnnxFile:
@@ -90,7 +91,12 @@ def _external_tensors(graph: onnx.GraphProto):
         yield sparse.indices
     for node in graph.node:
         for attr in node.attribute:
-            yield from _attribute_tensors(attr)
+            if attr.type in _TENSOR_ATTRS:
+                yield from _attribute_tensors(attr)
+
+
+_TENSOR_ATTRS = frozenset({onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS, onnx.AttributeProto.SPARSE_TENSOR,
+                           onnx.AttributeProto.SPARSE_TENSORS, onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS})
 
 
 def may_have_external_data(raw: bytes) -> bool:
@@ -167,13 +173,24 @@ def check_external_files(model: onnx.ModelProto, src_dir: Path, source: Path) ->
     return [path for _, path in external_data(model, src_dir, source)]
 
 
-def data_reads(path: Path, raw: bytes) -> list[tuple[Path, str]]:
+def data_files(loaded: OnnxFile) -> list[tuple[str, Path]]:
+    """:func:`external_data` of a loaded model, worked out once per load."""
+    if loaded.external is None:
+        loaded.external = (external_data(loaded.model, loaded.path.parent, loaded.path)
+                           if may_have_external_data(loaded.raw) else [])
+    return loaded.external
+
+
+def data_reads(path: Path, raw: bytes, outcome: object = None) -> list[tuple[Path, str]]:
     """The external data files the model at ``path`` reads, with their roles, for a write
-    plan (:func:`optrewrite.writeplan.graph_reads`)."""
+    plan (:func:`optrewrite.writeplan.graph_reads`); the model an ``outcome`` of its rewrite
+    holds spares parsing ``raw`` again."""
     if not may_have_external_data(raw):
         return []
-    model = load(path, raw).model
-    return [(file, data_role(location)) for location, file in external_data(model, path.parent, path)]
+    loaded = getattr(getattr(outcome, "graph", None), "loaded", None)
+    if not isinstance(loaded, OnnxFile):
+        loaded = load(path, raw)
+    return [(file, data_role(location)) for location, file in data_files(loaded)]
 
 
 def data_role(location: str) -> str:
@@ -184,11 +201,11 @@ def copy_role(location: str) -> str:
     return f"the copy of the external data {quoted(location)}"
 
 
-def external_copies(model: onnx.ModelProto, src_dir: Path, dst_dir: Path, source: Path) -> list[tuple[Path, Path, str]]:
+def external_copies(loaded: OnnxFile, dst_dir: Path) -> list[tuple[Path, Path, str]]:
     """The data files an output written to ``dst_dir`` needs beside it, as (source file,
     target, location): none when it goes to the model's own directory."""
-    files = external_data(model, src_dir, source)
-    if not files or src_dir.resolve() == dst_dir.resolve():
+    files = data_files(loaded)
+    if not files or loaded.path.parent.resolve() == dst_dir.resolve():
         return []
     return [(path, dst_dir / location, location) for location, path in files]
 
