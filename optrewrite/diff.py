@@ -51,8 +51,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from optrewrite.errors import InputError, printable
-from optrewrite.fileio import read_input
-from optrewrite.formats import format_for
+from optrewrite.formats import format_for, read_graph
 
 NONE = "(none)"  # the value of a field, attr or entry that one side does not have
 WIDTH = 100  # longer values are cut, with a digest of the whole
@@ -83,7 +82,7 @@ class GraphDiff:
 def diff_files(a: Path, b: Path) -> GraphDiff:
     """Compare the graphs in files ``a`` and ``b``; InputError when one cannot be compared."""
     a, b = Path(a), Path(b)
-    return diff_bytes(a, read_input(a), b, read_input(b))
+    return diff_bytes(a, read_graph(a), b, read_graph(b))
 
 
 def diff_bytes(a: Path, a_raw: bytes, b: Path, b_raw: bytes) -> GraphDiff:

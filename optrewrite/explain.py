@@ -19,8 +19,8 @@ from optrewrite import passes
 from optrewrite.core import Site, Skip
 from optrewrite.drawing import Drawing, group
 from optrewrite.errors import InputError, printable, shorten
-from optrewrite.fileio import read_input, write_atomic
-from optrewrite.formats import format_for
+from optrewrite.fileio import read_spec, write_atomic
+from optrewrite.formats import format_for, read_graph
 from optrewrite.spec import load_spec
 
 
@@ -54,8 +54,8 @@ class Explanation:
 def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *, lower: bool = False) -> Explanation:
     """Find the update sites of ``input_path``; with a spec, also rewrite in memory and say what changes."""
     src = Path(input_path)
-    spec = load_spec(spec_path) if spec_path is not None else None
-    raw = read_input(src)
+    spec = load_spec(spec_path, read=read_spec) if spec_path is not None else None
+    raw = read_graph(src)
     found = format_for(src).analyse(src, raw, spec, lower=lower)
     explanation = Explanation(input=str(src), format=found.format, spec=str(spec_path) if spec_path else None,
                               rows=[Row(site) for site in found.sites], skipped=found.skipped)
