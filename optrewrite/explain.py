@@ -13,15 +13,18 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from optrewrite import passes
 from optrewrite.core import Site, Skip
 from optrewrite.drawing import Drawing, group
 from optrewrite.errors import InputError, printable, shorten
-from optrewrite.fileio import read_spec, write_atomic
+from optrewrite.fileio import read_spec
 from optrewrite.formats import format_for, read_graph
 from optrewrite.spec import load_spec
+
+if TYPE_CHECKING:
+    from optrewrite.writeplan import WritePlan
 
 
 @dataclass

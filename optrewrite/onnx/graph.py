@@ -271,11 +271,11 @@ class Editor:
         """Change original node ``index``'s inputs and outputs in place."""
         node = self.graph.node[index]
         # Assigned even when equal: protobuf then refuses a name that is not UTF-8 text.
-        for field, names in ((node.input, inputs), (node.output, outputs)):
+        for current, names in ((node.input, inputs), (node.output, outputs)):
             if names is not None:
-                if list(field) != list(names):
+                if list(current) != list(names):
                     self._edited.add(index)
-                field[:] = names
+                current[:] = names
 
     @property
     def replaced(self) -> int:
