@@ -1,11 +1,18 @@
 """optrewrite.verify: every fixture input and rewritten output runs one step in its runtime;
-graphs the runtime rejects fail with a one-line VerificationFailed; nothing is written."""
+graphs the runtime rejects fail with a one-line VerificationFailed; nothing is written.
+
+Graphs are untrusted: an op off the list is refused before anything runs (the file it would
+read or write is never touched), the step runs in a child process stopped by its time and
+memory limits, and no message quotes a tensor's value."""
 from __future__ import annotations
 
+import importlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,8 @@ from optrewrite.api import rewrite_file
 from optrewrite.onnx import verify as onnx_verify
 from optrewrite.tf import proto
 from optrewrite.tf import verify as tf_verify
-from optrewrite.verify import VerificationFailed, verify_file
+from optrewrite.tf.verify_ops import ALLOWED_OPS
+from optrewrite.verify import NotVerifiable, OpNotAllowed, VerificationFailed, verify_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures"
@@ -105,8 +113,9 @@ def test_the_seed_decides_the_values_after_the_step(case: str, monkeypatch: pyte
         runs.append(values)
         return count_finite(values)
 
-    for module in (tf_verify, onnx_verify):
+    for module in (tf_verify, onnx_verify):  # the step runs here, where count_finite is recorded
         monkeypatch.setattr(module, "count_finite", recording)
+        monkeypatch.setattr(module, "run_isolated", _run_here)
     src = _input(FIXTURES / case)
     summaries = [verify_file(src, seed=seed) for seed in (3, 3, 4)]
     assert summaries[0] == summaries[1], summaries
@@ -115,6 +124,13 @@ def test_the_seed_decides_the_values_after_the_step(case: str, monkeypatch: pyte
     assert all(a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(first, again))
     float_values = [(a, b) for a, b in zip(first, other) if a.dtype.kind == "f"]
     assert float_values and not any(np.array_equal(a, b) for a, b in float_values)
+
+
+def _run_here(module: str, function: str, request: Any, **_: Any) -> Any:
+    """run_isolated without the child process: for tests that look inside the step."""
+    loaded = importlib.import_module(module)
+    loaded.prepare()
+    return getattr(loaded, function)(request)
 
 
 # --------------------------------------------------------------------------- like
@@ -180,9 +196,9 @@ def _negative_dim(nodes: dict[str, Any]) -> None:
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (_unknown_op, "cannot import the graph: NotFoundError: Op type not registered 'NoSuchOp'"),
-        (_rejected_attr, "cannot import the graph at node 'MatMul': ValueError: Value for attr 'T' of bool"),
-        (_unknown_rank, "step failed at node 'MatMul' (MatMul): InvalidArgumentError: In[0] and In[1]"),
+        (_unknown_op, "op 'NoSuchOp' (node 'MatMul') is not on the list of ops that verification runs"),
+        (_rejected_attr, "cannot import the graph at node 'MatMul' (MatMul): ValueError: an attr value the op"),
+        (_unknown_rank, "step failed at node 'MatMul' (MatMul): InvalidArgumentError: the operands' shapes do not"),
         (_huge_dim, "placeholder 'x': shape [1099511627776, 3] has 3298534883328 elements"),
         (_negative_dim, "placeholder 'x': invalid dimension -7"),
     ],
@@ -235,9 +251,9 @@ def test_onnx_rejects(tmp_path: Path) -> None:
     negative = _onnx(tmp_path, [helper.make_node("Identity", ["x"], ["y"])],
                      [_info("x", f, [2, -5])], [_info("y", f, None)])
     for path, expected in [
-        (type_mismatch, "onnxruntime 1."), (type_mismatch, "(bad_add)"),
-        (bad_reshape, "step failed at node 'r' (Reshape): The input tensor cannot be reshaped"),
-        (bad_adam, "onnx.reference"), (bad_adam, "could not be broadcast"),
+        (type_mismatch, "onnxruntime 1."), (type_mismatch, "at node 'bad_add' (Add): FAIL: a type the op does not"),
+        (bad_reshape, "step failed at node 'r' (Reshape): FAIL: the input cannot be reshaped"),
+        (bad_adam, "onnx.reference"), (bad_adam, "ValueError: the shapes do not match"),
         (huge, "input 'x': shape [2147483648, 2147483648] has"), (negative, "input 'x': negative dimension -5"),
     ]:  # fmt: skip
         with pytest.raises(VerificationFailed) as exc:
@@ -334,7 +350,7 @@ def test_runtimes_are_imported_only_when_used(tmp_path: Path) -> None:
         f"print(runtimes())\nverify_file({str(onnx_model)!r})\nprint(runtimes())\n",
         cwd=tmp_path,
     )
-    assert out.splitlines() == ["[]", "['onnx', 'onnxruntime']"]
+    assert out.splitlines() == ["[]", "['onnx']"]  # onnx reads the model; onnxruntime runs it elsewhere
 
 
 def test_nothing_is_written_to_cwd_tmp_or_home(tmp_path: Path) -> None:
@@ -343,12 +359,384 @@ def test_nothing_is_written_to_cwd_tmp_or_home(tmp_path: Path) -> None:
         d.mkdir()
     inputs = [str(_input(case)) for case in CASES]
     out = _python(
-        "from optrewrite.verify import verify_file\n"
-        f"for p in {inputs!r}:\n    print(verify_file(p))\n",
+        "import sys\nfrom optrewrite.verify import verify_file\n"
+        f"for p in {inputs!r}:\n    print(verify_file(p))\n"
+        "print(sorted({'tensorflow', 'keras', 'onnxruntime'} & set(sys.modules)))\n",
         cwd=dirs["cwd"],
         env={"TMPDIR": str(dirs["tmp"]), "HOME": str(dirs["home"]), "XDG_CACHE_HOME": str(dirs["cache"])},
     )
     assert out.count("ran one step") == len(CASES)
-    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    # Keras 3, which `import tensorflow` loads, writes its default config once where it is missing.
-    assert written == [os.path.join("home", ".keras", "keras.json")]
+    assert out.splitlines()[-1] == "[]"  # the runtimes run in the verification process only
+    # Keras 3, which `import tensorflow` loads, writes its default config where KERAS_HOME
+    # says: the verification process's private directory, removed when it ends.
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == sorted(Path(d) for d in dirs)
+
+
+# --------------------------------------------------------------------------- untrusted graphs
+
+
+def _train_after(tf: Any, *deps: Any, scale: Any = None) -> None:
+    """A GradientDescent step on 'v' whose gradient waits for ``deps`` (ops or tensors) and is
+    multiplied by ``scale`` (a float scalar: the data path, which no optimization prunes)."""
+    v = tf.compat.v1.get_variable("v", [2], use_resource=True)
+    x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
+    with tf.control_dependencies([d if hasattr(d, "type") else d.op for d in deps]):
+        loss = tf.reduce_sum(x * v) * (1.0 if scale is None else scale)
+    tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(loss, name="train")
+
+
+def _never_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a refused graph reached the verification process")
+
+    monkeypatch.setattr(tf_verify, "run_isolated", refuse)
+    monkeypatch.setattr(onnx_verify, "run_isolated", refuse)
+
+
+def _read_file(tf: Any, secret: Path, target: Path) -> None:
+    _train_after(tf, tf.strings.length(tf.io.read_file(str(secret))))
+
+
+def _write_file(tf: Any, secret: Path, target: Path) -> None:
+    _train_after(tf, tf.io.write_file(str(target), "written"))
+
+
+def _dataset_to_tfrecord(tf: Any, secret: Path, target: Path) -> None:
+    """The probe: a file's contents copied to a path the graph chooses."""
+    contents = tf.raw_ops.TensorDataset(components=[tf.io.read_file(str(secret))], output_shapes=[[]])
+    _train_after(tf, tf.raw_ops.ExperimentalDatasetToTFRecord(
+        input_dataset=contents, filename=str(target), compression_type=""))
+
+
+def _cache_dataset(tf: Any, secret: Path, target: Path) -> None:
+    dataset = tf.data.Dataset.from_tensors(tf.constant([1.0, 2.0])).cache(str(target))
+    _train_after(tf, tf.compat.v1.data.make_one_shot_iterator(dataset).get_next())
+
+
+def _function_body(tf: Any, secret: Path, target: Path) -> None:
+    @tf.function
+    def leak() -> Any:
+        tf.io.write_file(str(target), "written")
+        return tf.constant(1.0)
+
+    _train_after(tf, leak())
+
+
+def _print_to_file(tf: Any, secret: Path, target: Path) -> None:
+    _train_after(tf, tf.print("written", output_stream=f"file://{target}"))
+
+
+@pytest.mark.parametrize(
+    ("build", "op"),
+    [
+        (_read_file, "ReadFile"), (_write_file, "WriteFile"), (_dataset_to_tfrecord, "ReadFile"),
+        (_cache_dataset, "OneShotIterator"), (_function_body, "WriteFile"), (_print_to_file, "PrintV2"),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else "",
+)  # fmt: skip
+def test_ops_off_the_list_are_refused_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           build: Any, op: str) -> None:
+    secret, target = tmp_path / "secret.txt", tmp_path / "stolen"
+    secret.write_text("PRIVATE-CONTENTS")
+    path = _tf_graph(tmp_path, lambda tf: build(tf, secret, target))
+    _never_runs(monkeypatch)
+    with pytest.raises(OpNotAllowed) as exc:
+        verify_file(path)
+    message = _one_line(exc)
+    assert message.startswith(f"op '{op}' (node '") and "is not on the list of ops that verification runs" in message
+    assert isinstance(exc.value, NotVerifiable)
+    assert not target.exists() and not list(tmp_path.glob("stolen*"))
+    if build is _function_body:
+        assert "in function '" in message and "which node 'StatefulPartitionedCall' calls" in message
+    if build is _print_to_file:
+        assert message.endswith("it prints to a file")
+
+
+def test_the_cli_refuses_to_verify_with_exit_2(tmp_path: Path) -> None:
+    from optrewrite.cli import main
+
+    secret, target = tmp_path / "secret.txt", tmp_path / "stolen"
+    secret.write_text("PRIVATE-CONTENTS")
+    path = _tf_graph(tmp_path, lambda tf: _dataset_to_tfrecord(tf, secret, target))
+    (tmp_path / "spec.yaml").write_text("version: 1\nguard: {}\n")
+    out = tmp_path / "out.pb"
+    err = subprocess.run(
+        [sys.executable, "-m", "optrewrite", str(path), "--spec", str(tmp_path / "spec.yaml"), "-o", str(out),
+         "--verify"], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stderr  # fmt: skip
+    assert err == (f"optrewrite: error: {path}: --verify cannot run this graph (rewrite without --verify): "
+                   "op 'ReadFile' (node 'ReadFile') is not on the list of ops that verification runs\n")
+    assert not out.exists() and not target.exists()
+    assert main([str(path), "--spec", str(tmp_path / "spec.yaml"), "-o", str(out), "-q"]) == 0
+
+
+def test_a_call_of_a_function_the_graph_does_not_define_is_refused(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def build(tf: Any) -> None:
+        @tf.function
+        def f() -> Any:
+            return tf.constant(1.0)
+
+        _train_after(tf, f())
+
+    graph = proto.GraphDef.FromString(_tf_graph(tmp_path, build).read_bytes())
+    (call,) = [n for n in graph.node if n.op.endswith("PartitionedCall")]
+    call.attr["f"].func.name = "elsewhere"
+    path = tmp_path / "g.pb"
+    path.write_bytes(graph.SerializeToString())
+    _never_runs(monkeypatch)
+    with pytest.raises(OpNotAllowed) as exc:
+        verify_file(path)
+    assert _one_line(exc).endswith("it calls 'elsewhere', which the graph does not define")
+
+
+def test_check_ops_checks_a_function_library() -> None:
+    library = proto.FunctionDefLibrary()
+    inner = library.function.add()
+    inner.signature.name = "inner"
+    inner.node_def.add(name="read", op="ReadFile")
+    outer = library.function.add()
+    outer.signature.name = "outer"
+    outer.node_def.add(name="call_inner", op="inner")
+    call = proto.NodeDef(name="step", op="StatefulPartitionedCall")
+    call.attr["f"].func.name = "outer"
+    tf_verify.check_ops([proto.NodeDef(name="c", op="Const")], library)
+    with pytest.raises(OpNotAllowed) as exc:
+        tf_verify.check_ops([call], library)
+    assert str(exc.value) == ("op 'ReadFile' (node 'read' in function 'inner', which node 'step' calls) "
+                              "is not on the list of ops that verification runs")
+
+
+def test_a_function_of_allowed_ops_runs(tmp_path: Path) -> None:
+    def build(tf: Any) -> None:
+        @tf.function
+        def scale(x: Any) -> Any:
+            return tf.cond(tf.reduce_sum(x) > 0, lambda: x * 2.0, lambda: x)
+
+        v = tf.compat.v1.get_variable("v", [2], use_resource=True)
+        x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
+        tf.compat.v1.train.GradientDescentOptimizer(0.1).minimize(tf.reduce_sum(scale(x) * v), name="train")
+
+    assert verify_file(_tf_graph(tmp_path, build)).endswith("1 of 1 variables changed")
+
+
+def test_the_list_holds_every_op_the_repository_trains_with() -> None:
+    """Every op of every graph the tests and the fuzzer train (all optimizers of
+    tests/tf/model.py, ref and resource variables, dense and sparse gradients, the fixtures)
+    and of their rewrites with every action (the guard's Switch/Merge, clips, global-norm
+    clip) may run: the step of each is checked, and the list holds every update op."""
+    from optrewrite.api import rewrite_bytes
+    from optrewrite.spec import parse_spec
+    from optrewrite.tf import io as tf_io
+    from optrewrite.tf.sites import UPDATE_OPS
+
+    from tests.tf import model
+    from tools import fuzzing
+
+    assert set(UPDATE_OPS) <= ALLOWED_OPS
+    # what verification adds: assigns and reads of variables, placeholders
+    assert {"AssignVariableOp", "ReadVariableOp", "Assign", "Identity", "Placeholder", "VarHandleOp",
+            "VariableV2"} <= ALLOWED_OPS  # fmt: skip
+    spec = "version: 1\nguard: {}\nglobal_norm_clip: {clip_norm: 5.0}\nclip:\n  - variables: ['*']\n    max_norm: 1.5\n"
+    rows = "  - variables: ['emb']\n    dims: [1]\n    max_norm: 1.0\n"  # sparse updates clip the rows they touch
+    graphs = [(s.name, s.data, ".meta" if s.kind == "metagraph" else ".pb")
+              for s in fuzzing.seeds() if s.kind != "onnx"]  # fmt: skip
+    seeded = {optimizer for optimizer, _, _ in fuzzing.TF_BUILDS}
+    for i, optimizer in enumerate(o for o in model.OPTIMIZERS if o not in seeded):  # the others, once each
+        built = model.build(optimizer, resource=i % 2 == 0, sparse=i % 2 == 0)
+        graphs.append((optimizer, built.graph_def.SerializeToString(), ".pb"))
+    checked = set()
+    for name, data, suffix in graphs:
+        versions = [data]
+        if not name.endswith(":rewritten"):
+            loaded = tf_io.load(Path(f"g{suffix}"), data)
+            emb = any(n.name == "emb" for n in loaded.graph.node)
+            versions.append(rewrite_bytes(Path(f"g{suffix}"), data, parse_spec(spec + (rows if emb else "")))[0])
+        for raw in versions:
+            loaded = tf_io.load(Path(f"g{suffix}"), raw)
+            plan = tf_verify._plan(loaded.graph, loaded.topology)
+            assert plan.targets, name
+            runnable = tf_verify._runnable(loaded.graph, loaded.topology, plan)  # raises when refused
+            checked |= {n.op for n in runnable.node}
+    assert {"Switch", "Merge", "Any", "Cast", "Reshape", "Unique", "ResourceGather", "GatherV2", "ScatterSub",
+            "ResourceScatterSub", "Sum", "Sqrt", "Select", "Maximum", "RealDiv", "L2Loss", "Pack", "Minimum",
+            "AddV2"} <= checked  # fmt: skip
+
+
+def test_the_list_is_the_generated_one_and_leaves_out_what_touches_files() -> None:
+    import tensorflow as tf
+
+    from tools import gen_tf_verify_ops
+
+    version, by_module = gen_tf_verify_ops.registry()
+    if version != tf_verify_ops_version():
+        pytest.skip(f"the list comes from TensorFlow {tf_verify_ops_version()}, this is {tf.__version__}")
+    assert ALLOWED_OPS == gen_tf_verify_ops._ops(gen_tf_verify_ops.render(version, by_module))
+    assert not set(by_module) - set(gen_tf_verify_ops.ALLOWED) - set(gen_tf_verify_ops.REFUSED), "unreviewed"
+    for op in ("ReadFile", "WriteFile", "MatchingFiles", "WholeFileReaderV2", "SaveV2", "RestoreV2",
+               "MergeV2Checkpoints", "DatasetToTFRecord", "ExperimentalDatasetToTFRecord", "CacheDataset",
+               "CacheDatasetV2", "SnapshotDataset", "SnapshotDatasetV2", "DistributedSave", "SaveDatasetV2",
+               "DumpTensor", "DebugIdentityV2", "WriteScalarSummary", "CreateSummaryFileWriter", "PyFunc",
+               "EagerPyFunc", "ImmutableConst", "InitializeTableFromTextFileV2", "RecordInput", "RemoteCall",
+               "CollectiveReduceV2", "Send", "Recv", "_Send", "_Recv", "DecodeProtoV2", "Abort", "PrintV2",
+               "LoadAndRemapMatrix", "GenerateVocabRemapping", "OneShotIterator", "IteratorGetNext"):  # fmt: skip
+        assert op not in ALLOWED_OPS, op
+
+
+def tf_verify_ops_version() -> str:
+    from optrewrite.tf import verify_ops
+
+    return verify_ops.TENSORFLOW
+
+
+def test_error_lines_never_quote_tensor_values(tmp_path: Path) -> None:
+    """An Assert's data and an InvalidArgument's echoed string are not in the message."""
+
+    def assert_on_data(tf: Any) -> None:
+        x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+        leak = tf.strings.join(["SECRET", tf.strings.as_string(x * 1000.0 + 4242.0)])
+        _train_after(tf, tf.debugging.Assert(tf.reduce_all(x < 0), [leak, x * 1000.0 + 4242.0, "CONSTSECRET"]))
+
+    def echoed_value(tf: Any) -> None:
+        x = tf.compat.v1.placeholder(tf.float32, [2], name="x")
+        _train_after(tf, scale=tf.strings.to_number(tf.strings.join(["SECRET", tf.strings.as_string(x + 4242.0)]))[0])
+
+    messages = []
+    for build, expected in ((assert_on_data, "InvalidArgumentError: an Assert failed"),
+                            (echoed_value, "InvalidArgumentError")):  # fmt: skip
+        with pytest.raises(VerificationFailed) as exc:
+            verify_file(_tf_graph(tmp_path, build))
+        messages.append(_one_line(exc))
+        assert "step failed at node '" in messages[-1] and expected in messages[-1], messages[-1]
+    f = TensorProto.FLOAT
+    shape = [helper.make_node("Mul", ["x", "zero"], ["x0"]), helper.make_node("Add", ["x0", "big"], ["s"]),
+             helper.make_node("Cast", ["s"], ["shape"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["x", "shape"], ["y"], name="r")]  # fmt: skip
+    reshape = _onnx(tmp_path, shape, [_info("x", f, [2])], [_info("y", f, None)],
+                    initializers=(helper.make_tensor("zero", f, [], [0.0]), helper.make_tensor("big", f, [], [4242.0])))
+    with pytest.raises(VerificationFailed) as exc:
+        verify_file(reshape)
+    messages.append(_one_line(exc))
+    assert "at node 'r' (Reshape)" in messages[-1]
+    for message in messages:
+        assert "SECRET" not in message and "4242" not in message and "[" not in message, message
+
+
+def test_a_node_name_is_quoted_only_when_the_graph_has_it() -> None:
+    text = "assertion failed: [{{node stolen-data}}] [[{{node train/Assert}}]]"
+    exc = type("InvalidArgumentError", (Exception,), {"message": text})()
+    assert str(tf_verify._error("step failed", exc, {"train/Assert": "Assert"})) == (
+        "step failed at node 'train/Assert' (Assert): InvalidArgumentError: an Assert failed")
+    assert str(tf_verify._error("step failed", exc, {})) == "step failed: InvalidArgumentError: an Assert failed"
+
+
+def test_a_step_that_never_ends_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def build(tf: Any) -> None:
+        i = tf.compat.v1.while_loop(lambda i: tf.constant(True), lambda i: i + 1, [tf.constant(0)])
+        _train_after(tf, i)
+
+    path = _tf_graph(tmp_path, build)
+    verify_file(_input(FIXTURES / "momentum_ref_dense"))  # the verification process is up
+    monkeypatch.setattr(verify, "KILL_GRACE_S", 0.5)
+    start = time.monotonic()
+    with pytest.raises(VerificationFailed) as exc:
+        verify_file(path, timeout_s=1.0)
+    assert time.monotonic() - start < 20
+    assert "the step did not finish in 1 s" in _one_line(exc)
+    assert not isinstance(exc.value, NotVerifiable)  # the input is run too: maybe the rewrite is to blame
+
+
+def test_a_step_past_the_memory_limit_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def build(tf: Any) -> None:
+        _train_after(tf, scale=tf.reduce_sum(tf.fill(tf.constant([2**30], tf.int64), 1.0)))  # 4 GiB
+
+    path = _tf_graph(tmp_path, build)
+    monkeypatch.setattr(verify, "MEMORY_LIMIT_BYTES", 1 << 30)
+    start = time.monotonic()
+    with pytest.raises(VerificationFailed) as exc:
+        verify_file(path)
+    assert time.monotonic() - start < 60
+    message = _one_line(exc)
+    assert "out of memory" in message or "memory limit" in message, message
+
+
+def test_an_onnx_op_of_another_domain_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = TensorProto.FLOAT
+    contrib = _onnx(tmp_path, [helper.make_node("FusedMatMul", ["x", "x"], ["y"], name="mm", domain="com.microsoft")],
+                    [_info("x", f, [2, 2])], [_info("y", f, None)])
+    branch = helper.make_graph([helper.make_node("Gelu", ["x"], ["z"], name="g", domain="com.microsoft")], "b", [],
+                               [_info("z", f, None)])
+    nested = _onnx(tmp_path, [helper.make_node("Cast", ["x"], ["c"], to=TensorProto.BOOL),
+                              helper.make_node("ReduceMin", ["c"], ["cond"], keepdims=0),
+                              helper.make_node("If", ["cond"], ["y"], name="if", then_branch=branch,
+                                               else_branch=branch)],
+                   [_info("x", f, [2])], [_info("y", f, None)])  # fmt: skip
+    _never_runs(monkeypatch)
+    for path, expected in ((contrib, "op 'com.microsoft:FusedMatMul' (node 'mm')"),
+                           (nested, "op 'com.microsoft:Gelu' (node 'g')")):  # fmt: skip
+        with pytest.raises(OpNotAllowed) as exc:
+            verify_file(path)
+        assert _one_line(exc).startswith(expected + " is not on the list of ops that verification runs")
+
+
+def test_an_onnx_local_function_is_checked_and_runs(tmp_path: Path) -> None:
+    f = TensorProto.FLOAT
+
+    def model_with(body_domain: str, op: str) -> Path:
+        body = helper.make_function("local", "Twice", ["a"], ["b"], [helper.make_node(op, ["a", "a"], ["b"],
+                                    domain=body_domain)], [helper.make_opsetid("", 17)])  # fmt: skip
+        graph = helper.make_graph([helper.make_node("Twice", ["x"], ["y"], name="call", domain="local")], "g",
+                                  [_info("x", f, [2])], [_info("y", f, [2])])
+        model = helper.make_model(graph, ir_version=10, functions=[body],
+                                  opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)])
+        path = tmp_path / f"local_{op}.onnx"
+        onnx.save(model, str(path))
+        return path
+
+    assert verify_file(model_with("", "Add")) == f"ran one step in onnxruntime {_ort_version()}: 1 of 1 outputs finite"
+    with pytest.raises(OpNotAllowed) as exc:
+        verify_file(model_with("com.example", "Pow"))
+    assert _one_line(exc).startswith("op 'com.example:Pow' (node '' in function 'local:Twice') is not on the list")
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def prepare() -> str:
+    """The verification process's set-up when it runs this module's functions (below)."""
+    return "test process"
+
+
+def crash(request: Any) -> None:
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def exit_quietly(request: Any) -> None:
+    os._exit(3)
+
+
+def sleep(request: Any) -> None:
+    time.sleep(request)
+
+
+def answer(request: Any) -> Any:
+    return {"echo": request}
+
+
+def test_how_the_child_ended_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the verification process imports this module
+    run = verify.run_isolated
+    assert run(__name__, "answer", [1, "a"], timeout_s=10) == {"echo": [1, "a"]}
+    with pytest.raises(VerificationFailed, match=r"^test process: the step's process crashed \(SIGSEGV\)$"):
+        run(__name__, "crash", None, timeout_s=10)
+    with pytest.raises(VerificationFailed, match=r"^test process: the step's process exited with status 3 without"):
+        run(__name__, "exit_quietly", None, timeout_s=10)
+    monkeypatch.setattr(verify, "KILL_GRACE_S", 0.2)
+    with pytest.raises(VerificationFailed, match=r"^test process: the step did not finish in 0.5 s; it was stopped$"):
+        run(__name__, "sleep", 60, timeout_s=0.5)
+    with pytest.raises(VerificationFailed, match=r"^TypeError in the verification process$"):
+        run(__name__, "sleep", "x", timeout_s=10)
+    assert run(__name__, "answer", "again", timeout_s=10) == {"echo": "again"}  # the worker lives on

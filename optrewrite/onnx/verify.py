@@ -1,35 +1,82 @@
 """Verifying an ONNX model: run it once on generated inputs.
 
-The model runs in onnxruntime's CPU provider, every graph input that is not an initializer
-fed and every output fetched; a model that still holds ``ai.onnx.preview.training`` ops,
-which onnxruntime does not implement, runs in ``onnx.reference.ReferenceEvaluator`` instead
-(after strict type and shape inference, since the evaluator checks no types of training
-ops). External data is resolved beside ``path``. The summary counts the outputs whose values
-are all finite.
+This process loads the model (:func:`optrewrite.onnx.io.load`), checks it and plans its
+inputs; the model runs in a child process (:func:`optrewrite.verify.run_isolated`).
+
+**Checked before anything runs.** Every node — of the graph, of its subgraphs (``If``,
+``Loop``, ``Scan`` bodies) and of the model-local functions those nodes call — must be of
+one of the standard domains :data:`STANDARD_DOMAINS` or call a model-local function;
+anything else is refused with :class:`optrewrite.verify.OpNotAllowed` naming the op and
+node. Custom domains are where custom-op libraries plug in; onnxruntime's own contrib ops
+(``com.microsoft``) are refused too: no ONNX training step needs them, and none of the
+standard domains' ops reads or writes files. External data must lie in the model's
+directory.
+
+**In the child.** The model runs in onnxruntime's CPU provider, every graph input that is
+not an initializer fed and every output fetched; a model that still holds
+``ai.onnx.preview.training`` ops, which onnxruntime does not implement, runs in
+``onnx.reference.ReferenceEvaluator`` instead (after strict type and shape inference, since
+the evaluator checks no types of training ops). External data is resolved beside ``path``.
+The summary counts the outputs whose values are all finite. Errors name the node and op
+(when the model has them), the error's class or onnxruntime's status and a fixed phrase
+(:data:`_PHRASES`), never the runtime's text.
 
 Values are generated as :mod:`optrewrite.verify` describes; an unknown dimension (a
 dim_param) is :data:`UNKNOWN_DIM`, and the step counters, fed 1, are the integer inputs that
-are an int64 scalar or are named like ``step`` or ``T``. onnx and onnxruntime are imported
-only by :func:`verify_graph`; onnxruntime is imported with ``ORT_DISABLE_TELEMETRY=1``
-(unless set otherwise): version 1.31 on Linux otherwise writes telemetry state to
-``$TMPDIR`` and ``~/.cache`` on import. Nothing is written.
+are an int64 scalar or are named like ``step`` or ``T``. onnxruntime is imported only in the
+verification process, with ``ORT_DISABLE_TELEMETRY=1`` (unless set otherwise): version 1.31
+on Linux otherwise writes telemetry state to ``$TMPDIR`` and ``~/.cache`` on import.
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from optrewrite.errors import InputError
-from optrewrite.verify import Budget, VerificationFailed, count_finite, failed, first_line, generate, sentence
+from optrewrite.errors import InputError, quoted
+from optrewrite.verify import (
+    Budget,
+    VerificationFailed,
+    count_finite,
+    failed,
+    generate,
+    named,
+    not_allowed,
+    reason,
+    run_isolated,
+)
 
 UNKNOWN_DIM = 1  # the size of a dimension without a dim_value
-_ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
-_ORT_NODE = re.compile(r"running (\S+) node\. Name:'([^']*)' Status Message: (?:\S+:\d+ .*? was false\.\s*)?(.*)")
+STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
+_ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : (\w+) :")
+_ORT_NODE = re.compile(r"running (\S+) node\. Name:'([^']*)'")
 _STEP_NAME = re.compile(r"(^|[/_.:])(t|step|steps|iter|iters|iteration|global_step|step_count)$", re.IGNORECASE)
+# What onnxruntime's, onnx's and numpy's errors say, in words of our own (the first pattern
+# found wins). The runtime's text is never quoted: it holds values (shapes, indices, data).
+_PHRASES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern), phrase)
+    for pattern, phrase in (
+        (r"[Ff]ailed to allocate|bad_alloc|[Oo]ut of memory|MemoryError", "out of memory"),
+        (r"cannot be reshaped|[Cc]annot reshape", "the input cannot be reshaped to the requested shape"),
+        (r"could not be broadcast|[Bb]roadcast|Incompatible dimensions|shapes? .*(mismatch|do not match|differ)|"
+         r"ShapeInferenceError|[Ss]hape mismatch", "the shapes do not match"),
+        (r"bound to different types|Type Error|TypeInferenceError|[Tt]ype mismatch|Unexpected input data type|"
+         r"type .* (is invalid|does not match)|unsupported type|[Ii]nvalid (tensor )?(data )?type",
+         "a type the op does not accept"),
+        (r"out of (range|bounds)|[Ii]ndex|indices", "an index is out of range"),
+        (r"NOT_IMPLEMENTED|Could not find an implementation|not implemented|No Op registered|"
+         r"[Uu]nrecognized|is not a registered function/op", "an op or type the runtime does not implement"),
+        (r"[Mm]issing (required )?(input|attribute)|[Rr]equired attribute|attribute .* (missing|not found)",
+         "a missing input or attribute"),
+        (r"INVALID_GRAPH|[Cc]ycle|topological", "the graph is invalid"),
+        (r"INVALID_PROTOBUF|[Pp]rotobuf parsing failed", "the model cannot be parsed"),
+    )
+)  # fmt: skip
 
 
 def _has_preview_ops(graph: Any) -> bool:
@@ -44,15 +91,42 @@ def _has_preview_ops(graph: Any) -> bool:
     return False
 
 
-def _feed(model: Any, seed: int) -> dict[str, np.ndarray]:
-    """Generated values for every graph input that no initializer gives."""
+def _walk(graph: Any, functions: dict[tuple[str, str], Any], seen: set[tuple[str, str]],
+          function: str = "") -> Iterator[tuple[Any, str]]:
+    """Every node ``graph`` may run, with the local function holding it ("" for the model's
+    graphs): its nodes, their subgraphs', and the bodies of the local functions they call."""
+    from optrewrite.onnx.graph import subgraphs  # noqa: PLC0415
+
+    for node in graph.node:
+        yield node, function
+        for sub in subgraphs(node):
+            yield from _walk(sub, functions, seen, function)
+        key = (node.domain, node.op_type)
+        if key in functions and key not in seen:
+            seen.add(key)
+            yield from _walk(functions[key], functions, seen, f"{node.domain}:{node.op_type}")
+
+
+def _check_ops(model: Any) -> None:
+    """OpNotAllowed for the first node of a domain that is not standard (see the module docstring)."""
+    functions = {(f.domain, f.name): f for f in model.functions}
+    for node, function in _walk(model.graph, functions, set()):
+        if node.domain in STANDARD_DOMAINS or (node.domain, node.op_type) in functions:
+            continue
+        where = f" in function {quoted(function)}" if function else ""
+        raise not_allowed(f"{node.domain}:{node.op_type}", node.name, where,
+                          "verification runs only ops of the standard domains '', ai.onnx, ai.onnx.ml "
+                          "and ai.onnx.preview.training")
+
+
+def _inputs(model: Any) -> list[tuple[str, tuple[int, ...], np.dtype, bool]]:
+    """Every graph input that no initializer gives: name, shape, numpy type, step counter."""
     from onnx import helper  # noqa: PLC0415
 
     graph = model.graph
     initialized = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
     budget = Budget()
-    rng = np.random.default_rng(seed)
-    feed: dict[str, np.ndarray] = {}
+    inputs = []
     for value_info in graph.input:
         name = value_info.name
         if name in initialized:
@@ -67,22 +141,51 @@ def _feed(model: Any, seed: int) -> dict[str, np.ndarray]:
         except (KeyError, TypeError, ValueError):
             raise failed(f"input {name!r}: unknown element type {tensor_type.elem_type}") from None
         step = dtype.kind in "iu" and ((dtype == np.int64 and shape == ()) or bool(_STEP_NAME.search(name)))
-        value = generate(rng, shape, dtype, step=step)
-        if value is None:
+        if generate(np.random.default_rng(0), (0,), dtype) is None:
             raise failed(f"input {name!r}: cannot generate values of type {dtype}")
+        inputs.append((name, shape, dtype, step))
+    return inputs
+
+
+def _feed(inputs: list[tuple[str, tuple[int, ...], np.dtype, bool]], seed: int) -> dict[str, np.ndarray]:
+    """Generated values for the inputs :func:`_inputs` lists, in their order."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for name, shape, dtype, step in inputs:
+        value = generate(rng, tuple(shape), dtype, step=step)
+        assert value is not None  # _inputs checked the type
         feed[name] = value
     return feed
 
 
-def _ort_error(what: str, exc: Exception) -> VerificationFailed:
-    """A one-line failure from an onnxruntime exception, naming the node it reports."""
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    text = _ORT_PREFIX.sub("", text)
-    found = _ORT_NODE.search(text)
-    if found:
-        op, name, detail = found.groups()
-        return failed(f"{what} at node {name!r} ({op}): {sentence(detail)}")
-    return failed(f"{what}: {sentence(text)}")
+def _error(what: str, exc: BaseException, model: Any) -> VerificationFailed:
+    """A one-line failure from an onnxruntime, onnx or numpy exception: the node and op it
+    reports (when the model has that node), onnxruntime's status or the exception's class,
+    and a phrase of ours; never its text."""
+    from optrewrite.onnx.graph import subgraphs  # noqa: PLC0415
+
+    text = str(exc)
+    ops: dict[str, str] = {}
+
+    def collect(graph: Any) -> None:
+        for node in graph.node:
+            if node.name:
+                ops.setdefault(node.name, node.op_type)
+            for sub in subgraphs(node):
+                collect(sub)
+
+    collect(model.graph)
+    for function in model.functions:
+        collect(function)
+    candidates = [m.group(2) for m in _ORT_NODE.finditer(text)]
+    candidates += re.findall(r"node \(([^()]+)\)", text) + re.findall(r"node name: ([^)\s,]+)", text)
+    candidates += re.findall(r"[Nn]ode '([^']+)'", text)
+    name = named(candidates, ops)
+    status = _ORT_STATUS.search(text)
+    kind = status.group(1) if status else type(exc).__name__
+    where = f" at node {quoted(name)} ({ops[name]})" if name else ""
+    phrase = reason(text, _PHRASES)
+    return failed(f"{what}{where}: {kind}" + (f": {phrase}" if phrase else ""))
 
 
 def _reference_ops() -> list[type]:
@@ -106,11 +209,11 @@ def _reference_ops() -> list[type]:
 
 def verify_graph(path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: float) -> str:
     """Run the ONNX model ``raw`` (read from ``path``, whose directory holds its external
-    data; ``like`` names it in messages) once on inputs generated from ``seed``; a one-line
-    summary. ``timeout_s`` is not used: a model waits on nothing.
+    data; ``like`` names it in messages) once on inputs generated from ``seed``, in a child
+    process stopped after ``timeout_s``; a one-line summary.
 
-    Raises VerificationFailed when the model cannot be loaded or run; InputError when onnx
-    or onnxruntime is not installed.
+    Raises OpNotAllowed when the model holds an op of another domain; VerificationFailed when
+    the model cannot be loaded or run; InputError when onnx or onnxruntime is not installed.
     """
     try:
         from optrewrite.onnx import io as onnx_io  # noqa: PLC0415
@@ -118,11 +221,50 @@ def verify_graph(path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: fl
         raise InputError("verifying an ONNX model needs onnx and onnxruntime: pip install 'optrewrite[onnx]'") from None
     try:
         model = onnx_io.load(like, raw).model
+        onnx_io.check_external_files(model, path.parent, like)
     except InputError as exc:
         raise failed(f"cannot load the model: {exc}") from None
-    feed = _feed(model, seed)
+    _check_ops(model)
+    inputs = _inputs(model)
     preview = _has_preview_ops(model.graph) or any(_has_preview_ops(f) for f in model.functions)
-    if preview:
+    if not preview and importlib.util.find_spec("onnxruntime") is None:
+        raise InputError("verifying an ONNX model needs onnxruntime: pip install 'optrewrite[onnx]'")
+    request = {
+        "path": str(path.resolve()), "like": str(like), "sha256": hashlib.sha256(raw).hexdigest(),
+        "inputs": inputs, "seed": seed, "preview": preview,
+    }  # fmt: skip
+    runtime = "onnx.reference" if preview else None
+    return str(run_isolated(__name__, "run_step", request, timeout_s=timeout_s, runtime=runtime))
+
+
+# ------------------------------------------------------------------ in the verification process
+
+
+def prepare() -> str:
+    """Import onnx and onnxruntime (without telemetry); onnxruntime's name and version."""
+    # onnxruntime 1.31 on Linux writes telemetry state ($TMPDIR/.ses, ~/.cache/Microsoft/...)
+    # when imported, unless this is set first.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnx  # noqa: F401, PLC0415
+
+    try:
+        import onnxruntime as ort  # noqa: PLC0415
+    except ImportError:
+        return "onnxruntime (not installed)"
+    return f"onnxruntime {ort.__version__}"
+
+
+def run_step(request: dict[str, Any]) -> str:
+    """Run the checked model once (see the module docstring); the summary."""
+    from optrewrite.onnx import io as onnx_io  # noqa: PLC0415
+
+    path = Path(request["path"])
+    raw = path.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != request["sha256"]:
+        raise failed(f"{path} changed while it was verified")
+    model = onnx_io.load(Path(request["like"]), raw).model
+    feed = _feed(request["inputs"], request["seed"])
+    if request["preview"]:
         import onnx  # noqa: PLC0415
         from onnx.reference import ReferenceEvaluator  # noqa: PLC0415
 
@@ -130,20 +272,14 @@ def verify_graph(path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: fl
         try:  # the evaluator checks no types of training ops: strict inference does
             onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
         except Exception as exc:  # noqa: BLE001
-            raise failed(f"{runtime}: the model fails strict type and shape inference: "
-                         f"{type(exc).__name__}: {first_line(str(exc))}") from None
+            raise _error(f"{runtime}: the model fails strict type and shape inference", exc, model) from None
         try:
             outputs = ReferenceEvaluator(str(path), new_ops=_reference_ops()).run(None, feed)
         except Exception as exc:  # noqa: BLE001 - whatever the evaluator rejects is the finding
-            raise failed(f"{runtime} step failed: {type(exc).__name__}: {first_line(str(exc))}") from None
+            raise _error(f"{runtime} step failed", exc, model) from None
     else:
-        # onnxruntime 1.31 on Linux writes telemetry state ($TMPDIR/.ses, ~/.cache/Microsoft/...)
-        # when imported, unless this is set first.
-        os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
-        try:
-            import onnxruntime as ort  # noqa: PLC0415
-        except ImportError:
-            raise InputError("verifying an ONNX model needs onnxruntime: pip install 'optrewrite[onnx]'") from None
+        import onnxruntime as ort  # noqa: PLC0415
+
         runtime = f"onnxruntime {ort.__version__}"
         options = ort.SessionOptions()
         options.log_severity_level = 4  # errors come back as exceptions
@@ -155,10 +291,10 @@ def verify_graph(path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: fl
                 enable_fallback=0,  # the fallback retries on the CPU again, and prints about it
             )  # fmt: skip
         except Exception as exc:  # noqa: BLE001
-            raise _ort_error(f"{runtime} cannot load the model", exc) from None
+            raise _error(f"{runtime} cannot load the model", exc, model) from None
         try:
             outputs = session.run(None, feed)
         except Exception as exc:  # noqa: BLE001
-            raise _ort_error(f"{runtime} step failed", exc) from None
+            raise _error(f"{runtime} step failed", exc, model) from None
     finite, total = count_finite(outputs)
     return f"ran one step in {runtime}: {finite} of {total} outputs finite"
