@@ -58,7 +58,9 @@ ALLOWED: dict[str, tuple[str, dict[str, str]]] = {
     "set_ops": ("set operations", {}),
     "count_ops": ("counting", {}),
     "ctc_ops": ("CTC losses and decoders", {}),
-    "candidate_sampling_ops": ("candidate samplers", {}),
+    "candidate_sampling_ops": ("candidate samplers", {
+        "FixedUnigramCandidateSampler": "reads the file its vocab_file attr names",
+    }),
     "clustering_ops": ("k-means helpers", {}),
     "sdca_ops": ("the SDCA optimizer", {}),
     "boosted_trees_ops": ("boosted trees held in resources", {}),

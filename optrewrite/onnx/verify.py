@@ -54,6 +54,11 @@ from optrewrite.verify import (
 UNKNOWN_DIM = 1  # the size of a dimension without a dim_value
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "ai.onnx.preview.training")
 _ORT_STATUS = re.compile(r"\[ONNXRuntimeError\] : \d+ : (\w+) :")
+_ORT_CODES = frozenset({
+    "FAIL", "INVALID_ARGUMENT", "NO_SUCHFILE", "NO_MODEL", "ENGINE_ERROR", "RUNTIME_EXCEPTION", "INVALID_PROTOBUF",
+    "MODEL_LOADED", "NOT_IMPLEMENTED", "INVALID_GRAPH", "EP_FAIL", "MODEL_LOAD_CANCELED", "MODEL_REQUIRES_COMPILATION",
+    "NOT_FOUND",
+})  # fmt: skip
 _ORT_NODE = re.compile(r"running (\S+) node\. Name:'([^']*)'")
 _STEP_NAME = re.compile(r"(^|[/_.:])(t|step|steps|iter|iters|iteration|global_step|step_count)$", re.IGNORECASE)
 # What onnxruntime's, onnx's and numpy's errors say, in words of our own (the first pattern
@@ -181,8 +186,8 @@ def _error(what: str, exc: BaseException, model: Any) -> VerificationFailed:
     candidates += re.findall(r"node \(([^()]+)\)", text) + re.findall(r"node name: ([^)\s,]+)", text)
     candidates += re.findall(r"[Nn]ode '([^']+)'", text)
     name = named(candidates, ops)
-    status = _ORT_STATUS.search(text)
-    kind = status.group(1) if status else type(exc).__name__
+    status = _ORT_STATUS.match(text)  # onnxruntime's status leads its message: nothing else is taken for one
+    kind = status.group(1) if status and status.group(1) in _ORT_CODES else type(exc).__name__
     where = f" at node {quoted(name)} ({ops[name]})" if name else ""
     phrase = reason(text, _PHRASES)
     return failed(f"{what}{where}: {kind}" + (f": {phrase}" if phrase else ""))
@@ -241,11 +246,14 @@ def verify_graph(path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: fl
 
 
 def prepare() -> str:
-    """Import onnx and onnxruntime (without telemetry); onnxruntime's name and version."""
+    """Import onnx, its reference evaluator and onnxruntime (without telemetry) once, for
+    every child; onnxruntime's name and version."""
     # onnxruntime 1.31 on Linux writes telemetry state ($TMPDIR/.ses, ~/.cache/Microsoft/...)
     # when imported, unless this is set first.
     os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnx  # noqa: F401, PLC0415
+    import onnx.reference  # noqa: F401, PLC0415 - preview training ops run there
+    from onnx.reference.ops.aionnx_preview_training import op_adam  # noqa: F401, PLC0415
 
     try:
         import onnxruntime as ort  # noqa: PLC0415

@@ -52,12 +52,14 @@ from optrewrite.tf.sites import UPDATE_OPS, VARIABLE_OPS, WRITE_OPS, is_update_s
 from optrewrite.tf.verify_ops import ALLOWED_OPS
 from optrewrite.verify import (
     Budget,
+    OpNotAllowed,
     VerificationFailed,
     count_finite,
     failed,
     generate,
     named,
     not_allowed,
+    one_line,
     reason,
     run_isolated,
     same,
@@ -247,9 +249,11 @@ class _Refusal:
     why: str = ""
 
     def error(self, caller: str = "") -> VerificationFailed:
-        where = f" in function {quoted(self.function)}" if self.function else ""
-        if where and caller:
-            where += f", which node {quoted(caller)} calls"
+        called = f", which node {quoted(caller)} calls" if caller else ""
+        if not self.op:  # the function itself, not one of its ops
+            return OpNotAllowed(one_line(f"function {quoted(self.function)}{called + ',' if called else ''} "
+                                         f"may not run: {self.why}"))
+        where = f" in function {quoted(self.function)}{called}" if self.function else ""
         return not_allowed(self.op, self.node, where, self.why)
 
 
@@ -288,14 +292,22 @@ class _Checker:
             return self.checked[name]
         self.checked[name] = None  # a recursive call is checked by the outer one
         refused = None
-        for node in self.functions[name].node_def:
+        function = self.functions[name]
+        for node in function.node_def:
             refused = self.refusal(node, name)
             if refused is not None:
                 break
+        for attr in function.signature.attr:  # a function-valued attr's default is called too
+            for default in _called_by(attr.default_value):
+                if refused is not None:
+                    break
+                refused = (self.function(default) if default in self.functions else
+                           _Refusal("", name, name, f"its attr {quoted(attr.name)} defaults to {quoted(default)}, "
+                                    "which the graph does not define"))
         gradient = self.gradients.get(name)
         if refused is None and gradient:
             refused = (self.function(gradient) if gradient in self.functions else
-                       _Refusal("SymbolicGradient", name, name, f"its gradient {quoted(gradient)} is not in the graph"))
+                       _Refusal("", name, name, f"its gradient {quoted(gradient)} is not in the graph"))
         self.checked[name] = refused
         return refused
 
@@ -306,20 +318,21 @@ class _Checker:
 
 def _called(node: Any) -> Iterator[str]:
     """The functions a node's function-valued attrs name (nested ones too)."""
-
-    def of(value: Any) -> Iterator[str]:
-        if value.HasField("func"):
-            yield value.func.name
-            for inner in value.func.attr.values():
-                yield from of(inner)
-        elif value.HasField("list"):
-            for func in value.list.func:
-                yield func.name
-                for inner in func.attr.values():
-                    yield from of(inner)
-
     for value in node.attr.values():
-        yield from of(value)
+        yield from _called_by(value)
+
+
+def _called_by(value: Any) -> Iterator[str]:
+    """The functions an AttrValue names, and those its functions' attrs name."""
+    if value.HasField("func"):
+        yield value.func.name
+        for inner in value.func.attr.values():
+            yield from _called_by(inner)
+    elif value.HasField("list"):
+        for func in value.list.func:
+            yield func.name
+            for inner in func.attr.values():
+                yield from _called_by(inner)
 
 
 def check_ops(nodes: Iterable[Any], library: Any) -> None:

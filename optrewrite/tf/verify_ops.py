@@ -62,9 +62,9 @@ ALLOWED_OPS: frozenset[str] = frozenset({
     "BoostedTreesTrainingPredict", "BoostedTreesUpdateEnsemble", "BoostedTreesUpdateEnsembleV2",
     "IsBoostedTreesEnsembleInitialized", "IsBoostedTreesQuantileStreamResourceInitialized",
     # candidate_sampling_ops: candidate samplers
-    "AllCandidateSampler", "ComputeAccidentalHits", "FixedUnigramCandidateSampler",
-    "LearnedUnigramCandidateSampler", "LogUniformCandidateSampler",
-    "ThreadUnsafeUnigramCandidateSampler", "UniformCandidateSampler",
+    #   not FixedUnigramCandidateSampler: reads the file its vocab_file attr names
+    "AllCandidateSampler", "ComputeAccidentalHits", "LearnedUnigramCandidateSampler",
+    "LogUniformCandidateSampler", "ThreadUnsafeUnigramCandidateSampler", "UniformCandidateSampler",
     # clustering_ops: k-means helpers
     "KMC2ChainInitialization", "KmeansPlusPlusInitialization", "NearestNeighbors",
     # composite_tensor_ops: composite-tensor variants
