@@ -7,7 +7,11 @@
    Keras 3's ``variable.path``).
 2. **Bindings**: each concrete function of the object graph binds its last
    ``len(bound_inputs)`` inputs to the objects ``bound_inputs`` lists; calls
-   (``StatefulPartitionedCall``, ``PartitionedCall``) pass them on positionally. A function
+   (``StatefulPartitionedCall``, ``PartitionedCall``) pass them on positionally, and so do
+   ``If`` / ``StatelessIf`` / ``Case`` / ``StatelessCase`` to every branch (their inputs
+   after the predicate or index): the updates inside a branch (a loss-scale optimizer's
+   "apply when finite", gradient accumulation) are sites of the branch function, its
+   gradient a branch input. A function
    reached with two different variables on one input has that input unbound. The
    ``_traced_save`` / ``_traced_restore`` functions are never read.
 3. **Sites**, per function and trainable variable V, by data flow: the writes to V
@@ -23,8 +27,10 @@
    constants, the iteration counter) are no sites.
 4. **Skips** (the report says why): a trainable variable written in a function where no
    gradient can be told apart, whose gradient also feeds another trainable variable's
-   writes, or that is written by an op the guard cannot gate; fused ``ResourceApply*`` ops
-   and updates inside ``If``/``Case`` branches are reported, not rewritten.
+   writes, or that is written by an op the guard cannot gate.
+5. **Fused updates** (``ResourceApply*``, ``ResourceSparseApply*``: tf.compat.v1 optimizers
+   in a ``tf.function``) are sites as they stand: the variable and slots are the op's resource
+   inputs, the gradient its ``grad`` input (``optrewrite.tf.sites.UPDATE_OPS``).
 """
 from __future__ import annotations
 
@@ -78,6 +84,7 @@ class FunctionSite:
     slots: tuple[Variable, ...]
     resource: dict[str, str] = field(default_factory=dict, compare=False, hash=False)  # write -> resource ref
     kind: str = ""  # the ops writing the variable: "AssignSubVariableOp", ...
+    fused: tuple[str, ...] = ()  # a fused ResourceApply* op's state: the resource refs of var, then its slots
 
     @property
     def variable(self) -> str:
@@ -186,20 +193,31 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
         seen_state[fname] = state
         local = bound[fname]
         for node in fn.node_def:
-            if node.op not in CALLS:
-                continue
-            callee = node.attr["f"].func.name if "f" in node.attr else ""
-            target = functions.get(callee)
-            if target is None or SKIPPED_FUNCTIONS.match(callee):
-                continue
-            data = [i for i in node.input if not i.startswith("^")]
-            bound.setdefault(callee, {})
-            for pos, arg in enumerate(target.signature.input_arg):
-                if pos < len(data) and ":" not in data[pos] and data[pos] in local:
-                    bind(callee, arg.name, local[data[pos]])
-            if callee not in seen_state:
-                todo.append(callee)
+            for callee, data in _callees(node):
+                target = functions.get(callee)
+                if target is None or SKIPPED_FUNCTIONS.match(callee):
+                    continue
+                bound.setdefault(callee, {})
+                for pos, arg in enumerate(target.signature.input_arg):
+                    if pos < len(data) and ":" not in data[pos] and data[pos] in local:
+                        bind(callee, arg.name, local[data[pos]])
+                if callee not in seen_state:
+                    todo.append(callee)
     return bound
+
+
+def _callees(node: proto.NodeDef) -> list[tuple[str, list[str]]]:
+    """The functions ``node`` runs, each with the body inputs its arguments take: a call's
+    ``f`` takes all data inputs, an ``If``'s / ``Case``'s branches all but the first (the
+    predicate or branch index)."""
+    data = [i for i in node.input if not i.startswith("^")]
+    if node.op in CALLS:
+        return [(node.attr["f"].func.name, data)] if "f" in node.attr else []
+    if node.op in ("If", "StatelessIf"):
+        return [(node.attr[k].func.name, data[1:]) for k in ("then_branch", "else_branch") if k in node.attr]
+    if node.op in ("Case", "StatelessCase"):
+        return [(f.name, data[1:]) for f in node.attr["branches"].list.func] if "branches" in node.attr else []
+    return []
 
 
 # ---------------------------------------------------------------------------- one body
@@ -254,17 +272,35 @@ class Body:
             anc[name] = acc
         return cls(fn, nodes, order, anc, bit, consumers)
 
-    def tensor_descendants(self, ref: str) -> set[str]:
+    def tensor_descendants(self, ref: str, *, data_only: bool = False) -> set[str]:
         """The nodes that depend on the tensor ``ref`` (not merely on its node: one output of an
-        IdentityN carries one gradient)."""
-        start = [c for c, inp in self.consumers.get(node_of(ref), []) if inp == ref]
+        IdentityN carries one gradient); ``data_only``: over data edges alone, and through an
+        IdentityN only along the output that carries the input reached (Keras groups all
+        gradients in one IdentityN: each output depends on its own input alone)."""
+        work = [(c, inp) for c, inp in self.consumers.get(node_of(ref), []) if inp == ref]
         seen: set[str] = set()
-        while start:
-            n = start.pop()
-            if n in seen:
+        through: set[tuple[str, str]] = set()  # (IdentityN, the output followed)
+        while work:
+            n, via = work.pop()
+            node = self.nodes.get(n)
+            out = None
+            if data_only and node is not None and node.op == "IdentityN" and not via.startswith("^"):
+                # an IdentityN passes each input to its own output (Keras groups all
+                # gradients in one): follow only the output that carries ``via``
+                data = [i for i in node.input if not i.startswith("^")]
+                out = f"{n}:output:{data.index(via)}"
+                if (n, out) in through:
+                    continue
+                through.add((n, out))
+            elif n in seen:
                 continue
             seen.add(n)
-            start.extend(c for c, _ in self.consumers.get(n, []))
+            for c, inp in self.consumers.get(n, []):
+                if inp.startswith("^") and data_only:
+                    continue
+                if out is not None and not inp.startswith("^") and inp != out:
+                    continue
+                work.append((c, inp))
         return seen
 
     def depends(self, node: str, on: str) -> bool:
@@ -315,6 +351,7 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
     skips: list[Skip] = []
     args = {a.name: a for a in fn.signature.input_arg}
     writes: dict[int, list[str]] = {}  # variable node id -> writes to it, in body order
+    fused_sites: list[FunctionSite] = []
     target: dict[str, Variable] = {}
     resource_ref: dict[str, str] = {}
     blocked: set[str] = set()  # reads of non-trainable variables
@@ -337,11 +374,8 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
             resource_ref[name] = node.input[0]
             writes.setdefault(var.node_id, []).append(name)
         elif node.op in UPDATE_OPS:
-            var = _resource(body, node.input[UPDATE_OPS[node.op]["var"]], local) if node.input else None
-            skips.append(Skip(f"{fname}/{name}", var.path if var else None,
-                              f"fused {node.op} inside a function is not rewritten yet"))
-        elif node.op in BRANCHES:
-            skips.append(Skip(f"{fname}/{name}", None, f"{node.op} branches are not searched for updates yet"))
+            fused = _fused_site(fname, body, node, local)
+            (skips if isinstance(fused, Skip) else fused_sites).append(fused)  # type: ignore[arg-type]
     blocked_bits = 0
     for name in blocked:
         blocked_bits |= body.bit[name]
@@ -372,19 +406,31 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
                 skips.append(Skip(f"{fname}/{ws[-1]}", var.path, "its scatter writes use different indices"))
                 continue
             indices = idx.pop()
+        others = [w for w, v in target.items() if v.trainable and v.node_id != var.node_id]
         grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=bool(scatter), state_writes=state_writes,
-                         other_writes=[w for w, v in target.items() if v.trainable and v.node_id != var.node_id])
-        if grad is None and not scatter:
-            # an IndexedSlices gradient the optimizer densifies (UnsortedSegmentSum) after scaling
-            grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=True, state_writes=state_writes,
-                             other_writes=[w for w, v in target.items() if v.trainable and v.node_id != var.node_id])
-            if grad is not None:
-                below = body.tensor_descendants(grad[0])
+                         other_writes=others)
+        if grad is None:
+            grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=bool(scatter),
+                             state_writes=state_writes, other_writes=others, data_only=True)
+        if not scatter and (grad is None or body.nodes.get(grad[1]) is not None
+                            and body.nodes[grad[1]].op == "UnsortedSegmentSum"):
+            # an IndexedSlices gradient the optimizer densifies (UnsortedSegmentSum) or scatters
+            # into its slots: the site's gradient is the slices' values (as the reference and
+            # the graph passes test them), found as rows of the variable
+            rows = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=True, state_writes=state_writes,
+                             other_writes=others)
+            if rows is not None and (grad is None or grad[1] in body.tensor_descendants(rows[0])):
+                below = body.tensor_descendants(rows[0])
                 segs = [n for n in body.order if n in below and body.nodes[n].op == "UnsortedSegmentSum"
-                        and body.depends(ws[-1], n)]
+                        and body.depends(ws[-1], n) and not _unique_positions(body, body.nodes[n].input[1])]
                 if not segs:
-                    grad = None
-                else:
+                    # rows scattered into the slots, the variable written densely from them
+                    # (tf.compat.v1 Adam's sparse update, after summing duplicate rows by the
+                    # positions Unique gives): the slots' scatter gives the row indices
+                    segs = [w for w in body.order if w in below and w in target and not target[w].trainable
+                            and body.nodes[w].op in SCATTER_WRITES and body.depends(ws[-1], w)]
+                if segs:
+                    grad = rows
                     indices = body.nodes[segs[0]].input[1]
                     scatter = [segs[0]]
         if grad is None:
@@ -399,19 +445,30 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
     # slot writes: writes to non-trainable variables that depend on exactly one site's gradient
     claims: dict[str, list[int]] = {}
     sites: list[FunctionSite] = []
-    reach = [body.tensor_descendants(site.gradient) for site, _ in found]
+    # a slot write takes the gradient as data; control edges (an optimizer's "after every
+    # update" ops: beta powers, the iteration counter) do not make a write a slot write
+    reach = [body.tensor_descendants(site.gradient, data_only=True) for site, _ in found]
     for k, (site, _) in enumerate(found):
         for w, var in target.items():
             if not var.trainable and w in reach[k]:
                 claims.setdefault(w, []).append(k)
     shared_vars = {target[w].node_id for w, ks in claims.items() if len(ks) > 1}
+    # writes some gradient depends on (run before the gradients exist) cannot be gated by them
+    before_grads = 0
+    for site, _ in found:
+        if site.gradient_node in body.nodes:
+            before_grads |= body.anc[site.gradient_node]
     for k, (site, _) in enumerate(found):
         bad = [s.var.path for j, (s, _) in enumerate(found) if j != k
                and any(w in reach[k] for w in s.var_writes)]
         if bad:
             skips.append(Skip(site.key, site.var.path, f"its gradient also feeds the update of {bad[0]}"))
             continue
-        slot_writes = [w for w, ks in claims.items() if ks == [k] and target[w].node_id not in shared_vars]
+        # every write of a slot variable belongs to the site, also those that take no gradient
+        # (tf.compat.v1 sparse Adam decays m by an assignment before scattering the rows in)
+        slot_ids = {target[w].node_id for w, ks in claims.items() if ks == [k] and target[w].node_id not in shared_vars}
+        slot_writes = [w for w, v in target.items() if v.node_id in slot_ids
+                       and (w in claims or not (before_grads & body.bit[w]))]
         bad_ops = [w for w in slot_writes if body.nodes[w].op not in DENSE_WRITES | SCATTER_WRITES]
         if bad_ops:
             skips.append(Skip(site.key, site.var.path,
@@ -427,7 +484,44 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
             var_writes=site.var_writes, slots=tuple(sorted(slots.values(), key=lambda v: v.path)),
             resource={w: resource_ref[w] for w in all_writes},
             kind=" + ".join(sorted({body.nodes[w].op for w in site.var_writes}))))
-    return sites, skips
+    fused_vars = {s.var.node_id for s in fused_sites}
+    for site in sites:
+        if site.var.node_id in fused_vars:
+            skips.append(Skip(site.key, site.var.path, "also updated by a fused op in the same function"))
+    return [s for s in sites if s.var.node_id not in fused_vars] + fused_sites, skips
+
+
+def _fused_site(fname: str, body: Body, node: proto.NodeDef, local: dict[str, Variable | None]) -> FunctionSite | Skip:
+    """A fused ``ResourceApply*`` / ``ResourceSparseApply*`` op as a site: its variable and slots
+    are its resource inputs (the table optrewrite.tf.sites.UPDATE_OPS), its gradient its grad input."""
+    info = UPDATE_OPS[node.op]
+    key = f"{fname}/{node.name}"
+    data = [i for i in node.input if not i.startswith("^")]
+    if len(data) != len(info["inputs"]):
+        return Skip(key, None, f"{node.op} has {len(data)} inputs, {len(info['inputs'])} expected")
+    var = _resource(body, data[info["var"]], local)
+    if var is None:
+        return Skip(key, None, f"the variable {node.op} updates is not one of the object graph's")
+    if not var.trainable:
+        return Skip(key, var.path, "the variable is not trainable")
+    if var.dtype not in proto.FLOAT_TYPES:
+        return Skip(key, var.path, f"the variable is {proto.dtype_name(var.dtype)}; only float variables are rewritten")
+    slots = [_resource(body, data[p], local) for p in info["slots"]]
+    indices = data[info["indices"]] if info["indices"] is not None else None
+    tindices = node.attr.get("Tindices")
+    return FunctionSite(
+        function=fname, var=var, gradient=data[info["grad"]], gradient_node=node_of(data[info["grad"]]),
+        indices=indices, indices_dtype=tindices.type if tindices is not None else proto.DT_INT32,
+        writes=(node.name,), var_writes=(node.name,),
+        slots=tuple(sorted({v.node_id: v for v in slots if v is not None}.values(), key=lambda v: v.path)),
+        resource={node.name: data[info["var"]]}, kind=node.op,
+        fused=(data[info["var"]], *(data[p] for p in info["slots"])))
+
+
+def _unique_positions(body: Body, ref: str) -> bool:
+    """Whether ``ref`` is a ``Unique``'s second output (positions into its unique values, not rows)."""
+    node = body.nodes.get(node_of(ref))
+    return node is not None and node.op in ("Unique", "UniqueV2") and ref.split(":")[1:2] == ["idx"]
 
 
 def _indices_dtype(body: Body, scatter: list[str]) -> int:
@@ -441,7 +535,8 @@ def _indices_dtype(body: Body, scatter: list[str]) -> int:
 
 
 def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args: set[str],
-              *, sparse: bool, state_writes: list[str], other_writes: list[str]) -> tuple[str, str] | None:
+              *, sparse: bool, state_writes: list[str], other_writes: list[str],
+              data_only: bool = False) -> tuple[str, str] | None:
     """The variable's gradient among the tensors its last write depends on: no constant, the
     variable's dtype and shape (rows of it when ``sparse``), no read of a non-trainable variable
     upstream. Of those, the one the most writes of non-trainable variables (``state_writes``:
@@ -469,7 +564,11 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args:
             ok = _candidate(body, node, ref, [last], var, blocked, sparse)
         if ok:
             below = body.tensor_descendants(ref)
-            if last in below and not any(w in below for w in other_writes):
+            # another variable's write after this tensor disqualifies it; ``data_only``: only a
+            # write that takes it as data (automatic control dependencies chain every update
+            # of an If branch after every gradient)
+            others_below = body.tensor_descendants(ref, data_only=True) if data_only else below
+            if last in below and not any(w in others_below for w in other_writes):
                 score = sum(1 for w in state_writes if w in below)
                 rank += 1
                 if best is None or score > best[0]:

@@ -19,6 +19,24 @@ is gated:
 4. ``ResourceScatterAdd/Sub(r, i, u)`` -> the same on ``u`` with -0.0 / +0.0;
    ``ResourceScatterUpdate(r, i, u)`` -> ``u`` or ``ResourceGather(r, i)`` (the old rows).
 
+5. a fused ``ResourceApply*`` / ``ResourceSparseApply*`` op (tf.compat.v1 optimizers) is
+   kept, run every step, and undone where the guard says skip: for each of its state
+   variables r (the variable, then its slots)::
+
+       old_r = ReadVariableOp(r, ^<the op's control inputs>)        # the value the op sees
+       op(..., ^old_r ...)                                            # the fused update, unchanged
+       AssignVariableOp(r, SelectV2(apply, ReadVariableOp(r, ^op), old_r))
+
+   Gating the op's gradient would not do: Adam, Momentum, RMSProp, Ftrl move var and slots
+   at a zero gradient. The snapshot is a true copy (a resource read is the value at the time
+   of the read: the op copies a buffer that a read still holds before writing in place), the
+   assignment back of the new value is that value bit for bit, and every node that waited for
+   the op (the NoOp the function returns, the beta-power updates) waits for the assignments
+   too, which are control outputs of the function. The v1 ``Switch``/``Merge`` form would
+   skip the op instead, but dead tensors in a function body hang on its control outputs'
+   semantics and TFLite converts neither op; the snapshot costs two reads and one assignment
+   per state variable each step.
+
 A skipped step thus leaves the variable and its slots bit for bit; shared state (the iteration
 counter, learning rates, loss scales) is not among the site's writes and advances. ``Select``
 keeps every stateful op where it was: grappler drops nothing and TFLite converts it, where
@@ -83,6 +101,9 @@ def guard(g: FunctionEditor, state: SiteState) -> None:
     site = state.site
     scope = g.unique_name(f"{site.scope}/optrewrite_guard")
     nonzero = apply_of(g, scope, state.gradient, site.var.dtype, tag=TAG, when=when_of(state))
+    if site.fused:
+        guard_fused(g, state, nonzero, scope)
+        return
     for k, write in enumerate(site.writes):
         node = g.node(write)
         dtype = node.attr["dtype"].type if "dtype" in node.attr else site.var.dtype
@@ -108,6 +129,36 @@ def guard(g: FunctionEditor, state: SiteState) -> None:
             raise AssertionError(f"cannot gate {node.op}")
         gated = g.add(f"{here}/select", "SelectV2", [nonzero, value, keep], attrs=T, tag=TAG)
         g.set_input(write, pos, gated)
+
+
+def guard_fused(g: FunctionEditor, state: SiteState, apply: str, scope: str) -> None:
+    """Snapshot the fused op's state, run it, assign the snapshot back where ``apply`` is false."""
+    site = state.site
+    op = site.writes[0]
+    node = g.node(op)
+    dtype = node.attr["T"].type if "T" in node.attr else site.var.dtype
+    controls = [node_of(c) for c in node.input if c.startswith("^")]
+    olds = [g.add(f"{scope}/state_{k}/old", "ReadVariableOp", [ref], control=controls,
+                  attrs={"dtype": g.type_attr(dtype)}, tag=TAG) for k, ref in enumerate(site.fused)]
+    for old in olds:
+        g.add_control_input(op, old)
+    restores = []
+    for k, (ref, old) in enumerate(zip(site.fused, olds)):
+        new = g.add(f"{scope}/state_{k}/new", "ReadVariableOp", [ref], control=[op],
+                    attrs={"dtype": g.type_attr(dtype)}, tag=TAG)
+        kept = g.add(f"{scope}/state_{k}/select", "SelectV2", [apply, new, old], attrs={"T": g.type_attr(dtype)}, tag=TAG)
+        write = g.add(f"{scope}/state_{k}/assign", "AssignVariableOp", [ref, kept],
+                      attrs={"dtype": g.type_attr(dtype)}, tag=TAG)
+        g.add_control_output(write)
+        restores.append(write)
+    ours = set(g.added)
+    for name in list(g.index):
+        if name in ours:
+            continue
+        if f"^{op}" in g.node(name).input:
+            for write in restores:
+                g.add_control_input(name, write)
+    state.after = restores
 
 
 PASS = GuardZeroGrad()
