@@ -63,11 +63,13 @@ class FunctionEditor:
         return self.fn.node_def[self.index[name]]
 
     def unique_name(self, name: str) -> str:
-        taken = self.index.keys() | self.args
-        if name not in taken:
+        def taken(candidate: str) -> bool:
+            return candidate in self.index or candidate in self.args
+
+        if not taken(name):
             return name
         k = 1
-        while f"{name}_{k}" in taken:
+        while taken(f"{name}_{k}"):
             k += 1
         return f"{name}_{k}"
 

@@ -284,7 +284,7 @@ class Body:
             n, via = work.pop()
             node = self.nodes.get(n)
             out = None
-            if data_only and node is not None and node.op == "IdentityN" and not via.startswith("^"):
+            if node is not None and node.op == "IdentityN" and not via.startswith("^"):
                 # an IdentityN passes each input to its own output (Keras groups all
                 # gradients in one): follow only the output that carries ``via``
                 data = [i for i in node.input if not i.startswith("^")]

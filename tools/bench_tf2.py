@@ -1,0 +1,138 @@
+"""Benchmark of the SavedModel rewrite: rewrite time against a floor, and the step overhead.
+
+A SavedModel of N (default 2,000) small variables (each a [4, 4] matrix, y = tanh(x @ W_i)
+summed) trained by one Keras 3 Adam in a ``tf.function`` ``train`` signature, built once and
+cached under ``--cache``. In fresh processes, in the same run:
+
+- rewrite: ``optrewrite SAVEDMODEL --spec guard_all -o OUT`` (the CLI's whole run, TensorFlow
+  imported only to regenerate fingerprint.pb), against a floor: parse ``saved_model.pb``,
+  serialize it again and copy ``variables/`` (what any rewrite of the directory must do);
+- step: the median wall time of the loaded ``train`` signature (after warm-up steps) of the
+  original, the guard on every variable, and guard + a clip that never triggers
+  (max_norm 1e30), each as a ratio to the original.
+
+Prints a markdown table. ``python tools/bench_tf2.py [--variables N] [--steps S]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+BUILD = r'''
+import sys, numpy as np, tensorflow as tf, keras
+n, out = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+class M(tf.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = [tf.Variable(rng.uniform(-0.5, 0.5, (4, 4)).astype(np.float32), name=f"w{i}") for i in range(n)]
+        self.opt = keras.optimizers.Adam(0.01)
+        self.opt.build(self.w)
+    @tf.function(input_signature=[tf.TensorSpec([2, 4])])
+    def train(self, x):
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([tf.reduce_sum(tf.tanh(x @ w)) for w in self.w])
+        grads = tape.gradient(loss, self.w)
+        self.opt.apply_gradients(zip(grads, self.w))
+        return {"loss": loss}
+m = M()
+tf.saved_model.save(m, out, signatures={"train": m.train.get_concrete_function()})
+'''
+
+FLOOR = r'''
+import shutil, sys, time
+from pathlib import Path
+from tensorflow.core.protobuf import saved_model_pb2
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+t = time.perf_counter()
+sm = saved_model_pb2.SavedModel()
+sm.ParseFromString((src / "saved_model.pb").read_bytes())
+dst.mkdir()
+(dst / "saved_model.pb").write_bytes(sm.SerializeToString(deterministic=True))
+shutil.copytree(src / "variables", dst / "variables", copy_function=shutil.copyfile)
+print(time.perf_counter() - t)
+'''
+
+REWRITE = r'''
+import sys, time
+t = time.perf_counter()
+from optrewrite.cli import main
+rc = main([sys.argv[1], "--spec", sys.argv[2], "-o", sys.argv[3]])
+assert rc == 0, rc
+print(time.perf_counter() - t)
+'''
+
+STEP = r'''
+import json, sys, time, numpy as np, tensorflow as tf
+steps = int(sys.argv[1])
+x = np.random.default_rng(1).uniform(-1, 1, (2, 4)).astype(np.float32)
+out = {}
+for path in sys.argv[2:]:
+    f = tf.saved_model.load(path).signatures["train"]
+    for _ in range(3):
+        f(x=x)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter(); f(x=x)["loss"].numpy(); times.append(time.perf_counter() - t)
+    out[path] = float(np.median(times))
+print(json.dumps(out))
+'''
+
+
+def _run(code: str, *args: str) -> str:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(HERE)}
+    done = subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, text=True, env=env)
+    lines = done.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variables", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--repeats", type=int, default=3, help="rewrite and floor runs (median)")
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "optrewrite-bench-tf2")
+    a = ap.parse_args()
+    src = a.cache / f"adam-{a.variables}"
+    if not (src / "saved_model.pb").exists():
+        a.cache.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        _run(BUILD, str(a.variables), str(src))
+        print(f"built {src} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        guard = work / "guard.yaml"
+        guard.write_text("version: 1\nguard:\n  variables: ['*']\n")
+        clip = work / "clip.yaml"
+        clip.write_text("version: 1\nguard:\n  variables: ['*']\nclip:\n  - variables: ['*']\n    max_norm: 1.0e+30\n")
+        floors, rewrites = [], []
+        for k in range(a.repeats):
+            floors.append(float(_run(FLOOR, str(src), str(work / f"floor{k}"))))
+            rewrites.append(float(_run(REWRITE, str(src), str(guard), str(work / f"guard{k}"))))
+        _run(REWRITE, str(src), str(clip), str(work / "clip"))
+        steps = json.loads(_run(STEP, str(a.steps), str(src), str(work / "guard0"), str(work / "clip")))
+        size = (src / "saved_model.pb").stat().st_size
+        base = steps[str(src)]
+        floor, rewrite = statistics.median(floors), statistics.median(rewrites)
+        print(f"| {a.variables} variables, Keras 3 Adam (saved_model.pb {size / 1e6:.1f} MB) | time | ratio |")
+        print("|---|---|---|")
+        print(f"| floor: parse + serialize saved_model.pb + copy variables/ | {floor:.2f} s | 1.00 |")
+        print(f"| rewrite, guard on every variable (whole CLI run) | {rewrite:.2f} s | {rewrite / floor:.2f} |")
+        print(f"| train step, original (median of {a.steps}) | {base * 1e3:.1f} ms | 1.00 |")
+        g = steps[str(work / "guard0")]
+        c = steps[str(work / "clip")]
+        print(f"| train step, guard on every variable | {g * 1e3:.1f} ms | {g / base:.2f} |")
+        print(f"| train step, guard + never-triggering clip | {c * 1e3:.1f} ms | {c / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
