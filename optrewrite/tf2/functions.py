@@ -9,7 +9,9 @@ table checked against TensorFlow's op registry by the tests.
 
 Every change is recorded: new nodes (tagged with the ``_optrewrite`` attr), existing nodes
 whose inputs changed, new control outputs (added to ``signature.control_output`` and
-``control_ret`` so that TensorFlow runs them).
+``control_ret`` so that TensorFlow runs them). :class:`LibraryEditor` holds the editors of one
+function library, made as the passes ask for them, and knows which branch functions are
+alternatives of one another (the branches of one ``If`` / ``Case``).
 """
 from __future__ import annotations
 
@@ -140,3 +142,48 @@ class FunctionEditor:
     @staticmethod
     def int_attr(value: int) -> proto.AttrValue:
         return proto.AttrValue(i=value)
+
+
+BRANCH_OPS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
+
+
+def branches(node: proto.NodeDef) -> list[str]:
+    """The branch functions of an ``If`` / ``Case`` node, in branch order (none for other ops)."""
+    if node.op in ("If", "StatelessIf"):
+        return [node.attr[k].func.name for k in ("then_branch", "else_branch") if k in node.attr]
+    if node.op in ("Case", "StatelessCase") and "branches" in node.attr:
+        return [f.name for f in node.attr["branches"].list.func]
+    return []
+
+
+class LibraryEditor:
+    """The editors of one function library's bodies, one per function, made on first use.
+
+    A branch function's **alternatives** are the other branches of every ``If`` / ``Case``
+    that runs it: in one step exactly one of them runs, and all take the same inputs (the
+    node's inputs after the predicate or index) in the same positions.
+    """
+
+    def __init__(self, functions: Iterable[proto.FunctionDef]) -> None:
+        self.functions = {f.signature.name: f for f in functions}
+        self.editors: dict[str, FunctionEditor] = {}
+        self._alternatives: dict[str, list[str]] | None = None
+        # the clips copied into alternative branches: (function, variable id[, clip group]) -> write
+        self.mirrored: dict[tuple[str, int] | tuple[str, int, int], list[str]] = {}
+
+    def function(self, name: str) -> FunctionEditor:
+        editor = self.editors.get(name)
+        if editor is None:
+            editor = self.editors[name] = FunctionEditor(self.functions[name])
+        return editor
+
+    def alternatives(self, name: str) -> list[str]:
+        if self._alternatives is None:
+            table: dict[str, dict[str, None]] = {}
+            for fn in self.functions.values():
+                for node in fn.node_def:
+                    names = branches(node)
+                    for b in names:
+                        table.setdefault(b, {}).update(dict.fromkeys(x for x in names if x != b))
+            self._alternatives = {b: [x for x in alts if x in self.functions] for b, alts in table.items()}
+        return self._alternatives.get(name, [])

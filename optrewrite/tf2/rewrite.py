@@ -2,8 +2,9 @@
 
 1. Bind function inputs to the object graph's variables and find every function's sites
    (:mod:`optrewrite.tf2.sites`); ``Spec.bind`` checks selectors against the variables' paths.
-2. Run :data:`optrewrite.tf2.passes.REGISTRY` through :func:`optrewrite.passes.run_pipeline`,
-   one :class:`~optrewrite.tf2.functions.FunctionEditor` per function body.
+2. Run :data:`optrewrite.tf2.passes.REGISTRY` through :func:`optrewrite.passes.run_pipeline`
+   on a :class:`~optrewrite.tf2.functions.LibraryEditor`: one
+   :class:`~optrewrite.tf2.functions.FunctionEditor` per function body it changes.
 3. Report one row per **variable**: a Keras SavedModel holds the training step twice (the
    ``train`` signature's function and the object graph's own trace of the same
    ``tf.function``), and either may run, so both are rewritten; the report (and explain) list
@@ -28,7 +29,7 @@ from optrewrite.report import Report, SiteEntry
 from optrewrite.spec import Spec
 from optrewrite.tf import proto
 from optrewrite.tf2 import io
-from optrewrite.tf2.functions import FunctionEditor
+from optrewrite.tf2.functions import FunctionEditor, LibraryEditor
 from optrewrite.tf2.passes import REGISTRY
 from optrewrite.tf2.passes.state import SiteState
 from optrewrite.tf2.sites import FunctionSite, bindings, find_sites
@@ -107,14 +108,10 @@ def rewrite_savedmodel(loaded: io.SavedModelFile, spec: Spec) -> Outcome:
         report.note = "already rewritten with this spec: nothing to do"
         return Outcome(report=report, graph=Rewritten(loaded))
 
-    functions = {f.signature.name: f for f in loaded.meta.graph_def.library.function}
-    editors: dict[str, FunctionEditor] = {}
-    states = []
-    for sel in selections:
-        name = sel.site.function
-        editor = editors.get(name) or editors.setdefault(name, FunctionEditor(functions[name]))
-        states.append(SiteState.start(sel, editor))
-    done = passes.run_pipeline(REGISTRY, None, states)
+    library = LibraryEditor(loaded.meta.graph_def.library.function)
+    states = [SiteState.start(sel, library.function(sel.site.function)) for sel in selections]
+    done = passes.run_pipeline(REGISTRY, library, states)
+    editors = library.editors
     rewritten = Rewritten(loaded, editors, plan=digest)
     report.sites = [_entry(group, done.inserted) for group in by_variable(sites)]
     report.skipped = merge_skips([*report.skipped, *done.skipped])

@@ -42,7 +42,7 @@ from optrewrite.core import Skip
 from optrewrite.tf import proto
 from optrewrite.tf.sites import UPDATE_OPS
 from optrewrite.tf.graph import TAG_ATTR
-from optrewrite.tf2.functions import node_of
+from optrewrite.tf2.functions import branches, node_of
 
 DENSE_WRITES = frozenset({"AssignSubVariableOp", "AssignAddVariableOp", "AssignVariableOp"})
 SCATTER_WRITES = frozenset({"ResourceScatterAdd", "ResourceScatterSub", "ResourceScatterUpdate"})
@@ -52,7 +52,6 @@ OTHER_WRITES = frozenset({"ResourceScatterMul", "ResourceScatterDiv", "ResourceS
 WRITES = DENSE_WRITES | SCATTER_WRITES | OTHER_WRITES
 READS = frozenset({"ReadVariableOp", "ResourceGather", "ResourceGatherNd", "VariableShape"})
 CALLS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
-BRANCHES = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
 SKIPPED_FUNCTIONS = re.compile(r"^__inference__traced_(save|restore)_\d+$")
 _PASS_THROUGH = frozenset({"Identity"})
 _MAX_CANDIDATES = 24  # gradient candidates weighed per variable (the gradient is a few ops from the writes)
@@ -213,11 +212,7 @@ def _callees(node: proto.NodeDef) -> list[tuple[str, list[str]]]:
     data = [i for i in node.input if not i.startswith("^")]
     if node.op in CALLS:
         return [(node.attr["f"].func.name, data)] if "f" in node.attr else []
-    if node.op in ("If", "StatelessIf"):
-        return [(node.attr[k].func.name, data[1:]) for k in ("then_branch", "else_branch") if k in node.attr]
-    if node.op in ("Case", "StatelessCase"):
-        return [(f.name, data[1:]) for f in node.attr["branches"].list.func] if "branches" in node.attr else []
-    return []
+    return [(name, data[1:]) for name in branches(node)]
 
 
 # ---------------------------------------------------------------------------- one body
@@ -272,11 +267,12 @@ class Body:
             anc[name] = acc
         return cls(fn, nodes, order, anc, bit, consumers)
 
-    def tensor_descendants(self, ref: str, *, data_only: bool = False) -> set[str]:
+    def tensor_descendants(self, ref: str, *, data_only: bool = False, avoid: str | None = None) -> set[str]:
         """The nodes that depend on the tensor ``ref`` (not merely on its node: one output of an
         IdentityN carries one gradient); ``data_only``: over data edges alone, and through an
         IdentityN only along the output that carries the input reached (Keras groups all
-        gradients in one IdentityN: each output depends on its own input alone)."""
+        gradients in one IdentityN: each output depends on its own input alone); ``avoid``: not
+        through the edges that take the tensor ``avoid``."""
         work = [(c, inp) for c, inp in self.consumers.get(node_of(ref), []) if inp == ref]
         seen: set[str] = set()
         through: set[tuple[str, str]] = set()  # (IdentityN, the output followed)
@@ -299,6 +295,8 @@ class Body:
                 if inp.startswith("^") and data_only:
                     continue
                 if out is not None and not inp.startswith("^") and inp != out:
+                    continue
+                if inp == avoid:
                     continue
                 work.append((c, inp))
         return seen
@@ -540,16 +538,17 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args:
     """The variable's gradient among the tensors its last write depends on: no constant, the
     variable's dtype and shape (rows of it when ``sparse``), no read of a non-trainable variable
     upstream. Of those, the one the most writes of non-trainable variables (``state_writes``:
-    the slots) depend on, then the closest to the writes (an optimizer's ``g * (1 - beta)``
-    feeds one slot, ``g`` feeds them all); a tensor that also feeds another trainable
+    the slots) depend on (an optimizer's ``g * (1 - beta)`` feeds one slot, ``g`` feeds them
+    all), then the closest to the writes that no other such candidate upstream of it bypasses
+    on its way to a write (``g1 + g2`` of a variable used twice is the gradient, not ``g1``;
+    FTRL's ``g`` and not ``square(g)``, which feeds both slots too); a tensor that also feeds another trainable
     variable's writes (``other_writes``) is upstream of the gradient. Returns (body input string, producing node)."""
     last = ws[-1]
     starts = [body.nodes[last].input[2 if body.nodes[last].op in SCATTER_WRITES else 1]]
     seen: set[str] = set()
     queue: deque[str] = deque(starts)
     control: deque[str] = deque()
-    best: tuple[int, int, str, str] | None = None
-    rank = 0
+    found: list[tuple[int, str, str, set[str]]] = []  # (score, ref, node, descendants), closest first
     while queue or control:
         ref = queue.popleft() if queue else control.popleft()
         if ref in seen:
@@ -569,16 +568,25 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args:
             # of an If branch after every gradient)
             others_below = body.tensor_descendants(ref, data_only=True) if data_only else below
             if last in below and not any(w in others_below for w in other_writes):
-                score = sum(1 for w in state_writes if w in below)
-                rank += 1
-                if best is None or score > best[0]:
-                    best = (score, rank, ref, name)
-                if rank >= _MAX_CANDIDATES:
+                found.append((sum(1 for w in state_writes if w in below), ref, name, below))
+                if len(found) >= _MAX_CANDIDATES:
                     break
         if node is not None:
             for inp in node.input:
                 (control if inp.startswith("^") else queue).append(inp)
-    return None if best is None else (best[2], best[3])
+    if not found:
+        return None
+    top = max(score for score, *_ in found)
+    best = [c for c in found if c[0] == top]
+    for _, ref, name, below in best:
+        # a tensor computed from the gradient that feeds every slot (FTRL's ``square(g)``) is
+        # not the gradient: the gradient reaches some write around it
+        writes = {last, *(w for w in state_writes if w in below)}
+        if not any(other != ref and name in other_below
+                   and writes & body.tensor_descendants(other, avoid=ref)
+                   for _, other, _, other_below in best):
+            return ref, name
+    return best[0][1], best[0][2]
 
 
 def _arg_fits(body: Body, arg: str, var: Variable, sparse: bool) -> bool:
