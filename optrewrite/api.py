@@ -1,7 +1,6 @@
 """The library entry point behind the CLI: format-blind, through :mod:`optrewrite.formats`."""
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Callable
 
@@ -83,21 +82,11 @@ def rewrite_file(
         if out is not None:
             report.output = str(out)
             check = _runtime_check(src, out, report) if verify else None
-            if _takes_plan(fmt.save):
-                fmt.save(outcome, out, check=check, plan=plan)
-            else:  # a format that writes on its own: its output is in place when save returns
-                fmt.save(outcome, out, check=check)
+            fmt.save(outcome, out, check=check, plan=plan)
         if report_file is not None:
             plan.stage(report_file, report.to_json().encode())
         plan.commit()
     return report
-
-
-def _takes_plan(save: Callable[..., None]) -> bool:
-    try:
-        return "plan" in inspect.signature(save).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _runtime_check(src: Path, out: Path, report: Report) -> Callable[[Path], None]:

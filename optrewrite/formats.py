@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Protocol
 if TYPE_CHECKING:
     from optrewrite.core import Analysis, Outcome
     from optrewrite.spec import Spec
+    from optrewrite.writeplan import WritePlan
 
 # module:attribute of each format's implementation; the first that claims a path reads it,
 # so the last one is the fallback for names no other format claims.
@@ -48,10 +49,14 @@ class Format(Protocol):
         """Rewrite in memory; nothing is serialized. InputError for a bad graph or spec."""
         ...
 
-    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None) -> None:
-        """Serialize the outcome and write it to ``out`` atomically, with whatever the graph
-        needs beside it; ``check`` runs on the complete temporary file before it replaces
-        anything. The only place a rewritten graph is serialized."""
+    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None,
+             plan: WritePlan | None = None) -> None:
+        """Serialize the outcome and stage it for ``out``, with whatever the graph needs
+        beside it, registering every path it reads and writes with ``plan`` (the run's
+        :class:`~optrewrite.writeplan.WritePlan`, which commits it with the run's other
+        outputs; without one, ``out`` is in place when this returns, or nothing is);
+        ``check`` runs on the complete temporary output before it replaces anything. The
+        only place a rewritten graph is serialized."""
         ...
 
     def serialize(self, outcome: Outcome) -> bytes:

@@ -98,7 +98,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from optrewrite.errors import quoted, shorten
+from optrewrite.errors import InputError, quoted, shorten
 from optrewrite.formats import format_for
 
 MAX_ELEMENTS = 2**27  # one generated tensor (512 MiB of float32)
@@ -150,11 +150,15 @@ def verify_file(
     """
     path = Path(path)
     like = Path(like) if like is not None else path
+    fmt = format_for(path if path.is_dir() else like)  # a SavedModel is a directory, its temporary one too
+    reader = getattr(fmt, "read", None)
     try:
-        raw = path.read_bytes()
+        raw = reader(path) if reader is not None else path.read_bytes()
+    except InputError as exc:
+        raise VerificationFailed(one_line(str(exc))) from None
     except OSError as exc:
         raise VerificationFailed(f"cannot read {path}: {exc.strerror or exc}") from None
-    return format_for(like).verify(path, like, raw, seed=seed, timeout_s=timeout_s)
+    return fmt.verify(path, like, raw, seed=seed, timeout_s=timeout_s)
 
 
 # ------------------------------------------------------------------------ shared by the formats

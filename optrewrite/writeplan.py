@@ -32,6 +32,7 @@ import errno
 import os
 import re
 import secrets
+import shutil
 import signal
 import stat
 import time
@@ -126,7 +127,8 @@ def _pid_running(pid: int) -> bool:
 def remove_stale(target: Path, *, now: float | None = None) -> list[Path]:
     """Remove the temporary files a killed run left beside ``target`` (see the module's doc).
 
-    Only regular files of this user are removed, never a link; returns what was removed.
+    Only regular files and directories (a SavedModel's) of this user are removed, never a
+    link; returns what was removed.
     """
     directory = target.parent if str(target.parent) else Path(".")
     pattern = _temp_pattern(target)
@@ -144,11 +146,15 @@ def remove_stale(target: Path, *, now: float | None = None) -> list[Path]:
         pid = int(m.group("pid"))
         try:
             st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or pid == os.getpid():
+            kind = st.st_mode
+            if not (stat.S_ISREG(kind) or stat.S_ISDIR(kind)) or st.st_uid != os.geteuid() or pid == os.getpid():
                 continue
             if _pid_running(pid) and now - st.st_mtime <= STALE_AFTER_S:
                 continue
-            os.unlink(path)
+            if stat.S_ISDIR(kind):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
             removed.append(path)
         except OSError:
             continue
@@ -321,6 +327,21 @@ class WritePlan:
             os.close(src_fd)
         return tmp
 
+    def stage_dir(self, path: Path | str) -> Path:
+        """Create an empty temporary directory beside ``path`` (a registered write) for the
+        caller to fill; it replaces ``path`` (a directory, or nothing) at :meth:`commit`."""
+        target = self._target(Path(path))
+        self._make_parents(target)
+        remove_stale(target)
+        tmp = temp_name(target)
+        self._staged.append((tmp, target))
+        try:
+            os.mkdir(tmp, 0o777)
+        except OSError as exc:
+            self._staged.pop()
+            raise cannot_write(target, exc) from None
+        return tmp
+
     def publish(self, tmp: Path) -> None:
         """Move one staged file into place now (a file something staged later needs beside it,
         such as external data the output model is checked with). Its target must not exist;
@@ -344,16 +365,23 @@ class WritePlan:
         with _Held():
             try:
                 for tmp, target in self._staged:
-                    backup = self._backup(target)
+                    try:
+                        backup = self._backup(target)
+                    except OSError as exc:
+                        raise cannot_write(target, exc) from None
                     try:
                         os.replace(tmp, target)
                     except OSError as exc:
-                        if backup is not None:
+                        if backup is not None and os.path.isdir(backup) and not os.path.islink(backup):
+                            os.replace(backup, target)  # a directory moved aside goes back
+                        elif backup is not None:
                             _unlink(backup)
                         raise cannot_write(target, exc) from None
                     done.append((target, backup))
             except BaseException:
                 for target, backup in reversed(done):
+                    if backup is not None and os.path.isdir(backup) and not os.path.islink(backup):
+                        _unlink(target)
                     if backup is not None:
                         try:
                             os.replace(backup, target)
@@ -374,10 +402,14 @@ class WritePlan:
     @staticmethod
     def _backup(target: Path) -> Path | None:
         """A hard link to what ``target`` is now (a file or a symlink), to put back if the
-        commit fails; None when there is nothing or the file system has no hard links."""
-        if not os.path.lexists(target) or os.path.isdir(target) and not os.path.islink(target):
+        commit fails; None when there is nothing or the file system has no hard links. A
+        directory is moved aside instead (a directory is replaced only by a directory)."""
+        if not os.path.lexists(target):
             return None
         backup = temp_name(target)
+        if os.path.isdir(target) and not os.path.islink(target):
+            os.replace(target, backup)
+            return backup
         try:
             os.link(target, backup, follow_symlinks=False)
         except OSError:
@@ -407,8 +439,12 @@ class WritePlan:
 
 
 def _unlink(path: Path) -> None:
+    """Remove a file, a link or (a staged or replaced output) a directory tree; quietly."""
     try:
-        os.unlink(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
     except OSError:
         pass
 
@@ -425,9 +461,11 @@ def write_atomic(path: Path, data: bytes, *, verify: Callable[[Path], None] | No
         plan.commit()
 
 
-# Formats whose graphs name other files they read (ONNX external data), as module:function
+# Formats whose graphs name other files they read (ONNX external data, a SavedModel's
+# directory), as module:function
 # taking (path, raw, outcome) and returning [(path, role)]; the format's name picks the entry.
-GRAPH_READS = {"ONNX": "optrewrite.onnx.io:data_reads"}
+GRAPH_READS = {"ONNX": "optrewrite.onnx.io:data_reads",
+               "TensorFlow SavedModel": "optrewrite.tf2.io:data_reads"}
 
 
 def graph_reads(path: Path, raw: bytes | None = None, outcome: object = None) -> list[tuple[Path, str]]:
@@ -442,9 +480,9 @@ def graph_reads(path: Path, raw: bytes | None = None, outcome: object = None) ->
     if entry is None:
         return []
     if raw is None:
-        from optrewrite.fileio import read_input  # noqa: PLC0415
+        from optrewrite.formats import read_graph  # noqa: PLC0415
 
-        raw = read_input(path)
+        raw = read_graph(path)
     module, _, name = entry.partition(":")
     return list(getattr(importlib.import_module(module), name)(path, raw, outcome))
 

@@ -16,6 +16,7 @@ from optrewrite.errors import InputError
 if TYPE_CHECKING:
     from optrewrite.core import Analysis, Outcome
     from optrewrite.spec import Spec
+    from optrewrite.writeplan import WritePlan
 
 
 class SavedModelFormat:
@@ -66,16 +67,36 @@ class SavedModelFormat:
 
         return serialize(outcome.graph)
 
-    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None) -> None:
-        """Write the whole SavedModel directory ``out`` atomically; ``check`` runs on the
-        complete temporary directory first. Notes in the report when no fingerprint was written."""
-        from optrewrite.tf2 import io  # noqa: PLC0415
+    def save(self, outcome: Outcome, out: Path, *, check: Callable[[Path], None] | None = None,
+             plan: WritePlan | None = None) -> None:
+        """Build the whole SavedModel directory ``out`` beside it; ``check`` runs on the
+        complete temporary directory. With ``plan`` the caller commits (or aborts) it;
+        without, the directory is in place when this returns, or nothing is. Notes in the
+        report when no fingerprint was written."""
+        from contextlib import nullcontext  # noqa: PLC0415
 
-        loaded = outcome.graph.loaded
-        io.check_output(loaded.path, out)
-        if not io.write_savedmodel(loaded.root, out, self.serialize(outcome), check=check):
-            note = "fingerprint.pb left out (TensorFlow is not importable to regenerate it)"
-            outcome.report.note = f"{outcome.report.note}; {note}" if outcome.report.note else note
+        from optrewrite.tf2 import io  # noqa: PLC0415
+        from optrewrite.writeplan import WritePlan  # noqa: PLC0415
+
+        own = plan is None
+        with WritePlan() if plan is None else nullcontext(plan) as plan:
+            loaded = outcome.graph.loaded
+            io.check_output(loaded.path, out)
+            for path, role in io.data_reads(loaded.root):
+                plan.read(path, role)
+            plan.write(out, "the output graph", check=False)
+            tmp = plan.stage_dir(out)
+            try:
+                fingerprinted = io.fill_savedmodel(loaded.root, tmp, self.serialize(outcome))
+            except OSError as exc:
+                raise InputError(f"{out}: cannot write: {exc.strerror or exc}") from None
+            if not fingerprinted:
+                note = "fingerprint.pb left out (TensorFlow is not importable to regenerate it)"
+                outcome.report.note = f"{outcome.report.note}; {note}" if outcome.report.note else note
+            if check is not None:
+                check(tmp)
+            if own:
+                plan.commit()
 
     def analyse(self, path: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
         self.check_request(path, spec, lower=lower)
@@ -91,7 +112,7 @@ class SavedModelFormat:
     def verify(self, path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: float) -> str:
         from optrewrite.tf2.verify import verify_savedmodel  # noqa: PLC0415
 
-        return verify_savedmodel(path, seed=seed, timeout_s=timeout_s)
+        return verify_savedmodel(path, raw, seed=seed, timeout_s=timeout_s)
 
     def encode_as(self, actual: Path, raw: bytes, expected: Path) -> bytes:
         """A SavedModel's golden file is its ``saved_model.pb``, as it is."""

@@ -7,6 +7,7 @@ docs/semantics.md#guard, #clip.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,68 @@ def test_bad_inputs_are_one_line_errors(models: dict[str, Path], tmp_path: Path,
         assert not (models["adam"] / "inside").exists()
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
     assert main([str(empty), "--spec", str(spec), "-o", str(tmp_path / "o3")]) == 2
+
+
+def _copy_tree(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_no_output_lands_on_a_file_of_the_input_savedmodel(models: dict[str, Path], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Every file of the input directory is a read of the run's write plan: a report (or a
+    SavedModel) that would land on one is exit 2 before anything is written."""
+    src = _copy_tree(models["adam"], tmp_path / "src")
+    before = _tree(src)
+    index = next((src / "variables").glob("*.index"))
+    spec = _spec(tmp_path, GUARD_B)
+    for report in (src / "saved_model.pb", index):
+        capsys.readouterr()
+        out = tmp_path / "out"
+        assert _rewrite(src, spec, out, "--report", str(report)) == 2, report
+        err = capsys.readouterr().err.strip()
+        assert "the report would overwrite the input SavedModel's" in err, err
+        assert not out.exists()
+    assert _tree(src) == before
+
+
+def test_a_link_inside_the_input_savedmodel_is_refused(models: dict[str, Path], tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A copied link would carry what it points to (a private file) into the output."""
+    src = _copy_tree(models["adam"], tmp_path / "src")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    (src / "assets").mkdir(exist_ok=True)
+    (src / "assets" / "vocab.txt").symlink_to(secret)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert _rewrite(src, _spec(tmp_path, GUARD_B), out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "a symbolic link in the SavedModel" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_savedmodel_and_report_are_written_all_or_nothing(models: dict[str, Path], tmp_path: Path) -> None:
+    """The output directory is staged in the run's write plan: a report that cannot be
+    written leaves no output directory and no temporary one; a stale temporary directory of
+    a killed run is removed; an earlier output directory is replaced whole."""
+    spec = _spec(tmp_path, GUARD_B)
+    out = tmp_path / "out"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert _rewrite(models["adam"], spec, out, "--report", str(blocker / "report.json")) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "spec.yaml"]
+    stale = tmp_path / ".out.optrewrite-999999999-0badc0de.tmp"
+    (stale / "variables").mkdir(parents=True)
+    out.mkdir()
+    (out / "saved_model.pb").write_bytes(b"an earlier output")
+    (out / "left-over.txt").write_text("from an earlier run")
+    assert _rewrite(models["adam"], spec, out, "--report", str(tmp_path / "r.json")) == 0
+    assert not stale.exists(), "the stale temporary directory was left"
+    assert not (out / "left-over.txt").exists(), "the earlier output was merged, not replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "out", "r.json", "spec.yaml"]
 
 
 def test_a_savedmodel_without_updates_names_what_it_found(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -360,9 +423,69 @@ def test_rewriting_imports_no_tensorflow(models: dict[str, Path], tmp_path: Path
 
 
 def test_verify_runs_the_training_signature(models: dict[str, Path], tmp_path: Path) -> None:
-    from optrewrite.tf2.verify import verify_savedmodel
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    assert _rewrite(models["sgdm"], _spec(tmp_path, GUARD_B), out, "--verify", "--report", str(report)) == 0
+    verified = json.loads(report.read_text())["verified"]
+    # only the training signature runs ('infer' updates nothing); the SGD momentum step moves
+    # the six model variables and their six momenta, and the iteration counter
+    assert verified.startswith("ran one step ('train') in TensorFlow"), verified
+    assert verified.endswith("variables changed"), verified
 
+
+def _build_step(out: Path, body: Any) -> Path:
+    """A one-variable SGD step whose ``train`` signature also runs ``body(loss)``."""
+    keras.utils.set_random_seed(0)
+    dense = keras.layers.Dense(1)
+    dense(tf.zeros([2, 3]))
+    opt = keras.optimizers.SGD(0.1)
+    opt.build(dense.trainable_variables)
+
+    class Step(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense, self.opt = dense, opt
+
+        @tf.function(input_signature=[tf.TensorSpec([2, 3]), tf.TensorSpec([2, 1])])
+        def train(self, x: Any, y: Any) -> Any:
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean((self.dense(x) - y) ** 2)
+            grads = tape.gradient(loss, self.dense.trainable_variables)
+            self.opt.apply_gradients(zip(grads, self.dense.trainable_variables))
+            body(loss)
+            return {"loss": loss}
+
+    step = Step()
+    tf.saved_model.save(step, str(out), signatures={"train": step.train.get_concrete_function()})
+    return out
+
+
+def test_verify_refuses_a_step_that_writes_a_file(tmp_path: Path, capsys: Any) -> None:
+    """The allow-list is checked before anything runs: the step's WriteFile never runs."""
+    target = tmp_path / "written-by-the-graph"
+    src = _build_step(tmp_path / "writer", lambda loss: tf.io.write_file(str(target), tf.strings.as_string(loss)))
+    capsys.readouterr()
     out = tmp_path / "out"
-    assert _rewrite(models["sgdm"], _spec(tmp_path, GUARD_B), out) == 0
-    summary = verify_savedmodel(out, seed=0, timeout_s=60)
-    assert "'train'" in summary and "variables changed" in summary
+    assert _rewrite(src, _spec(tmp_path, "version: 1\nguard:\n  variables: ['*']\n"), out, "--verify") == 2
+    err = capsys.readouterr().err
+    assert "op 'WriteFile'" in err and "is not on the list of ops" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not target.exists() and not out.exists()
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "a temporary directory was left"
+
+
+def test_verify_errors_never_quote_the_runtime_text(tmp_path: Path, capsys: Any) -> None:
+    """A step whose Assert fails (in the input too): exit 2, the node and a phrase of ours,
+    not the values the Assert prints."""
+    secret = 271828.5
+
+    def body(loss: Any) -> None:
+        tf.debugging.Assert(loss < 0.0, [tf.constant(secret), loss])
+
+    src = _build_step(tmp_path / "asserts", body)
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert _rewrite(src, _spec(tmp_path, "version: 1\nguard:\n  variables: ['*']\n"), out, "--verify") == 2
+    err = capsys.readouterr().err
+    assert "does not run either" in err and "an Assert failed" in err, err
+    assert "271828" not in err, err
+    assert not out.exists()
