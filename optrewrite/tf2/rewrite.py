@@ -32,7 +32,7 @@ from optrewrite.tf2 import io
 from optrewrite.tf2.functions import FunctionEditor, LibraryEditor
 from optrewrite.tf2.passes import REGISTRY
 from optrewrite.tf2.passes.state import SiteState
-from optrewrite.tf2.sites import FunctionSite, bindings, find_sites
+from optrewrite.tf2.sites import WRITES, Body, FunctionSite, bindings, find_sites
 
 PLAN_COLLECTION = "optrewrite_plan"
 FORMAT_NAME = "TensorFlow SavedModel"
@@ -62,14 +62,42 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
     bound = bindings(loaded.meta)
     sites: list[FunctionSite] = []
     skips: list[Skip] = []
+    library = LibraryEditor(loaded.meta.graph_def.library.function)
     for fn in loaded.meta.graph_def.library.function:
         local = bound.get(fn.signature.name)
         if local is None:
             continue
         found, skipped = find_sites(fn, local)
-        sites += found
+        for site in found:
+            accumulated = _accumulated_in(library, site)
+            if accumulated:
+                skips.append(Skip(site.key, site.var.path,
+                                  "gradient accumulation: another branch adds this gradient to optimizer state; the "
+                                  "update consumes gradients summed over several steps, which the guard cannot test"))
+            else:
+                sites.append(site)
         skips += skipped
     return Discovery(sites, skips)
+
+
+def _accumulated_in(library: LibraryEditor, site: FunctionSite) -> str | None:
+    """The alternative branch that writes the site's gradient into a variable (Keras 3
+    ``gradient_accumulation_steps``: one branch accumulates, the other applies the sum), or
+    None. The gradient must be a branch input; the alternative takes it in the same place."""
+    fn = library.functions[site.function]
+    names = [a.name for a in fn.signature.input_arg]
+    if site.gradient not in names:
+        return None
+    pos = names.index(site.gradient)
+    for name in library.alternatives(site.function):
+        alt = library.functions[name]
+        if pos >= len(alt.signature.input_arg):
+            continue
+        body = Body.of(alt)
+        below = body.tensor_descendants(alt.signature.input_arg[pos].name, data_only=True)
+        if any(body.nodes[n].op in WRITES for n in below if n in body.nodes):
+            return name
+    return None
 
 
 def recorded_plan(meta: proto.MetaGraphDef) -> str | None:
