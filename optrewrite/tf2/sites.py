@@ -55,6 +55,7 @@ CALLS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
 SKIPPED_FUNCTIONS = re.compile(r"^__inference__traced_(save|restore)_\d+$")
 _PASS_THROUGH = frozenset({"Identity"})
 _MAX_CANDIDATES = 24  # gradient candidates weighed per variable (the gradient is a few ops from the writes)
+_MAX_CACHED = 4096  # descendant sets a body keeps
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,12 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
     known = variables(meta.object_graph_def)
     bound: dict[str, dict[str, Variable | None]] = {}
     todo: deque[str] = deque()
+    queued: set[str] = set()
+
+    def visit(fname: str) -> None:
+        if fname not in queued:
+            queued.add(fname)
+            todo.append(fname)
 
     def bind(fname: str, arg: str, var: Variable | None) -> None:
         have = bound.setdefault(fname, {})
@@ -168,7 +175,7 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
             var = None
         if have.get(arg, ...) != var:
             have[arg] = var
-            todo.append(fname)
+            visit(fname)
 
     for fname, cf in meta.object_graph_def.concrete_functions.items():
         fn = functions.get(fname)
@@ -177,7 +184,7 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
         args = fn.signature.input_arg
         n = len(cf.bound_inputs)
         bound.setdefault(fname, {})
-        todo.append(fname)
+        visit(fname)
         if n > len(args):
             continue
         for arg, node_id in zip(args[len(args) - n:], cf.bound_inputs):
@@ -185,6 +192,7 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
     seen_state: dict[str, tuple] = {}
     while todo:
         fname = todo.popleft()
+        queued.discard(fname)
         fn = functions[fname]
         state = tuple(sorted((k, v.node_id if v else -1) for k, v in bound[fname].items()))
         if seen_state.get(fname) == state:
@@ -201,7 +209,7 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
                     if pos < len(data) and ":" not in data[pos] and data[pos] in local:
                         bind(callee, arg.name, local[data[pos]])
                 if callee not in seen_state:
-                    todo.append(callee)
+                    visit(callee)
     return bound
 
 
@@ -228,6 +236,10 @@ class Body:
     anc: dict[str, int]  # node -> bitset of its ancestors (data and control, the node excluded)
     bit: dict[str, int]
     consumers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # node or arg -> (consumer, input)
+    by_ref: dict[str, list[str]] = field(default_factory=dict)  # input string -> the nodes taking it
+    out_refs: dict[str, list[str]] = field(default_factory=dict)  # node or arg -> the input strings naming it
+    _descendants: dict[tuple[str, bool, str | None], set[str]] = field(default_factory=dict, repr=False)
+    _positions: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, fn: proto.FunctionDef) -> Body:
@@ -265,7 +277,14 @@ class Body:
                 if src in nodes:
                     acc |= anc.get(src, 0) | bit[src]
             anc[name] = acc
-        return cls(fn, nodes, order, anc, bit, consumers)
+        by_ref: dict[str, list[str]] = {}
+        out_refs: dict[str, list[str]] = {}
+        for name in order:
+            for inp in nodes[name].input:
+                if inp not in by_ref:
+                    out_refs.setdefault(node_of(inp), []).append(inp)
+                by_ref.setdefault(inp, []).append(name)
+        return cls(fn, nodes, order, anc, bit, consumers, by_ref, out_refs)
 
     def tensor_descendants(self, ref: str, *, data_only: bool = False, avoid: str | None = None) -> set[str]:
         """The nodes that depend on the tensor ``ref`` (not merely on its node: one output of an
@@ -273,33 +292,53 @@ class Body:
         IdentityN only along the output that carries the input reached (Keras groups all
         gradients in one IdentityN: each output depends on its own input alone); ``avoid``: not
         through the edges that take the tensor ``avoid``."""
-        work = [(c, inp) for c, inp in self.consumers.get(node_of(ref), []) if inp == ref]
+        key = (ref, data_only, avoid)
+        cached = self._descendants.get(key)
+        if cached is not None:
+            return cached
+        by_ref = self.by_ref
+        work = [(c, ref) for c in by_ref.get(ref, ())]
         seen: set[str] = set()
         through: set[tuple[str, str]] = set()  # (IdentityN, the output followed)
         while work:
             n, via = work.pop()
             node = self.nodes.get(n)
-            out = None
             if node is not None and node.op == "IdentityN" and not via.startswith("^"):
                 # an IdentityN passes each input to its own output (Keras groups all
                 # gradients in one): follow only the output that carries ``via``
-                data = [i for i in node.input if not i.startswith("^")]
-                out = f"{n}:output:{data.index(via)}"
+                out = f"{n}:output:{self._position(n, via)}"
                 if (n, out) in through:
                     continue
                 through.add((n, out))
+                seen.add(n)
+                edges = [out] if data_only else [out, f"^{n}"]
             elif n in seen:
                 continue
-            seen.add(n)
-            for c, inp in self.consumers.get(n, []):
-                if inp.startswith("^") and data_only:
+            else:
+                seen.add(n)
+                edges = self._outputs(n, data_only)
+            for edge in edges:
+                if edge == avoid:
                     continue
-                if out is not None and not inp.startswith("^") and inp != out:
-                    continue
-                if inp == avoid:
-                    continue
-                work.append((c, inp))
+                work.extend((c, edge) for c in by_ref.get(edge, ()))
+        if len(self._descendants) < _MAX_CACHED:
+            self._descendants[key] = seen
         return seen
+
+    def _position(self, name: str, ref: str) -> int:
+        """Where ``ref`` is among the data inputs of node ``name`` (the first place)."""
+        table = self._positions.get(name)
+        if table is None:
+            data = [i for i in self.nodes[name].input if not i.startswith("^")]
+            table = self._positions[name] = {}
+            for k, i in enumerate(data):
+                table.setdefault(i, k)
+        return table[ref]
+
+    def _outputs(self, name: str, data_only: bool) -> list[str]:
+        """The input strings other nodes name ``name``'s outputs by (its control edge unless ``data_only``)."""
+        refs = self.out_refs.get(name, [])
+        return [r for r in refs if not r.startswith("^")] if data_only else refs
 
     def depends(self, node: str, on: str) -> bool:
         return on in self.bit and bool(self.anc.get(node, 0) & self.bit[on])
@@ -572,7 +611,13 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args:
                 if len(found) >= _MAX_CANDIDATES:
                     break
         if node is not None:
-            for inp in node.input:
+            inputs = list(node.input)
+            if node.op == "IdentityN" and ref.count(":") == 2:
+                # an IdentityN output carries its own input alone (Keras groups all gradients in one)
+                k = int(ref.rsplit(":", 1)[1])
+                data = [i for i in inputs if not i.startswith("^")]
+                inputs = [i for i in inputs if i.startswith("^")] + data[k:k + 1]
+            for inp in inputs:
                 (control if inp.startswith("^") else queue).append(inp)
     if not found:
         return None
