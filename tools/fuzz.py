@@ -3,10 +3,13 @@
     python tools/fuzz.py --cases 10000 --seed 0     # the full run, --verify on every case
     python tools/fuzz.py --seed 0 --case 1234       # rerun one case here, with its traceback
     python tools/fuzz.py --seed 0 --case 1234 --save DIR   # and keep its input and spec
+    python tools/fuzz.py --signals 40 --seed 0      # signal faults: children interrupted mid-run
 
 The promise (tools/fuzzing.py): ``optrewrite INPUT --spec SPEC -o OUT --verify`` exits 0 with an
 output that loads, or exits 2 with one short ``optrewrite: error:`` line and nothing written;
-never a traceback, never exit 3, never a changed input. Cases come from the building blocks
+never a traceback, never exit 3, never a changed input. One case in ten has a path fault
+(tools/fuzzing.py PATH_FAULTS: ``-o`` or ``--report`` naming the input, the spec, a link to
+them, each other): exit 2, nothing written. Cases come from the building blocks
 tests/test_fuzz.py draws with hypothesis, here from ``random.Random`` seeded by (seed, case
 index), so a case is reproduced from those two numbers alone. A pool of worker processes
 (one per core) each imports optrewrite, TensorFlow, onnx and onnxruntime once and runs cases
@@ -281,6 +284,57 @@ def one(seed: int, index: int, verify: bool, save: Path | None, timeout: float) 
     return 1 if outcome.violations else 0
 
 
+def signals(count: int, seed: int, verify: bool) -> int:
+    """Signal faults: ``count`` cases, each run as ``python -m optrewrite`` in a child that
+    gets SIGINT, SIGTERM or SIGHUP after a random delay (before, during or after its
+    writes). The promise: the input and spec unchanged; exit 128 + the signal with nothing
+    left beside them (no output, no temporary name), or the exit a run without the signal
+    has (0 with an output that loads, or 2 with nothing written)."""
+    import random  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    import signal as sig  # noqa: PLC0415
+
+    from tools import fuzzing  # noqa: PLC0415
+
+    rng = random.Random(f"optrewrite-signals:{seed}")
+    bad = 0
+    tally: collections.Counter[str] = collections.Counter()
+    for index in range(count):
+        case = fuzzing.case_at(seed, index, verify=verify)
+        case = fuzzing.Case(**{**case.__dict__, "path": "plain", "explain": False})
+        d = Path(tempfile.mkdtemp(prefix="optrewrite-signal-"))
+        try:
+            (d / f"input{case.suffix}").write_bytes(case.data)
+            (d / "spec.yaml").write_bytes(case.spec)
+            argv = fuzzing.argv_for(case, d)
+            setup = sorted(p.name for p in d.iterdir())
+            which = rng.choice([sig.SIGINT, sig.SIGTERM, sig.SIGHUP])
+            proc = subprocess.Popen([sys.executable, "-m", "optrewrite", *argv], cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(rng.uniform(0.0, 3.0))
+            proc.send_signal(which)
+            _, err = proc.communicate(timeout=300)
+            rc = proc.returncode
+            left = sorted(p.name for p in d.iterdir())
+            problems = []
+            if (d / f"input{case.suffix}").read_bytes() != case.data or (d / "spec.yaml").read_bytes() != case.spec:
+                problems.append("the input or the spec changed")
+            if rc in (128 + which, -which, 2) and left != setup:
+                problems.append(f"exit {rc} left {sorted(set(left) - set(setup))}")
+            elif rc == 0 and any(n.startswith(".") for n in left):
+                problems.append(f"exit 0 left temporary names {left}")
+            elif rc not in (0, 2, 128 + which, -which):
+                problems.append(f"exit {rc}: {err.decode(errors='replace').strip()[-200:]}")
+            tally[f"exit {rc}"] += 1
+            if problems:
+                bad += 1
+                print(f"case {index} ({which.name}): {'; '.join(problems)}", flush=True)
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+    print(f"{count} signal cases (seed {seed}): {dict(sorted(tally.items()))}, {bad} violations")
+    return 1 if bad else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", type=int, default=10_000)
@@ -291,10 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds one case may take")
     p.add_argument("--case", type=int, help="rerun this one case in this process")
     p.add_argument("--save", type=Path, help="with --case: write its input and spec to this folder")
+    p.add_argument("--signals", type=int, metavar="N",
+                   help="instead: N cases run in a child interrupted by SIGINT/SIGTERM/SIGHUP")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is not None:
         return worker(args.worker, args.seed, args.verify, args.timeout)
+    if args.signals is not None:
+        return signals(args.signals, args.seed, args.verify)
     if args.case is not None:
         return one(args.seed, args.case, args.verify, args.save, args.timeout)
     return fuzz(args.cases, args.seed, max(1, args.jobs), args.verify, args.timeout, args.start)

@@ -950,6 +950,7 @@ class Case:
     report: bool = False  # pass --report
     verify: bool = False  # pass --verify
     explain: bool = False  # also run ``optrewrite explain`` on it
+    path: str = "plain"  # one of PATH_FAULTS: where -o and --report point
 
     @property
     def kind(self) -> str:
@@ -961,10 +962,23 @@ class Case:
     def describe(self) -> str:
         spec = self.spec.decode("utf-8", "replace")
         return (f"seed {self.seed}, input{self.suffix} ({len(self.data)} bytes), corruptions {self.kind}, "
-                f"flags {self.flags()}{', then explain' if self.explain else ''}\nspec:\n{spec[:2000]}")
+                f"flags {self.flags()}, paths {self.path}{', then explain' if self.explain else ''}\nspec:\n{spec[:2000]}")
 
     def flags(self) -> list[str]:
         return [*(["--lower"] if self.lower else []), *(["--verify"] if self.verify else [])]
+
+
+# Careless paths: what -o and --report name. Each but "plain" must be exit 2 with the input,
+# the spec and whatever the names point to unchanged, and nothing else left behind.
+PATH_FAULTS = (
+    "output_is_input",        # -o names the input file
+    "output_is_spec",         # -o names the spec
+    "report_is_input",        # --report names the input file
+    "report_is_output",       # --report and -o name one file
+    "output_links_to_input",  # -o names a symbolic link to the input
+    "output_hardlinks_spec",  # -o names a hard link of the spec
+    "report_in_a_file",       # --report's folder is a file
+)
 
 
 # (suffix, text encoding): the extension decides, or the content; a GraphDef named .meta now and then.
@@ -1019,9 +1033,10 @@ def draw_case(c: Chooser, pool: Sequence[Seed] | None = None, *, verify: bool = 
             others = [s for s in pool if (s.kind == "onnx") != onnx_seed]
             data = _corrupt_bytes(c, kind, data, seed, c.choice(others) if others else None)
             applied.append(kind)
+    path = c.choice(PATH_FAULTS) if c.chance(0.1) else "plain"
     return Case(seed=seed.name, suffix=suffix, data=data, spec=spec, corruptions=tuple(applied),
                 lower=c.chance(0.1) if onnx_seed else c.chance(0.01), report=c.chance(0.2), verify=verify,
-                explain=c.chance(0.15))
+                explain=c.chance(0.15), path=path)
 
 
 def case_at(seed: int, index: int, pool: Sequence[Seed] | None = None, *, verify: bool = False) -> Case:
@@ -1096,10 +1111,29 @@ def _check_output(path: Path, suffix: str) -> str | None:
 
 
 def argv_for(case: Case, directory: Path) -> list[str]:
+    """The command line of ``case`` in ``directory``, after making the links its path fault needs."""
     src, spec = directory / f"input{case.suffix}", directory / "spec.yaml"
-    argv = [str(src), "--spec", str(spec), "-o", str(directory / f"output{case.suffix}")]
-    if case.report:
-        argv += ["--report", str(directory / "report.json")]
+    out, report = directory / f"output{case.suffix}", directory / "report.json" if case.report else None
+    fault = case.path
+    if fault == "output_is_input":
+        out = src
+    elif fault == "output_is_spec":
+        out = spec
+    elif fault == "report_is_input":
+        report = src
+    elif fault == "report_is_output":
+        report = out
+    elif fault == "output_links_to_input":
+        out = directory / "link-to-input"
+        out.symlink_to(src.name)
+    elif fault == "output_hardlinks_spec":
+        out = directory / "link-to-spec"
+        os.link(spec, out)
+    elif fault == "report_in_a_file":
+        report = spec / "report.json"
+    argv = [str(src), "--spec", str(spec), "-o", str(out)]
+    if report is not None:
+        argv += ["--report", str(report)]
     return argv + case.flags()
 
 
@@ -1146,21 +1180,28 @@ def run_case(case: Case, *, timeout: float | None = 120.0) -> Outcome:
         (d / "spec.yaml").write_bytes(case.spec)
         before = hashlib.sha256(case.data).hexdigest()
         problems: list[str] = []
+        command = argv_for(case, d)  # makes the links a path fault needs
+        spec_before = (d / "spec.yaml").read_bytes()
+        setup = sorted(p.name for p in d.iterdir())
         start = time.perf_counter()
         if case.explain:
             argv = ["explain", str(src), "--spec", str(d / "spec.yaml"), *(["--lower"] if case.lower else [])]
             rc, stderr = _main(argv, timeout, problems)
             _check_exit("explain: ", rc, stderr, problems)
-            if sorted(p.name for p in d.iterdir()) != sorted([src.name, "spec.yaml"]):
+            if sorted(p.name for p in d.iterdir()) != setup:
                 problems.append("explain: wrote files")
-        rc, stderr = _main(argv_for(case, d), timeout, problems)
+        rc, stderr = _main(command, timeout, problems)
         seconds = time.perf_counter() - start
         _check_exit("", rc, stderr, problems)
         if hashlib.sha256(src.read_bytes()).hexdigest() != before:
             problems.append("the input file changed")
+        if (d / "spec.yaml").read_bytes() != spec_before:
+            problems.append("the spec changed")
         left = sorted(p.name for p in d.iterdir())
+        if case.path != "plain" and rc != 2:
+            problems.append(f"path fault {case.path}: exit {rc}, not 2")
         if rc == 2:
-            if left != sorted([src.name, "spec.yaml"]):
+            if left != setup:
                 problems.append(f"exit 2 left files behind: {left}")
         elif rc == 0:
             allowed = {src.name, "spec.yaml", out.name, "report.json"}
