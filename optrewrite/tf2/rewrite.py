@@ -84,12 +84,15 @@ def _accumulated_in(library: LibraryEditor, site: FunctionSite) -> str | None:
     """The alternative branch that writes the site's gradient into a variable (Keras 3
     ``gradient_accumulation_steps``: one branch accumulates, the other applies the sum), or
     None. The gradient must be a branch input; the alternative takes it in the same place."""
+    alternatives = library.alternatives(site.function)
+    if not alternatives:
+        return None
     fn = library.functions[site.function]
     names = [a.name for a in fn.signature.input_arg]
     if site.gradient not in names:
         return None
     pos = names.index(site.gradient)
-    for name in library.alternatives(site.function):
+    for name in alternatives:
         alt = library.functions[name]
         if pos >= len(alt.signature.input_arg):
             continue

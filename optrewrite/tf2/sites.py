@@ -189,15 +189,14 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
             continue
         for arg, node_id in zip(args[len(args) - n:], cf.bound_inputs):
             bind(fname, arg.name, known.get(node_id))
-    seen_state: dict[str, tuple] = {}
+    # a function is (re)visited only when one of its bindings changed; a binding only ever
+    # goes from unknown to a variable to None (two variables), so this ends
+    seen: set[str] = set()
     while todo:
         fname = todo.popleft()
         queued.discard(fname)
         fn = functions[fname]
-        state = tuple(sorted((k, v.node_id if v else -1) for k, v in bound[fname].items()))
-        if seen_state.get(fname) == state:
-            continue
-        seen_state[fname] = state
+        seen.add(fname)
         local = bound[fname]
         for node in fn.node_def:
             for callee, data in _callees(node):
@@ -208,7 +207,7 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
                 for pos, arg in enumerate(target.signature.input_arg):
                     if pos < len(data) and ":" not in data[pos] and data[pos] in local:
                         bind(callee, arg.name, local[data[pos]])
-                if callee not in seen_state:
+                if callee not in seen:
                     visit(callee)
     return bound
 
@@ -240,6 +239,9 @@ class Body:
     out_refs: dict[str, list[str]] = field(default_factory=dict)  # node or arg -> the input strings naming it
     _descendants: dict[tuple[str, bool, str | None], set[str]] = field(default_factory=dict, repr=False)
     _positions: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+    _split: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict, repr=False)
+    position: dict[str, int] = field(default_factory=dict)  # node -> its place in ``order``
+    arg_position: dict[str, int] = field(default_factory=dict)  # input arg -> its place in the signature
 
     @classmethod
     def of(cls, fn: proto.FunctionDef) -> Body:
@@ -284,7 +286,9 @@ class Body:
                 if inp not in by_ref:
                     out_refs.setdefault(node_of(inp), []).append(inp)
                 by_ref.setdefault(inp, []).append(name)
-        return cls(fn, nodes, order, anc, bit, consumers, by_ref, out_refs)
+        return cls(fn, nodes, order, anc, bit, consumers, by_ref, out_refs,
+                   position={name: i for i, name in enumerate(order)},
+                   arg_position={a.name: i for i, a in enumerate(fn.signature.input_arg)})
 
     def tensor_descendants(self, ref: str, *, data_only: bool = False, avoid: str | None = None) -> set[str]:
         """The nodes that depend on the tensor ``ref`` (not merely on its node: one output of an
@@ -325,11 +329,20 @@ class Body:
             self._descendants[key] = seen
         return seen
 
+    def split_inputs(self, name: str) -> tuple[list[str], list[str]]:
+        """A node's data inputs and control inputs."""
+        split = self._split.get(name)
+        if split is None:
+            inputs = self.nodes[name].input
+            split = self._split[name] = ([i for i in inputs if not i.startswith("^")],
+                                         [i for i in inputs if i.startswith("^")])
+        return split
+
     def _position(self, name: str, ref: str) -> int:
         """Where ``ref`` is among the data inputs of node ``name`` (the first place)."""
         table = self._positions.get(name)
         if table is None:
-            data = [i for i in self.nodes[name].input if not i.startswith("^")]
+            data = self.split_inputs(name)[0]
             table = self._positions[name] = {}
             for k, i in enumerate(data):
                 table.setdefault(i, k)
@@ -418,7 +431,11 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
         blocked_bits |= body.bit[name]
     is_arg_input = {a for a, d in args.items() if d.type in proto.FLOAT_TYPES}
 
-    state_writes = [w for w, v in target.items() if not v.trainable]
+    state_writes = {w for w, v in target.items() if not v.trainable}
+    trainable_writes = {w for w, v in target.items() if v.trainable}
+    writes_of: dict[int, list[str]] = {}
+    for w, v in target.items():
+        writes_of.setdefault(v.node_id, []).append(w)
     found: list[tuple[FunctionSite, int]] = []
     for ws in writes.values():
         var = target[ws[0]]
@@ -443,7 +460,7 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
                 skips.append(Skip(f"{fname}/{ws[-1]}", var.path, "its scatter writes use different indices"))
                 continue
             indices = idx.pop()
-        others = [w for w, v in target.items() if v.trainable and v.node_id != var.node_id]
+        others = trainable_writes.difference(ws)
         grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=bool(scatter), state_writes=state_writes,
                          other_writes=others)
         if grad is None:
@@ -486,32 +503,35 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
     # update" ops: beta powers, the iteration counter) do not make a write a slot write
     reach = [body.tensor_descendants(site.gradient, data_only=True) for site, _ in found]
     for k, (site, _) in enumerate(found):
-        for w, var in target.items():
-            if not var.trainable and w in reach[k]:
-                claims.setdefault(w, []).append(k)
+        for w in state_writes.intersection(reach[k]):
+            claims.setdefault(w, []).append(k)
     shared_vars = {target[w].node_id for w, ks in claims.items() if len(ks) > 1}
+    only_claimed_by: dict[int, list[str]] = {}
+    for w, ks in claims.items():
+        if len(ks) == 1:
+            only_claimed_by.setdefault(ks[0], []).append(w)
     # writes some gradient depends on (run before the gradients exist) cannot be gated by them
     before_grads = 0
     for site, _ in found:
         if site.gradient_node in body.nodes:
             before_grads |= body.anc[site.gradient_node]
+    owner = {w: j for j, (s, _) in enumerate(found) for w in s.var_writes}
     for k, (site, _) in enumerate(found):
-        bad = [s.var.path for j, (s, _) in enumerate(found) if j != k
-               and any(w in reach[k] for w in s.var_writes)]
+        bad = [found[owner[w]][0].var.path for w in sorted(reach[k].intersection(owner), key=body.position.__getitem__)
+               if owner[w] != k]
         if bad:
             skips.append(Skip(site.key, site.var.path, f"its gradient also feeds the update of {bad[0]}"))
             continue
         # every write of a slot variable belongs to the site, also those that take no gradient
         # (tf.compat.v1 sparse Adam decays m by an assignment before scattering the rows in)
-        slot_ids = {target[w].node_id for w, ks in claims.items() if ks == [k] and target[w].node_id not in shared_vars}
-        slot_writes = [w for w, v in target.items() if v.node_id in slot_ids
-                       and (w in claims or not (before_grads & body.bit[w]))]
+        slot_ids = {target[w].node_id for w in only_claimed_by.get(k, ()) if target[w].node_id not in shared_vars}
+        slot_writes = [w for i in slot_ids for w in writes_of[i] if w in claims or not (before_grads & body.bit[w])]
         bad_ops = [w for w in slot_writes if body.nodes[w].op not in DENSE_WRITES | SCATTER_WRITES]
         if bad_ops:
             skips.append(Skip(site.key, site.var.path,
                               f"its slot is written by {body.nodes[bad_ops[0]].op}, which the guard cannot gate"))
             continue
-        all_writes = sorted({*site.var_writes, *slot_writes}, key=body.order.index)
+        all_writes = sorted({*site.var_writes, *slot_writes}, key=body.position.__getitem__)
         slots: dict[int, Variable] = {}
         for w in slot_writes:
             slots.setdefault(target[w].node_id, target[w])
@@ -572,7 +592,7 @@ def _indices_dtype(body: Body, scatter: list[str]) -> int:
 
 
 def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args: set[str],
-              *, sparse: bool, state_writes: list[str], other_writes: list[str],
+              *, sparse: bool, state_writes: set[str], other_writes: set[str],
               data_only: bool = False) -> tuple[str, str] | None:
     """The variable's gradient among the tensors its last write depends on: no constant, the
     variable's dtype and shape (rows of it when ``sparse``), no read of a non-trainable variable
@@ -606,17 +626,18 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args:
             # write that takes it as data (automatic control dependencies chain every update
             # of an If branch after every gradient)
             others_below = body.tensor_descendants(ref, data_only=True) if data_only else below
-            if last in below and not any(w in others_below for w in other_writes):
-                found.append((sum(1 for w in state_writes if w in below), ref, name, below))
+            if last in below and others_below.isdisjoint(other_writes):
+                found.append((len(state_writes.intersection(below)), ref, name, below))
                 if len(found) >= _MAX_CANDIDATES:
                     break
         if node is not None:
-            inputs = list(node.input)
             if node.op == "IdentityN" and ref.count(":") == 2:
                 # an IdentityN output carries its own input alone (Keras groups all gradients in one)
                 k = int(ref.rsplit(":", 1)[1])
-                data = [i for i in inputs if not i.startswith("^")]
-                inputs = [i for i in inputs if i.startswith("^")] + data[k:k + 1]
+                data, ctl = body.split_inputs(name)
+                inputs = [*ctl, *data[k:k + 1]]
+            else:
+                inputs = list(node.input)
             for inp in inputs:
                 (control if inp.startswith("^") else queue).append(inp)
     if not found:
@@ -626,7 +647,7 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args:
     for _, ref, name, below in best:
         # a tensor computed from the gradient that feeds every slot (FTRL's ``square(g)``) is
         # not the gradient: the gradient reaches some write around it
-        writes = {last, *(w for w in state_writes if w in below)}
+        writes = {last, *state_writes.intersection(below)}
         if not any(other != ref and name in other_below
                    and writes & body.tensor_descendants(other, avoid=ref)
                    for _, other, _, other_below in best):
@@ -636,8 +657,7 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args:
 
 def _arg_fits(body: Body, arg: str, var: Variable, sparse: bool) -> bool:
     """Whether the function input ``arg`` has the variable's dtype and (known) shape."""
-    names = [a.name for a in body.fn.signature.input_arg]
-    pos = names.index(arg)
+    pos = body.arg_position[arg]
     if body.fn.signature.input_arg[pos].type != var.dtype:
         return False
     attrs = body.fn.arg_attr.get(pos)
