@@ -21,6 +21,8 @@
    add between ops on one resource) that every write to V depends on, that has V's dtype and
    shape (rows of V for a scatter), that is no constant, and that depends on no read of a
    non-trainable variable (slots, the iteration counter, the learning rate, a loss scale).
+   Writes that only assign that tensor itself (``AssignVariableOp(V, x)``: a ``restore``
+   signature setting V from its input) set V, they do not update it: no site.
    The site's **slot writes** are the writes to non-trainable variables that depend on the
    gradient; a non-trainable variable written from the gradients of several variables
    (shared state) belongs to no site. Writes with no gradient (restores, assignments of
@@ -494,6 +496,9 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
                                   "no gradient can be told apart from the update math (written without one?)"))
             continue
         gref, gnode = grad
+        if all(body.nodes[w].op == "AssignVariableOp" and _through_identity(body, body.nodes[w].input[1]) == gref
+               for w in ws):
+            continue  # the variable is set to a value (a restore signature's input), not updated
         found.append((FunctionSite(fname, var, gref, gnode, indices,
                                    _indices_dtype(body, scatter), (), tuple(ws), (), {}), 0))
     # slot writes: writes to non-trainable variables that depend on exactly one site's gradient
@@ -573,6 +578,15 @@ def _fused_site(fname: str, body: Body, node: proto.NodeDef, local: dict[str, Va
         slots=tuple(sorted({v.node_id: v for v in slots if v is not None}.values(), key=lambda v: v.path)),
         resource={node.name: data[info["var"]]}, kind=node.op,
         fused=(data[info["var"]], *(data[p] for p in info["slots"])))
+
+
+def _through_identity(body: Body, ref: str) -> str:
+    """The tensor ``ref`` is, behind ``Identity`` nodes."""
+    node = body.nodes.get(node_of(ref))
+    while node is not None and node.op == "Identity" and not ref.startswith("^"):
+        ref = body.split_inputs(node.name)[0][0]
+        node = body.nodes.get(node_of(ref))
+    return ref
 
 
 def _unique_positions(body: Body, ref: str) -> bool:
