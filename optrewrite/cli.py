@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from optrewrite import __version__
-from optrewrite.errors import EXIT_DIFFERENT, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, OptrewriteError
+from optrewrite.errors import EXIT_DIFFERENT, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, OptrewriteError, printable
 
 log = logging.getLogger("optrewrite")
 
@@ -75,9 +75,9 @@ def _rewrite_parser() -> argparse.ArgumentParser:
 
 
 def _rewrite(argv: Sequence[str]) -> int:
-    from optrewrite.api import rewrite_file  # noqa: PLC0415  (keeps --help fast)
-
     args = _rewrite_parser().parse_intermixed_args(argv)
+    from optrewrite.api import rewrite_file  # noqa: PLC0415  (after parsing: keeps --help fast)
+
     mode = "check" if args.check else "dry-run" if args.dry_run else "write"
     if len(args.input) > 1 and (args.output or args.report):
         raise InputError("usage: -o and --report take one input; give one input per run")
@@ -168,8 +168,8 @@ def _diff(argv: Sequence[str]) -> int:
                 description="Compare two graphs of the same format structurally: nodes by name, attrs, inputs "
                 "(control inputs as a set), functions; for ONNX also initializers by digest. Order does not matter.",
                 epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("a", type=Path)
-    p.add_argument("b", type=Path)
+    p.add_argument("a", type=Path, help="the first graph (a file, or a SavedModel directory)")
+    p.add_argument("b", type=Path, help="the second graph, of the same format")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing; the exit code says it")
     args = p.parse_args(argv)
     from optrewrite.diff import diff_files  # noqa: PLC0415
@@ -185,7 +185,8 @@ def _schema(argv: Sequence[str]) -> int:
                 description="Print a JSON Schema: the spec's (for editors validating wrap.yaml) or the "
                 "JSON report's (what --report writes). With --validate, check spec files instead.",
                 epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", nargs="?", choices=("spec", "report"), default="spec")
+    p.add_argument("which", nargs="?", choices=("spec", "report"), default="spec", metavar="spec|report",
+                   help="which schema to print (default: spec)")
     p.add_argument("--validate", nargs="+", type=Path, metavar="SPEC",
                    help="load each spec file as the rewrite does (without a graph) and report the first problem of each")
     args = p.parse_args(argv)
@@ -200,6 +201,8 @@ def _schema(argv: Sequence[str]) -> int:
             except InputError as exc:
                 _error(exc)
                 worst = max(worst, exc.exit_code)
+            else:
+                print(f"{printable(str(path))}: valid")
         return worst
     from optrewrite.schema import schema_text  # noqa: PLC0415
 
@@ -217,6 +220,10 @@ def run(argv: Sequence[str]) -> int:
     """
     if argv and argv[0] in _COMMANDS:
         return _COMMANDS[argv[0]](argv[1:])
+    if not argv:  # a bare call: how to use it, as a usage error
+        sys.stderr.write(_rewrite_parser().format_usage())
+        print("optrewrite: error: usage: give a graph and --spec (see optrewrite --help)", file=sys.stderr)
+        return EXIT_INPUT
     return _rewrite(argv)
 
 
@@ -323,3 +330,7 @@ def _main(argv: list[str]) -> int:
 
 
 assert EXIT_INPUT == InputError.exit_code
+
+
+if __name__ == "__main__":  # python -m optrewrite.cli
+    sys.exit(main())

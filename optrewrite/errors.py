@@ -74,3 +74,8 @@ def printable(text: str) -> str:
     separators, bidi controls and lone surrogates as ``\\xNN`` / ``\\uNNNN`` escapes (as Python
     writes them); everything else, letters of any script included, as it is."""
     return _UNSAFE.sub(_escape, text)
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 update``, ``2 updates`` (``nouns``: the plural when it is not ``noun + "s"``)."""
+    return f"{count} {noun if count == 1 else (nouns or noun + 's')}"

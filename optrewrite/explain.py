@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING
 from optrewrite import passes
 from optrewrite.core import Site, Skip
 from optrewrite.drawing import Drawing, group
-from optrewrite.errors import InputError, printable, shorten
+from optrewrite.errors import InputError, plural, printable, shorten
 from optrewrite.fileio import read_spec
 from optrewrite.formats import format_for, read_graph
-from optrewrite.spec import load_spec
+from optrewrite.spec import UnmatchedSelector, load_spec
 
 if TYPE_CHECKING:
     from optrewrite.writeplan import WritePlan
@@ -45,6 +45,7 @@ class Explanation:
     skipped: list[Skip]
     note: str = ""
     shared_nodes: int = 0  # inserted nodes that belong to no one site (global-norm clip, plan, ...)
+    unmatched: list[str] = field(default_factory=list)  # the spec's selectors that match no update, why
     drawing: Drawing | None = field(default=None, repr=False)  # with a spec; its view is built on first use
 
     def to_json(self) -> str:
@@ -59,9 +60,25 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
     src = Path(input_path)
     spec = load_spec(spec_path, read=read_spec) if spec_path is not None else None
     raw = read_graph(src)
-    found = format_for(src).analyse(src, raw, spec, lower=lower)
+    fmt = format_for(src)
+    unmatched: list[str] = []
+    while True:
+        # explain is where selectors are debugged: one that matches nothing is listed, and
+        # the table shows what the rest of the spec does
+        try:
+            found = fmt.analyse(src, raw, spec, lower=lower)
+            break
+        except UnmatchedSelector as exc:
+            if spec is None:
+                raise
+            unmatched.append(str(exc))
+            spec = spec.without(exc.field)
+            if not spec.selectors() and not spec.updates:
+                spec = None
+                found = fmt.analyse(src, raw, None, lower=lower)
+                break
     explanation = Explanation(input=str(src), format=found.format, spec=str(spec_path) if spec_path else None,
-                              rows=[Row(site) for site in found.sites], skipped=found.skipped)
+                              rows=[Row(site) for site in found.sites], skipped=found.skipped, unmatched=unmatched)
     if spec is None or found.report is None or found.changes is None or found.view is None:
         return explanation
 
@@ -104,13 +121,15 @@ def render_table(ex: Explanation) -> str:
                  ", ".join(s.slots) or "-", "sparse" if s.sparse else "dense", s.device or "-"]
         if ex.spec:
             rules = "; ".join(r.selected_by + r.not_selected) or "-"
-            cells += [rules, f"{', '.join(r.inserted)} (+{r.nodes} nodes)" if r.inserted else "-"]
+            cells += [rules, f"{', '.join(r.inserted)} (+{plural(r.nodes, 'node')})" if r.inserted else "-"]
         body.append([p(cell) for cell in cells])
     lines += _table(header, body) if body else ["(no optimizer update found)"]
     if ex.spec and ex.shared_nodes:
-        lines.append(f"shared by several sites: +{ex.shared_nodes} nodes")
+        lines.append(f"shared by several sites: +{plural(ex.shared_nodes, 'node')}")
     if ex.note:
         lines.append(p(ex.note))
+    for problem in ex.unmatched:
+        lines.append(f"matches nothing: {p(problem)}")
     if ex.skipped:
         lines.append(f"skipped ({len(ex.skipped)}):")
         lines += [f"  {p(s.update)}" + (f" ({p(s.variable)})" if s.variable else "") + f": {p(s.reason)}"

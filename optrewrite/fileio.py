@@ -9,6 +9,7 @@ most :data:`MAX_SPEC_BYTES`; the size is checked before a byte is read.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -91,8 +92,17 @@ def read_spec(path: Path) -> bytes:
 
 
 def default_output(path: Path) -> Path:
-    """``graph.pb`` -> ``graph.rewritten.pb`` beside the input."""
-    return path.with_name(f"{path.stem}.rewritten{path.suffix}")
+    """``graph.pb`` -> ``graph.rewritten.pb`` beside the input; the suffixes do not stack:
+    ``graph.rewritten.pb`` -> ``graph.rewritten-2.pb`` -> ``graph.rewritten-3.pb``."""
+    return path.with_name(f"{rewritten_name(path.stem)}{path.suffix}")
+
+
+def rewritten_name(stem: str) -> str:
+    """``name`` -> ``name.rewritten``; ``name.rewritten`` -> ``name.rewritten-2``; ``-N`` -> ``-N+1``."""
+    m = re.fullmatch(r"(?P<base>.*)\.rewritten(?:-(?P<n>[0-9]+))?", stem, re.S)
+    if m is None:
+        return f"{stem}.rewritten"
+    return f"{m.group('base')}.rewritten-{int(m.group('n') or 1) + 1}"
 
 
 __all__ = ["MAX_GRAPH_BYTES", "MAX_SPEC_BYTES", "check_input_file", "check_writable", "default_output",

@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from optrewrite.core import Skip
-from optrewrite.errors import printable
+from optrewrite.errors import plural, printable
 from optrewrite.passes import PASSES, pass_of
 
 
@@ -56,14 +56,14 @@ class Report:
         # the per-site passes first, then those over the whole step
         counted = sorted((k for k in PASSES if k.count is not None and k.summary), key=lambda k: k.scope != "site")
         done = "".join(f"{c[k.count]} {k.summary}, " for k in counted)
-        lines = [f"optrewrite: {p(self.input)} ({p(self.format)}): {c['updates_found']} updates found, "
+        lines = [f"optrewrite: {p(self.input)} ({p(self.format)}): {plural(c['updates_found'], 'update')} found, "
                  f"{done}{c['skipped']} skipped"]
         if self.note:
             lines.append(f"  {p(self.note)}")
         for s in self.skipped:
             variable = f" ({p(s.variable)})" if s.variable else ""
             lines.append(f"  skipped {p(s.update)}{variable}: {p(s.reason)}")
-        counts = f"(+{self.nodes_added} nodes, {self.nodes_changed} changed)"
+        counts = f"(+{plural(self.nodes_added, 'node')}, {self.nodes_changed} changed)"
         if self.output:
             verb = "wrote" if self.changed else "wrote unchanged"
             lines.append(f"  {verb} {p(self.output)} {counts}")

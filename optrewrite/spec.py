@@ -21,7 +21,7 @@ import contextvars
 import fnmatch
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -136,6 +136,10 @@ class UpdateSiteSpec:
     line: int | None
 
 
+class UnmatchedSelector(SpecError):
+    """A selector of the spec matches no variable with an optimizer update."""
+
+
 @dataclass(frozen=True)
 class Spec:
     source: str
@@ -145,6 +149,17 @@ class Spec:
     global_norm_clip: GlobalNormClip | None
     lower: bool
     updates: tuple[UpdateSiteSpec, ...]
+
+    def without(self, field: str) -> Spec:
+        """This spec without the rule whose selector is ``field`` (``guard``, ``clip[i]``,
+        ``global_norm_clip``); the other clip groups keep their numbers."""
+        return replace(
+            self,
+            guard=None if self.guard is not None and self.guard.select.field == field else self.guard,
+            clip=tuple(g for g in self.clip if g.select.field != field),
+            global_norm_clip=(None if self.global_norm_clip is not None and self.global_norm_clip.select.field == field
+                              else self.global_norm_clip),
+        )
 
     def selectors(self) -> list[Selector]:
         out = [g.select for g in self.clip]
@@ -176,7 +191,7 @@ class Spec:
                 hidden = sel.select(sorted(skipped or {}))
                 if hidden:
                     message += f"; {hidden[0]!r} is not rewritable: {(skipped or {})[hidden[0]]}"
-                raise SpecError(self.source, sel.field, message, sel.line)
+                raise UnmatchedSelector(self.source, sel.field, message, sel.line)
         for group in self.clip:
             for name in group.select.select(names):
                 rank = ranks[name]

@@ -15,7 +15,7 @@ import pytest
 
 from optrewrite import fileio
 from optrewrite.cli import main
-from optrewrite.errors import InputError
+from optrewrite.errors import InputError, plural
 from optrewrite.tf import io, proto
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -468,3 +468,34 @@ def test_an_input_that_is_another_inputs_default_output_is_refused(work: Path,
 def test_explain_dot_into_a_directory_is_an_input_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["explain", str(DENSE / "input.pb"), "--spec", str(DENSE / "spec.yaml"), "--dot", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_the_front_door(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bare call prints the usage; schema errors name no internal argument; --validate says
+    what passed; counts of one are singular; `python -m optrewrite.cli` runs the CLI."""
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: optrewrite") and "optrewrite: error: usage: give a graph and --spec" in err
+    assert main(["schema", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "which" not in err and "spec|report" in err, err
+    assert main(["schema", "--validate", str(work / "wrap.yaml")]) == 0
+    assert capsys.readouterr().out == f"{work / 'wrap.yaml'}: valid\n"
+    one = work / "one.yaml"
+    one.write_text("version: 1\nguard:\n  variables: ['dense/kernel']\n")  # of two updates
+    assert main([str(work / "graph.pb"), "--spec", str(one), "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert "2 updates found, 1 guarded" in err, err
+    assert (plural(1, "update"), plural(1, "node"), plural(0, "node")) == ("1 update", "1 node", "0 nodes")
+    proc = subprocess.run([sys.executable, "-m", "optrewrite.cli", "schema", "--validate", str(work / "wrap.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.endswith(": valid\n"), proc
+
+
+def test_default_outputs_do_not_stack_suffixes(work: Path) -> None:
+    assert fileio.default_output(Path("a/g.rewritten.pbtxt")) == Path("a/g.rewritten-2.pbtxt")
+    assert fileio.default_output(Path("g.rewritten-2.pb")) == Path("g.rewritten-3.pb")
+    assert fileio.default_output(Path("rewritten.pb")) == Path("rewritten.rewritten.pb")
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-q"]) == 0
+    assert main([str(work / "graph.rewritten.pb"), "--spec", str(work / "wrap.yaml"), "-q"]) == 0
+    assert (work / "graph.rewritten-2.pb").read_bytes() == (work / "graph.rewritten.pb").read_bytes()

@@ -199,7 +199,7 @@ def test_tf_function_library(tmp_path: Path) -> None:
     )
     plain = tf_message(TF_PB)
     assert tf_diff(a, plain, tmp_path).lines == ("- function scale", "- gradient scale (scale_grad)")
-    assert tf_diff(plain, a, tmp_path).lines == ("+ function scale (1 nodes)", "+ gradient scale = scale_grad")
+    assert tf_diff(plain, a, tmp_path).lines == ("+ function scale (1 node)", "+ gradient scale = scale_grad")
 
 
 def test_tf_versions(tmp_path: Path) -> None:
@@ -404,7 +404,7 @@ def test_onnx_local_functions(tmp_path: Path) -> None:
                               [helper.make_opsetid("", 17)])
     b = onnx_copy(a)
     b.functions.append(fn)
-    assert onnx_diff(a, b, tmp_path).lines == ("+ function custom::Twice (1 nodes)",)
+    assert onnx_diff(a, b, tmp_path).lines == ("+ function custom::Twice (1 node)",)
     c = onnx_copy(b)
     c.functions[0].node[0].op_type = "Mul"
     c.functions[0].doc_string = "x * x"

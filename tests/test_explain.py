@@ -145,10 +145,30 @@ def test_svg_is_rendered_beside_the_dot_file(tmp_path: Path) -> None:
 
 def test_spec_errors_exit_2_with_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "wrap.yaml"
-    spec.write_text("version: 1\nguard:\n  variables: [nothing_matches]\n")
+    spec.write_text("version: 1\nguard:\n  variables: [a]\nclip:\n  - variables: [b]\n    max_norm: -1\n")
     assert main(["explain", str(_input(FIXTURES / "momentum_ref_dense")), "--spec", str(spec)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"optrewrite: error: {spec}:3: guard: selects no variable") and err.count("\n") == 1
+    assert err.startswith(f"optrewrite: error: {spec}:6: clip[0].max_norm: must be a positive") and err.count("\n") == 1
+
+
+def test_a_selector_that_matches_nothing_is_marked_under_the_table(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """explain is where selectors are debugged: the table shows what the rest of the spec
+    does, and each selector that matches no update is named with its line."""
+    spec = tmp_path / "wrap.yaml"
+    spec.write_text("version: 1\nguard:\n  variables: [nothing_matches]\n"
+                    "clip:\n  - variables: ['*']\n    max_norm: 1.0\n  - variables: [nor_this]\n    max_norm: 1.0\n")
+    assert main(["explain", str(_input(FIXTURES / "momentum_ref_dense")), "--spec", str(spec)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert f"matches nothing: {spec}:3: guard: selects no variable with an optimizer update (nothing_matches)" in lines
+    assert f"matches nothing: {spec}:7: clip[1]: selects no variable with an optimizer update (nor_this)" in lines
+    rows = [line for line in lines[2:] if line.split() and line.split()[0] in ("w", "b", "w1", "b1")] or lines[2:4]
+    assert all("clip[0]" in row for row in rows), out
+    assert "guard" not in "".join(rows), out
+    assert main(["explain", str(_input(FIXTURES / "momentum_ref_dense")), "--spec", str(spec), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data["unmatched"]) == 2 and all(r["inserted"] == ["clip[0]"] for r in data["rows"]), data
 
 
 @pytest.mark.parametrize("case", ["adam_resource_sparse", "adam_preview_lowered"])

@@ -34,7 +34,7 @@ from optrewrite.diff import (
     quote,
     with_values,
 )
-from optrewrite.errors import InputError, printable
+from optrewrite.errors import InputError, plural, printable
 
 def _load_onnx(path: Path, raw: bytes) -> onnx.ModelProto:
     try:
@@ -137,7 +137,7 @@ def _onnx_attr(a: Any) -> str:
 
 
 def _onnx_graph_name(g: Any) -> str:
-    return f"graph {g.name} ({len(g.node)} nodes)"
+    return f"graph {g.name} ({plural(len(g.node), 'node')})"
 
 
 _ONNX_FORMATTERS: Formatters = {
@@ -311,7 +311,7 @@ def _onnx_model(a: onnx.ModelProto, b: onnx.ModelProto) -> list[str]:
     lines += _onnx_graph(a.graph, b.graph)
     lines += keyed(
         "function", {_onnx_function_key(f): f for f in a.functions}, {_onnx_function_key(f): f for f in b.functions},
-        removed=lambda key, f: key, added=lambda key, f: f"{key} ({len(f.node)} nodes)",
+        removed=lambda key, f: key, added=lambda key, f: f"{key} ({plural(len(f.node), 'node')})",
         changed=_onnx_function_changes,
     )
     rest = field_changes(a, b, _ONNX_FORMATTERS,

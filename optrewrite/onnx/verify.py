@@ -223,7 +223,7 @@ def verify_graph(path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: fl
     try:
         from optrewrite.onnx import io as onnx_io  # noqa: PLC0415
     except ImportError:
-        raise InputError("verifying an ONNX model needs onnx and onnxruntime: pip install 'optrewrite[onnx]'") from None
+        raise InputError("verifying an ONNX model needs onnx and onnxruntime: pip install onnx onnxruntime (in a checkout: pip install '.[onnx]')") from None
     try:
         model = onnx_io.load(like, raw).model
         onnx_io.check_external_files(model, path.parent, like)
@@ -233,7 +233,7 @@ def verify_graph(path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: fl
     inputs = _inputs(model)
     preview = _has_preview_ops(model.graph) or any(_has_preview_ops(f) for f in model.functions)
     if not preview and importlib.util.find_spec("onnxruntime") is None:
-        raise InputError("verifying an ONNX model needs onnxruntime: pip install 'optrewrite[onnx]'")
+        raise InputError("verifying an ONNX model needs onnxruntime: pip install onnxruntime (in a checkout: pip install '.[onnx]')")
     request = {
         "path": str(path.resolve()), "like": str(like), "sha256": hashlib.sha256(raw).hexdigest(),
         "inputs": inputs, "seed": seed, "preview": preview,

@@ -36,7 +36,7 @@ from optrewrite.diff import (
     scalar_text,
     with_values,
 )
-from optrewrite.errors import printable
+from optrewrite.errors import plural, printable
 from optrewrite.tf import io
 
 _TF_NUMPY = {
@@ -168,7 +168,7 @@ def _tf_library(a: Any, b: Any) -> list[str]:
     lines = keyed(
         "function", {f.signature.name: f for f in a.function}, {f.signature.name: f for f in b.function},
         removed=lambda name, f: name,
-        added=lambda name, f: f"{name} ({len(f.node_def)} nodes)",
+        added=lambda name, f: f"{name} ({plural(len(f.node_def), 'node')})",
         changed=lambda fa, fb: _tf_function_changes(fa, fb),
     )
     lines += keyed(

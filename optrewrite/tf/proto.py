@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - depends on the installation
         from optrewrite.errors import InputError
 
         raise InputError(
-            "reading TensorFlow graphs needs the GraphDef schema: pip install 'optrewrite[tf]'"
+            "reading TensorFlow graphs needs the GraphDef schema: pip install tensorflow-cpu (in a checkout: pip install '.[tf]')"
         ) from exc
 
 AttrValue = attr_value_pb2.AttrValue

@@ -405,7 +405,7 @@ def verify_graph(path: Path, like: Path, raw: bytes, *, seed: int, timeout_s: fl
     plan = _plan(loaded.graph, loaded.topology)
     graph = _runnable(loaded.graph, loaded.topology, plan)
     if importlib.util.find_spec("tensorflow") is None:
-        raise InputError("verifying a TensorFlow graph needs TensorFlow: pip install 'optrewrite[tf]'")
+        raise InputError("verifying a TensorFlow graph needs TensorFlow: pip install tensorflow-cpu (in a checkout: pip install '.[tf]')")
     request = {
         "graph": graph.SerializeToString(), "targets": plan.targets, "variables": plan.variables,
         "placeholders": plan.placeholders, "why_nothing": plan.why_nothing, "seed": seed, "timeout_s": timeout_s,

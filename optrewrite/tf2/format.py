@@ -35,11 +35,14 @@ class SavedModelFormat:
         return io.read(path)
 
     def default_output(self, path: Path) -> Path:
-        """``export`` -> ``export.rewritten`` beside it (also for ``export/saved_model.pb``)."""
+        """``export`` -> ``export.rewritten`` beside it (also for ``export/saved_model.pb``);
+        ``export.rewritten`` -> ``export.rewritten-2``."""
         from optrewrite.tf2 import io  # noqa: PLC0415
 
         root = io.export_dir(path)
-        return root.with_name(f"{root.name}.rewritten")
+        from optrewrite.fileio import rewritten_name  # noqa: PLC0415
+
+        return root.with_name(rewritten_name(root.name))
 
     def check_output(self, src: Path, out: Path) -> None:
         """Refuse an output that is, or lies inside, the input SavedModel (before anything is read)."""

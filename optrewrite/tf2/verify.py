@@ -54,7 +54,7 @@ def verify_savedmodel(path: Path, raw: bytes, *, seed: int, timeout_s: float) ->
                *_calls(f.signature.name for f in library.function if f.signature.name not in saver)],
               _without(library, saver))
     if importlib.util.find_spec("tensorflow") is None:
-        raise InputError("verifying a SavedModel needs TensorFlow: pip install 'optrewrite[tf]'")
+        raise InputError("verifying a SavedModel needs TensorFlow: pip install tensorflow-cpu (in a checkout: pip install '.[tf]')")
     names = {n.name: n.op for n in meta.graph_def.node}
     for function in library.function:
         names.update((n.name, n.op) for n in function.node_def)
