@@ -499,3 +499,23 @@ def test_default_outputs_do_not_stack_suffixes(work: Path) -> None:
     assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-q"]) == 0
     assert main([str(work / "graph.rewritten.pb"), "--spec", str(work / "wrap.yaml"), "-q"]) == 0
     assert (work / "graph.rewritten-2.pb").read_bytes() == (work / "graph.rewritten.pb").read_bytes()
+
+
+def test_the_output_name_chooses_the_encoding(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-o out.pbtxt writes text, -o out.pb binary (a graph is re-encoded by rewriting); a name
+    of another format, or a container that would not read back, is exit 2 before writing."""
+    text, binary = work / "out.pbtxt", work / "again.pb"
+    assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(text), "-q"]) == 0
+    assert io.load(text, text.read_bytes()).encoding == io.TEXT
+    assert main([str(text), "--spec", str(work / "wrap.yaml"), "-o", str(binary), "-q"]) == 0
+    assert io.load(binary, binary.read_bytes()).encoding == io.BINARY
+    assert main(["diff", str(text), str(binary)]) == 0
+    capsys.readouterr()
+    for bad, words in ((work / "out.onnx", "names an ONNX model"), (work / "out.meta", "holds a MetaGraphDef")):
+        assert main([str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"), "-o", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.splitlines()) == 1, err
+        assert not bad.exists()
+    onnx_in = ONNX_CASE / "input.onnx"
+    assert main([str(onnx_in), "--spec", str(ONNX_CASE / "spec.yaml"), "-o", str(work / "m.pb")]) == 2
+    assert "names a TensorFlow graph" in capsys.readouterr().err

@@ -22,6 +22,15 @@ class OnnxFormat:
     def claims(self, path: Path) -> bool:
         return path.suffix.lower() == ".onnx"
 
+    def check_output(self, src: Path, out: Path) -> None:
+        """An output named as a TensorFlow graph is refused before anything is read."""
+        from optrewrite.errors import InputError  # noqa: PLC0415
+        from optrewrite.fileio import check_writable  # noqa: PLC0415
+
+        if out.suffix.lower() in (".pb", ".pbtxt", ".pbtext", ".prototxt", ".meta", ".graphdef"):
+            raise InputError(f"{out}: names a TensorFlow graph; write an ONNX model as .onnx")
+        check_writable(out)
+
     def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
         """Everything a spec asks applies to ONNX models."""
 

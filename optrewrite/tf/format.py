@@ -28,6 +28,14 @@ class TensorFlowFormat:
     def claims(self, path: Path) -> bool:
         return True
 
+    def check_output(self, src: Path, out: Path) -> None:
+        """An output named as another format's is refused before anything is read."""
+        from optrewrite.fileio import check_writable  # noqa: PLC0415
+
+        if out.suffix.lower() == ".onnx":
+            raise InputError(f"{out}: names an ONNX model; write a TensorFlow graph as .pb, .pbtxt or .meta")
+        check_writable(out)
+
     def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
         if lower or (spec is not None and spec.lower):
             raise InputError(f"{path}: lowering applies to ONNX models only")
@@ -62,11 +70,40 @@ class TensorFlowFormat:
             if loaded is not None:
                 plan.read(loaded.path, "the input graph")
             plan.write(out, "the output graph")
-            tmp = plan.stage(out, self.serialize(outcome))
+            tmp = plan.stage(out, self.encoded(outcome, out))
             if check is not None:
                 check(tmp)
             if own:
                 plan.commit()
+
+    def encoded(self, outcome: Outcome, out: Path) -> bytes:
+        """The rewritten graph in the encoding ``out``'s name asks when it differs from the
+        input's name: binary for ``.pb``, ``.graphdef``, ``.meta``; text for ``.pbtxt``-like
+        names; the input's encoding otherwise (a text graph named ``.pb`` stays text). The
+        container must read back as it is: a ``.meta`` holds a MetaGraphDef, a ``.pb`` or
+        ``.graphdef`` a GraphDef."""
+        from optrewrite.tf import io  # noqa: PLC0415
+
+        loaded = getattr(outcome.graph, "loaded", None)
+        if loaded is None:
+            return self.serialize(outcome)
+        suffix = out.suffix.lower()
+        if suffix == ".meta" and loaded.container != io.METAGRAPH:
+            raise InputError(f"{out}: a .meta file holds a MetaGraphDef; the input is a GraphDef (name it .pb or .pbtxt)")
+        if suffix in (".pb", ".graphdef") and loaded.container == io.METAGRAPH:
+            raise InputError(f"{out}: a {suffix} file reads as a GraphDef; the input is a MetaGraphDef "
+                             "(name it .meta, or .pbtxt for text)")
+        if suffix == Path(loaded.path).suffix.lower():  # the input's own kind of name: its encoding
+            return self.serialize(outcome)
+        encoding = (io.BINARY if suffix in BINARY_SUFFIXES else io.TEXT if suffix in io.TEXT_SUFFIXES
+                    else loaded.encoding)
+        if encoding == loaded.encoding:
+            return self.serialize(outcome)
+        if encoding == io.TEXT:
+            from google.protobuf import text_format  # noqa: PLC0415
+
+            return text_format.MessageToString(loaded.message).encode("utf-8")
+        return loaded.message.SerializeToString(deterministic=True)
 
     def analyse(self, path: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
         self.check_request(path, spec, lower=lower)

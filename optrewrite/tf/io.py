@@ -23,7 +23,7 @@ METAGRAPH = "MetaGraphDef"
 BINARY = "binary"
 TEXT = "text"
 
-_TEXT_EXTS = {".pbtxt", ".pbtext", ".txt", ".prototxt"}
+TEXT_SUFFIXES = frozenset({".pbtxt", ".pbtext", ".txt", ".prototxt"})  # text format by name
 _GRAPH_NODE_FIELD = 1  # GraphDef.node
 _META_GRAPH_FIELD = 2  # MetaGraphDef.graph_def
 
@@ -117,7 +117,7 @@ def load(path: Path, raw: bytes) -> TfGraphFile:
         raise _fail(path, "the file is empty")
     ext = path.suffix.lower()
     textual = _looks_like_text(raw)
-    if ext in _TEXT_EXTS:
+    if ext in TEXT_SUFFIXES:
         encodings = [TEXT]
     elif ext in (".pb", ".graphdef", ".meta"):
         encodings = [BINARY, TEXT] if textual else [BINARY]
