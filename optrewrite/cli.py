@@ -126,6 +126,8 @@ def _explain(argv: Sequence[str]) -> int:
                    "with graphviz's dot installed, FILE.svg is rendered too unless the drawing is very large "
                    "(a FILE ending in .svg: SVG only)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON instead of a table")
+    p.add_argument("--wide", action="store_true",
+                   help="never cut the table's columns to fit $COLUMNS or the terminal")
     args = p.parse_args(argv)
     from optrewrite.explain import explain_file, render_table, write_drawing  # noqa: PLC0415
 
@@ -145,11 +147,25 @@ def _explain(argv: Sequence[str]) -> int:
         for target, role in drawing_targets(args.dot, dot_installed=shutil.which("dot") is not None):
             plan.write(target, role)
     explanation = explain_file(args.input, args.spec, lower=args.lower)
-    print(explanation.to_json() if args.json else render_table(explanation), end="\n" if not args.json else "")
+    print(explanation.to_json() if args.json else render_table(explanation, None if args.wide else _columns()),
+          end="\n" if not args.json else "")
     if args.dot is not None:
         for written in write_drawing(explanation, args.dot, plan=plan):
             print(f"wrote {written}", file=sys.stderr)
     return EXIT_OK
+
+
+def _columns() -> int | None:
+    """The width a table should fit: $COLUMNS, else the terminal's when stdout is one; None
+    (no limit) for a pipe or a file."""
+    value = os.environ.get("COLUMNS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    if sys.stdout.isatty():
+        import shutil  # noqa: PLC0415
+
+        return shutil.get_terminal_size().columns
+    return None
 
 
 def _check_spec_file(path: Path) -> None:

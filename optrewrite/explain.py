@@ -99,15 +99,41 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
     return explanation
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+MIN_COLUMN = 10  # a column is cut no narrower than this to fit the width
+
+
+def _table(header: list[str], rows: list[list[str]], width: int | None = None) -> list[str]:
+    """A fixed-width table; with ``width``, the widest columns are cut (ending in ``…``)
+    until the table fits, none narrower than :data:`MIN_COLUMN` nor than its header, the
+    first column only when no other can be cut."""
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    if width is not None:
+        while (excess := sum(widths) + 2 * (len(widths) - 1) - width) > 0:
+            # the first column (the variable) is cut last
+            order = sorted(range(1, len(widths)), key=lambda k: -widths[k]) + [0]
+            order = [k for k in order if widths[k] > max(MIN_COLUMN, len(header[k]))]
+            if not order:
+                break
+            i = order[0]
+            floor = max(MIN_COLUMN, len(header[i]))
+            target = max(floor, widths[i] - excess)
+            runner_up = widths[order[1]] if len(order) > 1 else floor
+            if runner_up < widths[i]:  # first down to the next widest, so that cuts spread
+                target = max(target, runner_up)
+            widths[i] = target
+        header, rows = _cut(header, widths), [_cut(r, widths) for r in rows]
     fmt = "  ".join(f"{{:{w}}}" for w in widths)
     return [fmt.format(*header).rstrip(), *(fmt.format(*r).rstrip() for r in rows)]
 
 
-def render_table(ex: Explanation) -> str:
+def _cut(cells: list[str], widths: list[int]) -> list[str]:
+    return [c if len(c) <= w else c[: w - 1] + "…" for c, w in zip(cells, widths)]
+
+
+def render_table(ex: Explanation, width: int | None = None) -> str:
     """The explanation as a fixed-width table, then the skipped updates. Every name, path and
-    reason is :func:`~optrewrite.errors.printable`: graphs and specs are untrusted text."""
+    reason is :func:`~optrewrite.errors.printable`: graphs and specs are untrusted text.
+    ``width``: cut the widest columns so that the table fits (see :func:`_table`)."""
     p = printable
     sites = f"{len(ex.rows)} update site" + ("" if len(ex.rows) == 1 else "s")
     lines = [f"{p(ex.input)} ({p(ex.format)}): {sites}" + (f", spec {p(ex.spec)}" if ex.spec else "")]
@@ -123,7 +149,7 @@ def render_table(ex: Explanation) -> str:
             rules = "; ".join(r.selected_by + r.not_selected) or "-"
             cells += [rules, f"{', '.join(r.inserted)} (+{plural(r.nodes, 'node')})" if r.inserted else "-"]
         body.append([p(cell) for cell in cells])
-    lines += _table(header, body) if body else ["(no optimizer update found)"]
+    lines += _table(header, body, width) if body else ["(no optimizer update found)"]
     if ex.spec and ex.shared_nodes:
         lines.append(f"shared by several sites: +{plural(ex.shared_nodes, 'node')}")
     if ex.note:

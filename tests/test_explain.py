@@ -208,3 +208,21 @@ def test_onnx_only_requests_on_a_tensorflow_graph_are_refused(tmp_path: Path,
     assert "updates: names update sites of ONNX models only" in capsys.readouterr().err
     assert main(["explain", str(src), "--lower"]) == 2
     assert "lowering applies to ONNX models only" in capsys.readouterr().err
+
+
+def test_the_table_fits_columns_unless_wide(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    case = FIXTURES / "adam_resource_sparse"
+    argv = ["explain", str(_input(case)), "--spec", str(case / "spec.yaml")]
+    monkeypatch.setenv("COLUMNS", "120")
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[1:5]
+    assert max(len(line) for line in table) <= 120, table
+    assert all(line.split()[0] in ("variable", "dense/kernel", "dense/bias", "emb") for line in table), table
+    assert any("…" in line for line in table)
+    assert main([*argv, "--wide"]) == 0
+    wide = capsys.readouterr().out.splitlines()[1:5]
+    assert max(len(line) for line in wide) > 120 and not any("…" in line for line in wide)
+    monkeypatch.delenv("COLUMNS")
+    assert main(argv) == 0  # a pipe: whole rows
+    assert capsys.readouterr().out.splitlines()[1:5] == wide

@@ -33,6 +33,7 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env["TMPDIR"] = env.get("TMPDIR", "/tmp")
+    env.pop("COLUMNS", None)  # the README shows whole tables, as a pipe gets them
     return env
 
 
