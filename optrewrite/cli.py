@@ -69,7 +69,8 @@ def _rewrite_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="before replacing the output, load it in TensorFlow or onnxruntime and run one step "
                    "on generated data")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary on stderr")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no summary on stderr (--check still names each graph that would change)")
     p.add_argument("--version", action="version", version=f"optrewrite {__version__}")
     return p
 
@@ -96,6 +97,9 @@ def _rewrite(argv: Sequence[str]) -> int:
             continue
         if mode == "check" and report.changed:
             worst = max(worst, EXIT_DIFFERENT)
+            if args.quiet:  # a failing check names its graph even when quiet (a pre-commit hook's one line)
+                print(f"optrewrite: {printable(str(src))}: rewriting with {printable(str(args.spec))} would change it",
+                      file=sys.stderr)
         if not args.quiet:
             print(report.summary(), file=sys.stderr)
     return worst
