@@ -56,7 +56,7 @@ def _rewrite_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("input", type=Path, nargs="+",
-                   help="the training graph(s) to rewrite (never modified); several only without -o and --report")
+                   help="the training graph(s) to rewrite (never modified); several only without -o and --report (see -j)")
     p.add_argument("--spec", type=Path, required=True, help="the YAML rewrite spec")
     p.add_argument("-o", "--output", type=Path, help="output path (default: <stem>.rewritten<ext>)")
     p.add_argument("--lower", action="store_true",
@@ -71,6 +71,8 @@ def _rewrite_parser() -> argparse.ArgumentParser:
                    "on generated data")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no summary on stderr (--check still names each graph that would change)")
+    p.add_argument("-j", "--jobs", type=_jobs, default=1, metavar="N",
+                   help="rewrite several inputs in N worker processes (default 1); summaries keep the inputs' order")
     p.add_argument("--version", action="version", version=f"optrewrite {__version__}")
     return p
 
@@ -84,25 +86,76 @@ def _rewrite(argv: Sequence[str]) -> int:
         raise InputError("usage: -o and --report take one input; give one input per run")
     if mode == "write" and args.output is None:
         _check_default_outputs(args.input)
+    if len(args.input) == 1:
+        report = rewrite_file(args.input[0], args.spec, output=args.output, report_path=args.report,
+                              lower=args.lower, mode=mode, verify=args.verify)
+        return _show(_Done.of(args.input[0], report, mode), args)
+    jobs = min(args.jobs, len(args.input))
     worst = EXIT_OK
-    for src in args.input:
-        try:
-            report = rewrite_file(src, args.spec, output=args.output, report_path=args.report,
-                                  lower=args.lower, mode=mode, verify=args.verify)
-        except InputError as exc:
-            if len(args.input) == 1:
-                raise
-            _error(exc)
-            worst = max(worst, exc.exit_code)
-            continue
-        if mode == "check" and report.changed:
-            worst = max(worst, EXIT_DIFFERENT)
-            if args.quiet:  # a failing check names its graph even when quiet (a pre-commit hook's one line)
-                print(f"optrewrite: {printable(str(src))}: rewriting with {printable(str(args.spec))} would change it",
-                      file=sys.stderr)
-        if not args.quiet:
-            print(report.summary(), file=sys.stderr)
+    if jobs == 1:
+        for src in args.input:
+            worst = max(worst, _show(_rewrite_one(src, args.spec, args.lower, mode, args.verify), args))
+        return worst
+    import concurrent.futures  # noqa: PLC0415
+    import multiprocessing  # noqa: PLC0415
+
+    # forked workers inherit the signal handlers: SIGTERM/SIGHUP/SIGINT clean up their writes
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = [pool.submit(_rewrite_one, src, args.spec, args.lower, mode, args.verify) for src in args.input]
+        for future in futures:
+            worst = max(worst, _show(future.result(), args))
+    except BaseException:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            with contextlib.suppress(OSError):
+                process.terminate()  # SIGTERM: each worker removes what it was writing
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return worst
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"expected a number of workers from 1 to 256, got {text!r}")
+    return int(text)
+
+
+class _Done:
+    """One input's outcome, as a worker process returns it: its summary, whether --check
+    found a change, or the one-line error and its exit code."""
+
+    def __init__(self, src: Path, summary: str = "", changed: bool = False, error: str = "",
+                 exit_code: int = EXIT_OK) -> None:
+        self.src, self.summary, self.changed, self.error, self.exit_code = src, summary, changed, error, exit_code
+
+    @classmethod
+    def of(cls, src: Path, report: object, mode: str) -> _Done:
+        changed = bool(getattr(report, "changed", False)) and mode == "check"
+        return cls(src, report.summary(), changed, exit_code=EXIT_DIFFERENT if changed else EXIT_OK)  # type: ignore[attr-defined]
+
+
+def _rewrite_one(src: Path, spec: Path, lower: bool, mode: str, verify: bool) -> _Done:
+    from optrewrite.api import rewrite_file  # noqa: PLC0415
+
+    try:
+        report = rewrite_file(src, spec, lower=lower, mode=mode, verify=verify)
+    except InputError as exc:
+        return _Done(src, error=str(exc), exit_code=exc.exit_code)
+    return _Done.of(src, report, mode)
+
+
+def _show(done: _Done, args: argparse.Namespace) -> int:
+    """Print one input's outcome as the sequential run does; its exit code."""
+    if done.error:
+        print(f"optrewrite: error: {done.error}", file=sys.stderr)
+        return done.exit_code
+    if done.changed and args.quiet:  # a failing check names its graph even when quiet (a pre-commit hook's line)
+        print(f"optrewrite: {printable(str(done.src))}: rewriting with {printable(str(args.spec))} would change it",
+              file=sys.stderr)
+    if not args.quiet:
+        print(done.summary, file=sys.stderr)
+    return done.exit_code
 
 
 def _check_default_outputs(inputs: Sequence[Path]) -> None:

@@ -296,7 +296,11 @@ def test_check_with_several_graphs_reports_each_and_exits_with_the_worst(work: P
     assert main(["--check", "-q", "--spec", spec, str(done), str(raw)]) == 1
     assert main(["--check", "-q", "--spec", spec, str(raw), str(work / "missing.pb"), str(done)]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"optrewrite: error: {work / 'missing.pb'}: cannot read: No such file or directory"]
+    stale = f"optrewrite: {raw}: rewriting with {spec} would change it"  # named even when quiet
+    assert err == [stale, stale, f"optrewrite: error: {work / 'missing.pb'}: cannot read: No such file or directory"]
+    for jobs in ("1", "2"):  # in worker processes: the same lines in the inputs' order, the same exit code
+        assert main(["--check", "-q", "-j", jobs, "--spec", spec, str(raw), str(work / "missing.pb"), str(done)]) == 2
+        assert capsys.readouterr().err.splitlines() == err[1:]
 
 
 def test_dry_run_writes_only_the_report(work: Path) -> None:
@@ -519,3 +523,20 @@ def test_the_output_name_chooses_the_encoding(work: Path, capsys: pytest.Capture
     onnx_in = ONNX_CASE / "input.onnx"
     assert main([str(onnx_in), "--spec", str(ONNX_CASE / "spec.yaml"), "-o", str(work / "m.pb")]) == 2
     assert "names a TensorFlow graph" in capsys.readouterr().err
+
+
+def test_jobs_write_what_a_sequential_run_writes(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    names = ["a.pb", "b.pb", "c.pb", "d.pb"]
+    for name in names:
+        (work / name).write_bytes((work / "graph.pb").read_bytes())
+    spec = str(work / "wrap.yaml")
+    assert main(["--spec", spec, *(str(work / n) for n in names)]) == 0
+    sequential = capsys.readouterr().err
+    first = {n: (work / n.replace(".pb", ".rewritten.pb")).read_bytes() for n in names}
+    for n in names:
+        (work / n.replace(".pb", ".rewritten.pb")).unlink()
+    assert main(["-j", "3", "--spec", spec, *(str(work / n) for n in names)]) == 0
+    assert capsys.readouterr().err == sequential  # the same summaries, in the inputs' order
+    assert {n: (work / n.replace(".pb", ".rewritten.pb")).read_bytes() for n in names} == first
+    assert main(["-j", "0", "--spec", spec, str(work / "a.pb")]) == 2
+    assert "expected a number of workers" in capsys.readouterr().err
