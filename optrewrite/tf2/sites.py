@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from typing import Iterable
 from dataclasses import dataclass, field
 
 from optrewrite.core import Skip
@@ -234,14 +235,13 @@ class Body:
     fn: proto.FunctionDef
     nodes: dict[str, proto.NodeDef]
     order: list[str]  # topological
-    anc: dict[str, int]  # node -> bitset of its ancestors (data and control, the node excluded)
-    bit: dict[str, int]
     consumers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # node or arg -> (consumer, input)
     by_ref: dict[str, list[str]] = field(default_factory=dict)  # input string -> the nodes taking it
     out_refs: dict[str, list[str]] = field(default_factory=dict)  # node or arg -> the input strings naming it
     _descendants: dict[tuple[str, bool, str | None], set[str]] = field(default_factory=dict, repr=False)
     _positions: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
     _split: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict, repr=False)
+    _above: dict[str, set[str]] = field(default_factory=dict, repr=False)  # node -> its ancestors
     position: dict[str, int] = field(default_factory=dict)  # node -> its place in ``order``
     arg_position: dict[str, int] = field(default_factory=dict)  # input arg -> its place in the signature
 
@@ -268,19 +268,10 @@ class Body:
                     src = node_of(inp)
                     if src in nodes and not state.get(src):
                         stack.append((src, False))
-        bit = {name: 1 << i for i, name in enumerate(order)}
         consumers: dict[str, list[tuple[str, str]]] = {}
         for name in order:
             for inp in nodes[name].input:
                 consumers.setdefault(node_of(inp), []).append((name, inp))
-        anc: dict[str, int] = {}
-        for name in order:
-            acc = 0
-            for inp in nodes[name].input:
-                src = node_of(inp)
-                if src in nodes:
-                    acc |= anc.get(src, 0) | bit[src]
-            anc[name] = acc
         by_ref: dict[str, list[str]] = {}
         out_refs: dict[str, list[str]] = {}
         for name in order:
@@ -288,7 +279,7 @@ class Body:
                 if inp not in by_ref:
                     out_refs.setdefault(node_of(inp), []).append(inp)
                 by_ref.setdefault(inp, []).append(name)
-        return cls(fn, nodes, order, anc, bit, consumers, by_ref, out_refs,
+        return cls(fn, nodes, order, consumers, by_ref, out_refs,
                    position={name: i for i, name in enumerate(order)},
                    arg_position={a.name: i for i, a in enumerate(fn.signature.input_arg)})
 
@@ -356,7 +347,39 @@ class Body:
         return [r for r in refs if not r.startswith("^")] if data_only else refs
 
     def depends(self, node: str, on: str) -> bool:
-        return on in self.bit and bool(self.anc.get(node, 0) & self.bit[on])
+        """Whether ``node`` depends on node ``on`` (over data and control edges)."""
+        above = self._above.get(node)
+        if above is None:
+            above = self._above[node] = self.ancestors_of([node])
+        return on in above
+
+    def ancestors_of(self, targets: Iterable[str]) -> set[str]:
+        """The body nodes any of ``targets`` depends on (data and control edges; themselves excluded)."""
+        seen: set[str] = set()
+        stack = [node_of(i) for t in set(targets) if t in self.nodes for i in self.nodes[t].input]
+        while stack:
+            name = stack.pop()
+            if name in seen or name not in self.nodes:
+                continue
+            seen.add(name)
+            stack.extend(node_of(i) for i in self.nodes[name].input)
+        return seen
+
+    def descendants_of(self, sources: Iterable[str]) -> set[str]:
+        """The body nodes that depend on any of ``sources`` (nodes or inputs; themselves excluded)."""
+        seen: set[str] = set()
+        stack = [c for src in sources for c, _ in self.consumers.get(src, ())]
+        while stack:
+            name = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            stack.extend(c for c, _ in self.consumers.get(name, ()))
+        return seen
+
+    def from_nothing(self, name: str) -> bool:
+        """Whether no body node is upstream of ``name`` (a constant, or built from the inputs alone)."""
+        return not any(node_of(i) in self.nodes for i in self.nodes[name].input)
 
 
 def _resource(body: Body, ref: str, local: dict[str, Variable | None]) -> Variable | None:
@@ -428,9 +451,7 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
         elif node.op in UPDATE_OPS:
             fused = _fused_site(fname, body, node, local)
             (skips if isinstance(fused, Skip) else fused_sites).append(fused)  # type: ignore[arg-type]
-    blocked_bits = 0
-    for name in blocked:
-        blocked_bits |= body.bit[name]
+    tainted = blocked | body.descendants_of(blocked)  # computed from optimizer state
     is_arg_input = {a for a, d in args.items() if d.type in proto.FLOAT_TYPES}
 
     state_writes = {w for w, v in target.items() if not v.trainable}
@@ -463,17 +484,17 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
                 continue
             indices = idx.pop()
         others = trainable_writes.difference(ws)
-        grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=bool(scatter), state_writes=state_writes,
+        grad = _gradient(body, ws, var, tainted, is_arg_input, sparse=bool(scatter), state_writes=state_writes,
                          other_writes=others)
         if grad is None:
-            grad = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=bool(scatter),
+            grad = _gradient(body, ws, var, tainted, is_arg_input, sparse=bool(scatter),
                              state_writes=state_writes, other_writes=others, data_only=True)
         if not scatter and (grad is None or body.nodes.get(grad[1]) is not None
                             and body.nodes[grad[1]].op == "UnsortedSegmentSum"):
             # an IndexedSlices gradient the optimizer densifies (UnsortedSegmentSum) or scatters
             # into its slots: the site's gradient is the slices' values (as the reference and
             # the graph passes test them), found as rows of the variable
-            rows = _gradient(body, ws, var, blocked_bits, is_arg_input, sparse=True, state_writes=state_writes,
+            rows = _gradient(body, ws, var, tainted, is_arg_input, sparse=True, state_writes=state_writes,
                              other_writes=others)
             if rows is not None and (grad is None or grad[1] in body.tensor_descendants(rows[0])):
                 below = body.tensor_descendants(rows[0])
@@ -490,8 +511,8 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
                     indices = body.nodes[segs[0]].input[1]
                     scatter = [segs[0]]
         if grad is None:
-            if any(body.anc.get(w, 0) & blocked_bits or any(
-                    (body.anc.get(w, 0) & body.bit[t]) for t in trainable_reads) for w in ws):
+            after_reads = body.descendants_of(trainable_reads)
+            if any(w in tainted or w in after_reads for w in ws):
                 skips.append(Skip(f"{fname}/{ws[-1]}", var.path,
                                   "no gradient can be told apart from the update math (written without one?)"))
             continue
@@ -516,10 +537,7 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
         if len(ks) == 1:
             only_claimed_by.setdefault(ks[0], []).append(w)
     # writes some gradient depends on (run before the gradients exist) cannot be gated by them
-    before_grads = 0
-    for site, _ in found:
-        if site.gradient_node in body.nodes:
-            before_grads |= body.anc[site.gradient_node]
+    before_grads = body.ancestors_of(site.gradient_node for site, _ in found)
     owner = {w: j for j, (s, _) in enumerate(found) for w in s.var_writes}
     for k, (site, _) in enumerate(found):
         bad = [found[owner[w]][0].var.path for w in sorted(reach[k].intersection(owner), key=body.position.__getitem__)
@@ -530,7 +548,7 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
         # every write of a slot variable belongs to the site, also those that take no gradient
         # (tf.compat.v1 sparse Adam decays m by an assignment before scattering the rows in)
         slot_ids = {target[w].node_id for w in only_claimed_by.get(k, ()) if target[w].node_id not in shared_vars}
-        slot_writes = [w for i in slot_ids for w in writes_of[i] if w in claims or not (before_grads & body.bit[w])]
+        slot_writes = [w for i in slot_ids for w in writes_of[i] if w in claims or w not in before_grads]
         bad_ops = [w for w in slot_writes if body.nodes[w].op not in DENSE_WRITES | SCATTER_WRITES]
         if bad_ops:
             skips.append(Skip(site.key, site.var.path,
@@ -605,7 +623,7 @@ def _indices_dtype(body: Body, scatter: list[str]) -> int:
     return value.type if value is not None else proto.DT_INT32
 
 
-def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args: set[str],
+def _gradient(body: Body, ws: list[str], var: Variable, blocked: set[str], data_args: set[str],
               *, sparse: bool, state_writes: set[str], other_writes: set[str],
               data_only: bool = False) -> tuple[str, str] | None:
     """The variable's gradient among the tensors its last write depends on: no constant, the
@@ -633,7 +651,7 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: int, data_args:
         if node is None:  # a function input
             ok = name in data_args and _arg_fits(body, name, var, sparse)
         elif not ref.startswith("^"):
-            ok = _candidate(body, node, ref, [last], var, blocked, sparse)
+            ok = _candidate(body, node, ref, var, blocked, sparse)
         if ok:
             below = body.tensor_descendants(ref)
             # another variable's write after this tensor disqualifies it; ``data_only``: only a
@@ -684,16 +702,17 @@ def _arg_fits(body: Body, arg: str, var: Variable, sparse: bool) -> bool:
     return shape == var.shape
 
 
-def _candidate(body: Body, node: proto.NodeDef, ref: str, ws: list[str], var: Variable, blocked: int,
+def _candidate(body: Body, node: proto.NodeDef, ref: str, var: Variable, blocked: set[str],
                sparse: bool) -> bool:
+    """Whether ``ref`` (an output of ``node``, upstream of the variable's last write) may be
+    its gradient: no constant, no read or write, nothing computed from optimizer state
+    (``blocked``), the variable's dtype and shape (rows of it when ``sparse``)."""
     name = node.name
     if node.op in ("Const", "Placeholder") or node.op in READS or node.op in WRITES:
         return False
-    if body.bit[name] & blocked or body.anc[name] & blocked:
+    if name in blocked:
         return False
-    if body.anc[name] == 0:  # built from nothing: a constant expression
-        return False
-    if not all(body.depends(w, name) for w in ws):
+    if body.from_nothing(name):  # a constant expression, or the function's inputs combined
         return False
     if not _dtype_ok(node, var.dtype):
         return False
