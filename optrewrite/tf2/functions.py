@@ -52,6 +52,8 @@ class FunctionEditor:
     def __post_init__(self) -> None:
         self.index = {n.name: i for i, n in enumerate(self.fn.node_def)}
         self.args = {a.name for a in self.fn.signature.input_arg}
+        self.first_new = len(self.fn.node_def)  # nodes at this index and after are added
+        self._users: dict[str, set[str]] | None = None
 
     @property
     def name(self) -> str:
@@ -92,6 +94,7 @@ class FunctionEditor:
         node.attr[TAG_ATTR].s = tag.encode()
         self.index[name] = len(self.fn.node_def) - 1
         self.added.append(name)
+        self._used(name, node.input)
         out = OUTPUT_ARGS[op]
         return f"{name}:{out}:0" if out else name
 
@@ -108,6 +111,7 @@ class FunctionEditor:
     def set_input(self, name: str, position: int, ref: str) -> None:
         node = self.node(name)
         node.input[position] = ref
+        self._used(name, [ref])
         self._mark(name)
 
     def add_control_input(self, name: str, source: str) -> None:
@@ -115,7 +119,22 @@ class FunctionEditor:
         ctl = f"^{node_of(source)}"
         if ctl not in node.input:
             node.input.append(ctl)
+            self._used(name, [ctl])
             self._mark(name)
+
+    def users(self, name: str) -> set[str]:
+        """The nodes that take an output of node ``name`` or wait for it (it may be a
+        superset after a ``set_input``: check the inputs of what it returns)."""
+        if self._users is None:
+            self._users = {}
+            for node in self.fn.node_def:
+                self._used(node.name, node.input)
+        return self._users.get(name, set())
+
+    def _used(self, consumer: str, inputs: Iterable[str]) -> None:
+        if self._users is not None:
+            for inp in inputs:
+                self._users.setdefault(node_of(inp), set()).add(consumer)
 
     def add_control_output(self, node_name: str) -> None:
         """Make the function run ``node_name`` (a stateful op nothing consumes)."""
@@ -127,7 +146,7 @@ class FunctionEditor:
         self.control_outputs.append(node_name)
 
     def _mark(self, name: str) -> None:
-        if name not in self.added:
+        if self.index[name] < self.first_new:
             self.changed.add(name)
 
     # GraphEditor's attr helpers, so the TF passes' subgraph builders run on function bodies

@@ -248,6 +248,9 @@ class Body:
     @classmethod
     def of(cls, fn: proto.FunctionDef) -> Body:
         nodes = {n.name: n for n in fn.node_def}
+        # each node's inputs once, as (input string, the node or arg it names)
+        edges = {name: [(inp, inp[1:] if inp[0] == "^" else inp.split(":", 1)[0]) for inp in n.input]
+                 for name, n in nodes.items()}
         order: list[str] = []
         state: dict[str, int] = {}
         for root in nodes:
@@ -264,21 +267,19 @@ class Body:
                     continue
                 state[name] = 1
                 stack.append((name, True))
-                for inp in nodes[name].input:
-                    src = node_of(inp)
-                    if src in nodes and not state.get(src):
-                        stack.append((src, False))
+                stack.extend((src, False) for _, src in edges[name] if src in nodes and not state.get(src))
         consumers: dict[str, list[tuple[str, str]]] = {}
-        for name in order:
-            for inp in nodes[name].input:
-                consumers.setdefault(node_of(inp), []).append((name, inp))
         by_ref: dict[str, list[str]] = {}
         out_refs: dict[str, list[str]] = {}
         for name in order:
-            for inp in nodes[name].input:
-                if inp not in by_ref:
-                    out_refs.setdefault(node_of(inp), []).append(inp)
-                by_ref.setdefault(inp, []).append(name)
+            for inp, src in edges[name]:
+                consumers.setdefault(src, []).append((name, inp))
+                users = by_ref.get(inp)
+                if users is None:
+                    out_refs.setdefault(src, []).append(inp)
+                    by_ref[inp] = [name]
+                else:
+                    users.append(name)
         return cls(fn, nodes, order, consumers, by_ref, out_refs,
                    position={name: i for i, name in enumerate(order)},
                    arg_position={a.name: i for i, a in enumerate(fn.signature.input_arg)})

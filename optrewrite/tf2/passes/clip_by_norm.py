@@ -14,8 +14,8 @@ every step:
 
 ``clip_by_norm`` is TensorFlow's exact op sequence (:func:`optrewrite.tf.passes.clip_by_norm.
 clip_by_norm_subgraph`, run on the function editor). The new write becomes a control output of
-the function, and every node that waited for the variable's writes (the function's NoOp, later
-reads of ``v``) waits for it too.
+the function, and every node that waited for the variable's last write (the function's NoOp,
+later reads of ``v``) waits for it too.
 
 The clip runs every step, also when the update does not (the guard's skip is no exception,
 nor a loss-scale optimizer's skip of a non-finite step): a site inside an ``If`` / ``Case``
@@ -55,12 +55,13 @@ def clip(g: FunctionEditor, state: SiteState, group: ClipGroup) -> None:
     waits = list(state.after)
     write = insert(g, site.scope, site.var, group, resource, site.indices, site.indices_dtype, waits,
                    rows_only=rows_only(state, group))
-    ours = set(g.added) | _ancestors(g, write)
-    for name in list(g.index):
-        if name in ours:
-            continue
-        node = g.node(name)
-        if any(i.startswith("^") and node_of(i) in waits for i in node.input):
+    # what waited for the variable's last write waits for the clip too: it is downstream of
+    # that write, so not upstream of the clip (an earlier write's waiters may be: AdamW's
+    # decay is written before the update, and the update's own reads wait for it)
+    last = waits[-1]
+    waiting = g.users(last) - set(g.added)
+    for name in sorted(waiting, key=g.index.__getitem__):
+        if f"^{last}" in g.node(name).input:
             g.add_control_input(name, write)
     state.after = [write]
 
@@ -161,19 +162,6 @@ def _writes(g: FunctionEditor, arg: str) -> bool:
                 and node.input and _back_to_arg(g, node.input[0], ()) == arg:
             return True
     return False
-
-
-def _ancestors(g: FunctionEditor, name: str) -> set[str]:
-    """The body nodes ``name`` depends on (it included): they must not wait for it."""
-    seen: set[str] = set()
-    stack = [name]
-    while stack:
-        n = stack.pop()
-        if n in seen or n not in g.index:
-            continue
-        seen.add(n)
-        stack.extend(node_of(i) for i in g.node(n).input)
-    return seen
 
 
 PASS = ClipByNorm()

@@ -152,7 +152,7 @@ def guard_fused(g: FunctionEditor, state: SiteState, apply: str, scope: str) -> 
         g.add_control_output(write)
         restores.append(write)
     ours = set(g.added)
-    for name in list(g.index):
+    for name in sorted(g.users(op), key=g.index.__getitem__):
         if name in ours:
             continue
         if f"^{op}" in g.node(name).input:
