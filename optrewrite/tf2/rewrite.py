@@ -20,7 +20,8 @@ Nothing here serializes; :func:`serialize` splices the output bytes (optrewrite.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+from dataclasses import dataclass, field, replace
 
 from optrewrite import passes
 from optrewrite.core import Outcome, Skip
@@ -63,11 +64,25 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
     sites: list[FunctionSite] = []
     skips: list[Skip] = []
     library = LibraryEditor(loaded.meta.graph_def.library.function)
+    # A Keras SavedModel holds its training step twice (the signature's trace and the
+    # object's), equal but for the custom-gradient name of its IdentityN: a body seen before,
+    # with its inputs bound the same way, has the same sites.
+    done: dict[tuple[object, ...], tuple[str, list[FunctionSite], list[Skip]]] = {}
     for fn in loaded.meta.graph_def.library.function:
-        local = bound.get(fn.signature.name)
+        name = fn.signature.name
+        local = bound.get(name)
         if local is None:
             continue
-        found, skipped = find_sites(fn, local)
+        key = (_body_digest(fn), tuple((a.name, a.type) for a in fn.signature.input_arg),
+               tuple(sorted((arg, v.node_id if v else -1) for arg, v in local.items())))
+        if key in done:
+            first, found, skipped = done[key]
+            found = [replace(site, function=name) for site in found]
+            skipped = [replace(skip, update=name + skip.update[len(first):]) if skip.update.startswith(first + "/")
+                       else skip for skip in skipped]
+        else:
+            found, skipped = find_sites(fn, local)
+            done[key] = (name, found, skipped)
         for site in found:
             accumulated = _accumulated_in(library, site)
             if accumulated:
@@ -78,6 +93,22 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
                 sites.append(site)
         skips += skipped
     return Discovery(sites, skips)
+
+
+_UNIQUE_ATTRS = ("_gradient_op_type",)  # names TensorFlow makes unique per trace; no site depends on them
+
+
+def _body_digest(fn: proto.FunctionDef) -> bytes:
+    """A digest of the function's nodes, the attrs of :data:`_UNIQUE_ATTRS` left out."""
+    h = hashlib.sha256()
+    for node in fn.node_def:
+        if any(a in node.attr for a in _UNIQUE_ATTRS):
+            node = proto.NodeDef.FromString(node.SerializeToString())
+            for a in _UNIQUE_ATTRS:
+                if a in node.attr:
+                    del node.attr[a]
+        h.update(node.SerializeToString(deterministic=True))
+    return h.digest()
 
 
 def _accumulated_in(library: LibraryEditor, site: FunctionSite) -> str | None:
