@@ -41,6 +41,18 @@ class Format(Protocol):
         """Whether ``path`` names a graph of this format (by its name alone: nothing is read)."""
         ...
 
+    def read(self, path: Path) -> bytes:
+        """The bytes of the graph ``path`` names, bounded (a file's, or a SavedModel's ``saved_model.pb``)."""
+        ...
+
+    def default_output(self, path: Path) -> Path:
+        """Where the rewrite of ``path`` goes without ``-o``."""
+        ...
+
+    def check_output(self, src: Path, out: Path) -> None:
+        """Refuse an output path for ``src`` before anything is read (InputError)."""
+        ...
+
     def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
         """Refuse, before the graph is read, what the spec asks that this format cannot do."""
         ...
@@ -92,38 +104,40 @@ def formats() -> list[Format]:
 
 
 def read_graph(path: Path) -> bytes:
-    """The bytes a format reads for ``path``: its own ``read(path)`` where it has one (a
-    SavedModel is a directory), else the file's bytes (:func:`optrewrite.fileio.read_input`)."""
-    reader = getattr(format_for(path), "read", None)
-    if reader is not None:
-        return reader(path)  # type: ignore[no-any-return]
-    from optrewrite.fileio import read_input  # noqa: PLC0415
-
-    return read_input(path)
+    """The bytes the format of ``path`` reads for it (a SavedModel is a directory)."""
+    return format_for(path).read(path)
 
 
 def output_for(path: Path) -> Path:
-    """The default output for ``path``: the format's ``default_output(path)`` where it has one
-    (``export/`` -> ``export.rewritten/``), else :func:`optrewrite.fileio.default_output`."""
-    default = getattr(format_for(path), "default_output", None)
-    if default is not None:
-        return default(path)  # type: ignore[no-any-return]
-    from optrewrite.fileio import default_output  # noqa: PLC0415
-
-    return default_output(path)
+    """The default output for ``path`` (``graph.pb`` -> ``graph.rewritten.pb``, ``export/`` ->
+    ``export.rewritten/``)."""
+    return format_for(path).default_output(path)
 
 
 def check_output(src: Path, out: Path) -> None:
-    """Refuse an output path before anything is read: the format's ``check_output(src, out)``
-    where it has one (a SavedModel directory may replace an earlier output directory, never
-    lie inside its input), else :func:`optrewrite.fileio.check_writable`."""
-    check = getattr(format_for(src), "check_output", None)
-    if check is not None:
-        check(src, out)
-        return
-    from optrewrite.fileio import check_writable  # noqa: PLC0415
+    """Refuse an output path before anything is read, as the format of ``src`` says."""
+    format_for(src).check_output(src, out)
 
-    check_writable(out)
+
+class SingleFile:
+    """What a format whose graph is one file shares: it reads the file (bounded, regular files
+    only), writes ``<stem>.rewritten<ext>`` beside it by default, and checks that an output
+    can be written there."""
+
+    def read(self, path: Path) -> bytes:
+        from optrewrite.fileio import read_input  # noqa: PLC0415
+
+        return read_input(path)
+
+    def default_output(self, path: Path) -> Path:
+        from optrewrite.fileio import default_output  # noqa: PLC0415
+
+        return default_output(path)
+
+    def check_output(self, src: Path, out: Path) -> None:
+        from optrewrite.fileio import check_writable  # noqa: PLC0415
+
+        check_writable(out)
 
 
 def format_for(path: Path) -> Format:

@@ -151,9 +151,8 @@ def verify_file(
     path = Path(path)
     like = Path(like) if like is not None else path
     fmt = format_for(path if path.is_dir() else like)  # a SavedModel is a directory, its temporary one too
-    reader = getattr(fmt, "read", None)
     try:
-        raw = reader(path) if reader is not None else path.read_bytes()
+        raw = fmt.read(path)
     except InputError as exc:
         raise VerificationFailed(one_line(str(exc))) from None
     except OSError as exc:

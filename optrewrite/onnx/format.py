@@ -9,13 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from optrewrite.formats import SingleFile
+
 if TYPE_CHECKING:
     from optrewrite.core import Analysis, Outcome
     from optrewrite.spec import Spec
     from optrewrite.writeplan import WritePlan
 
 
-class OnnxFormat:
+class OnnxFormat(SingleFile):
     name = "ONNX"
     article = "an ONNX model"
 
@@ -25,11 +27,9 @@ class OnnxFormat:
     def check_output(self, src: Path, out: Path) -> None:
         """An output named as a TensorFlow graph is refused before anything is read."""
         from optrewrite.errors import InputError  # noqa: PLC0415
-        from optrewrite.fileio import check_writable  # noqa: PLC0415
-
         if out.suffix.lower() in (".pb", ".pbtxt", ".pbtext", ".prototxt", ".meta", ".graphdef"):
             raise InputError(f"{out}: names a TensorFlow graph; write an ONNX model as .onnx")
-        check_writable(out)
+        super().check_output(src, out)
 
     def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
         """Everything a spec asks applies to ONNX models."""

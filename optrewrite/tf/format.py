@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from optrewrite.formats import SingleFile
+
 from optrewrite.errors import InputError
 
 if TYPE_CHECKING:
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 BINARY_SUFFIXES = frozenset({".pb", ".graphdef", ".meta"})
 
 
-class TensorFlowFormat:
+class TensorFlowFormat(SingleFile):
     name = "TensorFlow"
     article = "a TensorFlow graph"
 
@@ -30,11 +32,9 @@ class TensorFlowFormat:
 
     def check_output(self, src: Path, out: Path) -> None:
         """An output named as another format's is refused before anything is read."""
-        from optrewrite.fileio import check_writable  # noqa: PLC0415
-
         if out.suffix.lower() == ".onnx":
             raise InputError(f"{out}: names an ONNX model; write a TensorFlow graph as .pb, .pbtxt or .meta")
-        check_writable(out)
+        super().check_output(src, out)
 
     def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
         if lower or (spec is not None and spec.lower):
