@@ -74,9 +74,7 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
             unmatched.append(str(exc))
             spec = spec.without(exc.field)
             if not spec.selectors() and not spec.updates:
-                spec = None
-                found = fmt.analyse(src, raw, None, lower=lower)
-                break
+                spec = None  # nothing left to explain but the sites
     explanation = Explanation(input=str(src), format=found.format, spec=str(spec_path) if spec_path else None,
                               rows=[Row(site) for site in found.sites], skipped=found.skipped, unmatched=unmatched)
     if spec is None or found.report is None or found.changes is None or found.view is None:

@@ -68,6 +68,7 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
     # object's), equal but for the custom-gradient name of its IdentityN: a body seen before,
     # with its inputs bound the same way, has the same sites.
     done: dict[tuple[object, ...], tuple[str, list[FunctionSite], list[Skip]]] = {}
+    accumulates: dict[tuple[str, int], bool] = {}  # (branch, input position) -> writes that input into a variable
     for fn in loaded.meta.graph_def.library.function:
         name = fn.signature.name
         local = bound.get(name)
@@ -84,7 +85,7 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
             found, skipped = find_sites(fn, local)
             done[key] = (name, found, skipped)
         for site in found:
-            accumulated = _accumulated_in(library, site)
+            accumulated = _accumulated_in(library, site, accumulates)
             if accumulated:
                 skips.append(Skip(site.key, site.var.path,
                                   "gradient accumulation: another branch adds this gradient to optimizer state; the "
@@ -111,10 +112,12 @@ def _body_digest(fn: proto.FunctionDef) -> bytes:
     return h.digest()
 
 
-def _accumulated_in(library: LibraryEditor, site: FunctionSite) -> str | None:
+def _accumulated_in(library: LibraryEditor, site: FunctionSite, accumulates: dict[tuple[str, int], bool]) -> str | None:
     """The alternative branch that writes the site's gradient into a variable (Keras 3
     ``gradient_accumulation_steps``: one branch accumulates, the other applies the sum), or
-    None. The gradient must be a branch input; the alternative takes it in the same place."""
+    None. The gradient must be a branch input; the alternative takes it in the same place.
+    ``accumulates`` remembers each (branch, input position) answered: every site of a
+    branch asks about the same alternatives."""
     alternatives = library.alternatives(site.function)
     if not alternatives:
         return None
@@ -124,12 +127,15 @@ def _accumulated_in(library: LibraryEditor, site: FunctionSite) -> str | None:
         return None
     pos = names.index(site.gradient)
     for name in alternatives:
-        alt = library.functions[name]
-        if pos >= len(alt.signature.input_arg):
-            continue
-        body = Body.of(alt)
-        below = body.tensor_descendants(alt.signature.input_arg[pos].name, data_only=True)
-        if any(body.nodes[n].op in WRITES for n in below if n in body.nodes):
+        if (name, pos) not in accumulates:
+            alt = library.functions[name]
+            writes = False
+            if pos < len(alt.signature.input_arg):
+                body = Body.of(alt)
+                below = body.tensor_descendants(alt.signature.input_arg[pos].name, data_only=True)
+                writes = any(body.nodes[n].op in WRITES for n in below if n in body.nodes)
+            accumulates[(name, pos)] = writes
+        if accumulates[(name, pos)]:
             return name
     return None
 
