@@ -74,6 +74,9 @@ class _GlobalNormClip:
         return [Rule(self.name, self.name, gnc.select, f" (clip_norm {gnc.clip_norm:g})", self.name, gnc.clip_norm)]
 
 
+_GUARD_DEFAULTS = {"when": "zero", "scope": "variable"}
+
+
 @dataclass(frozen=True)
 class _Guard:
     name: str = "guard"
@@ -88,9 +91,11 @@ class _Guard:
         guard = spec.guard
         if guard is None:
             return []
-        if guard.when == "zero":  # the original rule: its plan text predates the option
-            return [Rule(self.name, self.name, guard.select, "", self.name, guard)]
-        return [Rule(self.name, self.name, guard.select, f" (when {guard.when})", f"{self.name} when={guard.when}", guard)]
+        # the original rule's plan text predates the options: each appears only when it is not the default
+        options = [(k, v) for k, v in (("when", guard.when), ("scope", guard.scope)) if v != _GUARD_DEFAULTS[k]]
+        detail = f" ({', '.join(f'{k} {v}' for k, v in options)})" if options else ""
+        plan = " ".join([self.name, *(f"{k}={v}" for k, v in options)])
+        return [Rule(self.name, self.name, guard.select, detail, plan, guard)]
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,15 @@ class _Clip:
             dims = list(g.dims) if g.dims is not None else None
             plan = (f"{g.field} max_norm={g.max_norm!r} dims={dims} "
                     f"colocate={g.colocate_with_variable} use_locking={g.use_locking}")
-            detail = f" (max_norm {g.max_norm:g}, dims {'all' if dims is None else dims})"
+            detail = f"max_norm {g.max_norm:g}, dims {'all' if dims is None else dims}"
+            # each option appears only when it is not the default, so older plans keep their digest
+            if g.formula != "seed":
+                plan += f" formula={g.formula}"
+                detail += f", {g.formula} formula"
+            if not g.on_skipped_steps:
+                plan += " on_skipped_steps=False"
+                detail += ", not on skipped steps"
+            detail = f" ({detail})"
             out.append(Rule(self.name, g.field, g.select, detail, plan, g))
         return out
 

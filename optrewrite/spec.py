@@ -31,6 +31,8 @@ from optrewrite.errors import SpecError, quoted, shorten
 
 SUPPORTED_VERSIONS = (1,)
 GUARD_WHEN = ("zero", "nonfinite", "zero_or_nonfinite")  # when the guard skips an update
+GUARD_SCOPES = ("variable", "step")  # whose gradients the non-finite test looks at
+CLIP_FORMULAS = ("seed", "exact")  # how a clip computes and writes the clipped value
 # The positive normal range of each float type a norm may be written in: a norm outside it
 # overflows to inf or loses its precision (and 1/norm overflows) once it is a constant of that type.
 NORMAL_RANGE = {
@@ -93,16 +95,30 @@ class GuardSpec:
 
     ``when``: ``zero`` (the gradient has no non-zero element; the default and the original
     wrapper's rule), ``nonfinite`` (some element is NaN or infinite: the loss-scale
-    optimizers' rule, per variable), or ``zero_or_nonfinite`` (either).
+    optimizers' rule), or ``zero_or_nonfinite`` (either).
+
+    ``scope``: ``variable`` (each variable's own gradient decides) or ``step`` (the non-finite
+    test spans every selected gradient: one NaN or infinity skips every selected update that
+    step, as the loss-scale optimizers skip a whole step; the zero test stays per variable).
+    ``step`` needs a ``when`` with a non-finite test.
     """
 
     select: Selector
     when: str = "zero"
+    scope: str = "variable"
 
 
 @dataclass(frozen=True)
 class ClipGroup:
-    """A post-update clip-by-norm group (VariableClippingOptimizer)."""
+    """A post-update clip-by-norm group (VariableClippingOptimizer).
+
+    ``formula``: ``seed`` writes ``v -= v - clip_by_norm(v)`` every step (the original's ops
+    and bits); ``exact`` writes only where a norm exceeds ``max_norm``, the clipped value
+    itself (``v * (max_norm / norm)``), so a variable within the norm keeps its bits and a
+    large one is not cancelled away. ``on_skipped_steps``: whether the clip also runs on a
+    step whose update the guard skipped (the original clips every step); ``False`` leaves
+    such a variable untouched.
+    """
 
     index: int
     select: Selector
@@ -111,6 +127,8 @@ class ClipGroup:
     colocate_with_variable: bool
     use_locking: bool
     line: int | None
+    formula: str = "seed"
+    on_skipped_steps: bool = True
 
     @property
     def field(self) -> str:
@@ -306,6 +324,12 @@ class _Node:
             raise self.fail(f"{quoted(value, 24)} has {len(value):,} characters; at most {limit:,} are allowed")
         return value
 
+    def choice(self, allowed: Sequence[str]) -> str:
+        value = self.scalar()
+        if value not in allowed or not isinstance(value, str):
+            raise self.fail(f"must be one of {', '.join(allowed)}, got {quoted(value)}")
+        return value
+
     def boolean(self) -> bool:
         value = self.scalar()
         if not isinstance(value, bool):
@@ -404,16 +428,18 @@ def _selector(parent: dict[str, _Node], owner: _Node, *, default_all: bool) -> S
 def _guard(node: _Node) -> GuardSpec:
     if isinstance(node.node, yaml.ScalarNode) and node.node.tag == "tag:yaml.org,2002:null":  # "guard:" alone
         node = _Node(node.source, yaml.MappingNode("tag:yaml.org,2002:map", [], node.node.start_mark), node.path)
-    keys = node.mapping(["variables", "exclude", "when"])
-    when = keys["when"].string() if "when" in keys else "zero"
-    if when not in GUARD_WHEN:
-        raise keys["when"].fail(f"must be one of {', '.join(GUARD_WHEN)}, got {quoted(when)}")
-    return GuardSpec(select=_selector(keys, node, default_all=True), when=when)
+    keys = node.mapping(["variables", "exclude", "when", "scope"])
+    when = keys["when"].choice(GUARD_WHEN) if "when" in keys else "zero"
+    scope = keys["scope"].choice(GUARD_SCOPES) if "scope" in keys else "variable"
+    if scope == "step" and when == "zero":
+        raise keys["scope"].fail("step needs a non-finite test: give when: nonfinite or zero_or_nonfinite")
+    return GuardSpec(select=_selector(keys, node, default_all=True), when=when, scope=scope)
 
 
-def _clip_group(index: int, node: _Node) -> ClipGroup:
+def _clip_group(index: int, node: _Node, *, guarded: bool) -> ClipGroup:
     keys = node.mapping(
-        ["variables", "exclude", "dims", "max_norm", "colocate_with_variable", "use_locking"]
+        ["variables", "exclude", "dims", "max_norm", "colocate_with_variable", "use_locking", "formula",
+         "on_skipped_steps"]
     )
     if "max_norm" not in keys:
         raise node.fail("missing required key 'max_norm'")
@@ -434,7 +460,18 @@ def _clip_group(index: int, node: _Node) -> ClipGroup:
         else False,
         use_locking=keys["use_locking"].boolean() if "use_locking" in keys else False,
         line=node.line,
+        formula=keys["formula"].choice(CLIP_FORMULAS) if "formula" in keys else "seed",
+        on_skipped_steps=_on_skipped_steps(keys, guarded),
     )
+
+
+def _on_skipped_steps(keys: dict[str, _Node], guarded: bool) -> bool:
+    if "on_skipped_steps" not in keys:
+        return True
+    value = keys["on_skipped_steps"].boolean()
+    if not value and not guarded:
+        raise keys["on_skipped_steps"].fail("false needs a guard: only the guard skips an update")
+    return value
 
 
 def _global_norm_clip(node: _Node) -> GlobalNormClip:
@@ -547,7 +584,8 @@ def _parse(text: str, source: str) -> Spec:
         )
     clip: tuple[ClipGroup, ...] = ()
     if "clip" in keys:
-        clip = tuple(_clip_group(i, n) for i, n in enumerate(keys["clip"].sequence(MAX_CLIP_GROUPS, "clip groups")))
+        clip = tuple(_clip_group(i, n, guarded="guard" in keys)
+                     for i, n in enumerate(keys["clip"].sequence(MAX_CLIP_GROUPS, "clip groups")))
     spec = Spec(
         source=source,
         version=version,

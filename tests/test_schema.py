@@ -140,6 +140,7 @@ def test_readme_spec_examples_validate(tmp_path: Path) -> None:
         load_spec(path)
 
 
+_CLIP_TEXT = "version: 1\nclip:\n  - variables: [a]\n    max_norm: 1\n"
 GOOD = {
     "guard-null": "version: 1\nguard:\n",
     "guard-empty-mapping": "version: 1\nguard: {}\n",
@@ -158,6 +159,11 @@ GOOD = {
         "  - {variable: b, gradient: db, updated: b_new, state: []}\n"
     ),
     "clip-empty-then-guard": "version: 1\nclip: []\nguard:\n",
+    "guard-step-scope": "version: 1\nguard:\n  when: nonfinite\n  scope: step\n",
+    "guard-variable-scope": "version: 1\nguard:\n  scope: variable\n",
+    "clip-exact": _CLIP_TEXT + "    formula: exact\n",
+    "clip-not-on-skipped-steps": "version: 1\nguard:\n" + _CLIP_TEXT[11:] + "    on_skipped_steps: false\n",
+    "clip-on-skipped-steps-unguarded": _CLIP_TEXT + "    on_skipped_steps: true\n",
     "string-keys-quoted": "'version': 1\n\"guard\": {variables: ['*']}\n",
 }
 
@@ -239,6 +245,14 @@ BAD = {
     "colocate-int": _CLIP + "    colocate_with_variable: 1\n",
     "colocate-string": _CLIP + "    colocate_with_variable: 'true'\n",
     "use-locking-null": _CLIP + "    use_locking:\n",
+    "formula-unknown": _CLIP + "    formula: tf\n",
+    "formula-null": _CLIP + "    formula:\n",
+    "on-skipped-steps-string": "version: 1\nguard:\n" + _CLIP[11:] + "    on_skipped_steps: 'no'\n",
+    "on-skipped-steps-false-unguarded": _CLIP + "    on_skipped_steps: false\n",
+    "guard-when-unknown": "version: 1\nguard:\n  when: nan\n",
+    "guard-scope-unknown": "version: 1\nguard:\n  when: nonfinite\n  scope: steps\n",
+    "guard-step-scope-without-when": "version: 1\nguard:\n  scope: step\n",
+    "guard-step-scope-zero": "version: 1\nguard:\n  when: zero\n  scope: step\n",
     # global_norm_clip
     "global-norm-null": "version: 1\nglobal_norm_clip:\n",
     "global-norm-list": "version: 1\nglobal_norm_clip: [1]\n",
@@ -325,7 +339,11 @@ _exclude = st.lists(st.sampled_from(_PATTERNS), max_size=2)
 _selector = {"variables": _include, "exclude": _exclude}
 _name = st.sampled_from(_NAMES)
 
-_GUARD = st.one_of(st.none(), st.fixed_dictionaries({}, optional=_selector))
+_GUARD = st.one_of(st.none(), st.fixed_dictionaries({}, optional={
+    **_selector,
+    "when": st.sampled_from(["nonfinite", "zero_or_nonfinite", "zero"]),
+    "scope": st.sampled_from(["variable", "variable", "step"]),
+}))
 _CLIP_GROUP = st.fixed_dictionaries(
     {"variables": _include, "max_norm": _positive},
     optional={
@@ -333,6 +351,8 @@ _CLIP_GROUP = st.fixed_dictionaries(
         "dims": st.lists(st.integers(-3, 3), min_size=1, max_size=3, unique=True),
         "colocate_with_variable": st.booleans(),
         "use_locking": st.booleans(),
+        "formula": st.sampled_from(["seed", "exact"]),
+        "on_skipped_steps": st.sampled_from([True, True, False]),
     },
 )
 _GLOBAL_NORM_CLIP = st.fixed_dictionaries({"clip_norm": _positive}, optional=_selector)
@@ -388,6 +408,10 @@ _WRONG: dict[str, list[Any]] = {
     "dims[]": [0.5, -1.5, True, False, "0", None, [], {}],
     "colocate_with_variable": _FLAG,
     "use_locking": _FLAG,
+    "on_skipped_steps": _FLAG,
+    "when": ["Zero", "nan", "", None, 0, ["zero"]],
+    "scope": ["steps", "global", "", None, True, ["step"]],
+    "formula": ["Exact", "tf", "", None, 1, ["exact"]],
     "variable": _NAME,
     "gradient": _NAME,
     "updated": _NAME,

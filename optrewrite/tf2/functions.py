@@ -29,7 +29,7 @@ OUTPUT_ARGS: dict[str, str] = {
     "Reshape": "output", "ResourceGather": "output", "Select": "output", "SelectV2": "output",
     "Sqrt": "y", "Sub": "z", "Sum": "output", "Unique": "y",
     "AssignSubVariableOp": "", "AssignAddVariableOp": "", "AssignVariableOp": "",
-    "ResourceScatterSub": "", "NoOp": "",
+    "ResourceScatterSub": "", "ResourceScatterUpdate": "", "NoOp": "",
 }  # fmt: skip
 # Ops whose second output optrewrite reads.
 SECOND_OUTPUT_ARGS: dict[str, str] = {"Unique": "idx"}

@@ -56,6 +56,7 @@ def _guard_tensor(ed: Editor, st: SiteState) -> None:
     st.place_update(then, results)
     guard = ed.block(f"{st.scope}/guard")
     cond = applies(guard, st.gradient, site.elem_type, _when(st))
+    st.applied = cond
     guarded(guard, cond, then, results, st.olds, outs, [ed.types.get(o) for o in st.olds],
             select=st.lowered and not branches(ed.opset or 0))
     st.tails.append(guard)
@@ -94,6 +95,7 @@ def _guard_declared(ed: Editor, st: SiteState) -> None:
     results = [renamed[o] if moved or select else then.op("Identity", [renamed[o]]) for o in outs]
     guard = ed.block(f"{st.scope}/guard")
     cond = applies(guard, st.gradient, site.elem_type, _when(st))
+    st.applied = cond
     guarded(guard, cond, then, results, st.olds, st.outs, [ed.types.get(o) for o in st.olds], select=select)
     ed.insert_after(max(producer[o] for o in outs), guard.nodes)
     st.placed = True

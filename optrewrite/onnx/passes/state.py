@@ -156,6 +156,7 @@ class SiteState:
     declared: Declared | None = None
     tails: list[Block] = field(default_factory=list)
     placed: bool = False  # the update was emitted (in a branch, lowered) outside the training node
+    applied: str | None = None  # the guard's scalar bool: the update ran this step
     _cone: set[int] | None = None
     _x_out: str | None = None
 

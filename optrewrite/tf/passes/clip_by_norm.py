@@ -16,6 +16,19 @@ After the (possibly guarded) update of a selected variable ``v``, every step:
        l2norm = Select(pred, Sqrt(Select(pred, l2sum, 1)), l2sum)
        clipped = Identity(t * c / Maximum(l2norm, c))
 
+With ``formula: exact`` the clip writes only on a step where some norm exceeds ``c``, and
+writes the clipped value itself (no ``t - (t - clipped)`` cancellation, no ulp drift)::
+
+       norm = Sqrt(Sum(t * t, dims, keep_dims));  over = norm > c      # NaN is not over
+       exceeds = Any(Reshape(over, [-1]), [0])
+       cond(exceeds):  v = t * Select(over, c / norm, 1)               # (the touched rows)
+
+``t * 1`` is ``t`` bit for bit, so a slice within the norm keeps its bits. With
+``on_skipped_steps: false`` a guarded site's clip (either formula) runs only when the guard
+let the update run: its condition is also the guard's ``apply``. A cond is the v1
+``Switch`` / ``Merge`` structure of the guard: the full-size work and the write take a
+control input from the true pivot, so they do not run on a step that does not clip.
+
 The gather and the final write sit with the variable; the norm computation does so too when
 the group sets ``colocate_with_variable``. ``use_locking`` goes to the ref-variable writes.
 Groups chain: each clip waits for the previous one, and the update's consumers wait for the last.
@@ -28,6 +41,7 @@ from optrewrite.passes import PassResult
 from optrewrite.spec import ClipGroup
 from optrewrite.tf import proto
 from optrewrite.tf.graph import GraphEditor, Placement
+from optrewrite.tf.passes.guard_zero_grad import merge, pivots
 from optrewrite.tf.passes.state import SiteState
 
 
@@ -102,6 +116,13 @@ def clip(g: GraphEditor, state: SiteState, group: ClipGroup) -> None:
     else:
         value = g.add(f"{scope}/read", "Identity", [var], control=state.after, attrs=T,
                       colocate=group.colocate_with_variable, **kw)
+    gate = None if group.on_skipped_steps else state.applied
+    if group.formula == "exact":
+        _exact(g, state, group, scope, value, dims, rows if rows_only else None, gate)
+        return
+    if gate is not None:  # the seed's ops, run only on a step whose update ran
+        pivot_t, pivot_f = pivots(g, f"{scope}/cond", gate, at, tag)
+        g.add_control_input(value, pivot_t)
     clipped = clip_by_norm_subgraph(g, f"{scope}/clip_by_norm", value, dtype, group.max_norm, dims,
                                     placement=at, colocate=group.colocate_with_variable, tag=tag)
     delta = g.add(f"{scope}/sub", "Sub", [value, clipped], attrs=T,
@@ -121,7 +142,52 @@ def clip(g: GraphEditor, state: SiteState, group: ClipGroup) -> None:
     else:
         write = g.add(f"{scope}/AssignSub", "AssignSub", [var, delta],
                       attrs={**T, **locking}, colocate=True, **kw)
-    state.after = [write]
+    state.after = [write] if gate is None else [merge(g, f"{scope}/cond", pivot_t, pivot_f, [write], at, tag)]
+
+
+def _exact(g: GraphEditor, state: SiteState, group: ClipGroup, scope: str, value: str, dims: list[int],
+           rows: str | None, gate: str | None) -> None:
+    """``formula: exact`` (module docstring) on ``value``, the variable (or its ``rows``)
+    read after the update; ``gate``, when given, must also hold for the clip to write."""
+    site, at, tag = state.site, state.placement, group.field
+    var, dtype = site.variable, site.dtype
+    T = {"T": g.type_attr(dtype)}
+    kw = {"placement": at, "tag": tag}
+    co = {"colocate": group.colocate_with_variable, **kw}
+    i32 = g.type_attr(proto.DT_INT32)
+    sq = g.add(f"{scope}/square", "Mul", [value, value], attrs=T, **co)
+    axes = g.const(f"{scope}/norm/axes", dims, proto.DT_INT32, **kw)
+    l2sum = g.add(f"{scope}/norm/sum", "Sum", [sq, axes], attrs={**T, "keep_dims": g.bool_attr(True), "Tidx": i32}, **co)
+    norm = g.add(f"{scope}/norm", "Sqrt", [l2sum], attrs=T, **co)
+    c = g.const(f"{scope}/max_norm", group.max_norm, dtype, **kw)
+    over = g.add(f"{scope}/over", "Greater", [norm, c], attrs=T, **co)
+    flat = g.add(f"{scope}/over/flat", "Reshape", [over, g.const(f"{scope}/over/flat/shape", [-1], proto.DT_INT32, **kw)],
+                 attrs={"T": g.type_attr(proto.DT_BOOL), "Tshape": i32}, **co)
+    pred = g.add(f"{scope}/exceeds", "Any", [flat, g.const(f"{scope}/exceeds/axis", [0], proto.DT_INT32, **kw)],
+                 attrs={"keep_dims": g.bool_attr(False), "Tidx": i32}, **co)
+    if gate is not None:
+        pred = g.add(f"{scope}/exceeds_and_applied", "LogicalAnd", [pred, gate], **co)
+    pivot_t, pivot_f = pivots(g, f"{scope}/cond", pred, at, tag)
+    ratio = g.add(f"{scope}/ratio", "RealDiv", [c, norm], attrs=T, control=[pivot_t], **co)
+    factor = g.add(f"{scope}/factor", "Select", [over, ratio, g.add(f"{scope}/ones", "OnesLike", [norm], attrs=T, **co)],
+                   attrs=T, **co)
+    clipped = g.add(f"{scope}/clipped", "Mul", [value, factor], attrs=T, **co)
+    locking = {"use_locking": g.bool_attr(group.use_locking)}
+    if rows is not None:
+        idx_attr = {"Tindices": g.type_attr(site.indices_dtype)}
+        if site.resource:
+            write = g.add(f"{scope}/ResourceScatterUpdate", "ResourceScatterUpdate", [var, rows, clipped],
+                          attrs={"dtype": g.type_attr(dtype), **idx_attr}, colocate=True, **kw)
+        else:
+            write = g.add(f"{scope}/ScatterUpdate", "ScatterUpdate", [var, rows, clipped],
+                          attrs={**T, **idx_attr, **locking}, colocate=True, **kw)
+    elif site.resource:
+        write = g.add(f"{scope}/AssignVariableOp", "AssignVariableOp", [var, clipped],
+                      attrs={"dtype": g.type_attr(dtype)}, colocate=True, **kw)
+    else:
+        write = g.add(f"{scope}/Assign", "Assign", [var, clipped],
+                      attrs={**T, **locking, "validate_shape": g.bool_attr(True)}, colocate=True, **kw)
+    state.after = [merge(g, f"{scope}/cond", pivot_t, pivot_f, [write], at, tag)]
 
 
 def _resolve_dims(dims: tuple[int, ...] | None, rank: int | None, variable: str) -> list[int]:

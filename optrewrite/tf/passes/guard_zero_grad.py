@@ -23,7 +23,7 @@ from typing import Sequence
 
 from optrewrite.passes import PassResult
 from optrewrite.tf import proto
-from optrewrite.tf.graph import GraphEditor
+from optrewrite.tf.graph import GraphEditor, Placement
 from optrewrite.tf.passes.state import SiteState
 
 TAG = "guard"
@@ -64,19 +64,28 @@ def guard(g: GraphEditor, state: SiteState) -> None:
         zero = g.const(f"{scope}/finite/zero", 0.0, site.dtype, placement=at, tag=TAG)
         tests.append(g.add(f"{scope}/finite", "Equal", [total, zero], attrs={"T": T(site.dtype)}, placement=at, tag=TAG))
     apply = tests[0] if len(tests) == 1 else g.add(f"{scope}/apply", "LogicalAnd", tests, placement=at, tag=TAG)
-    switch = g.add(f"{scope}/switch", "Switch", [apply, apply],
-                   attrs={"T": T(proto.DT_BOOL)}, placement=at, tag=TAG)
-    pivot_t = g.add(f"{scope}/pivot_t", "Identity", [f"{switch}:1"],
-                    attrs={"T": T(proto.DT_BOOL)}, placement=at, tag=TAG)
-    pivot_f = g.add(f"{scope}/pivot_f", "Identity", [f"{switch}:0"],
-                    attrs={"T": T(proto.DT_BOOL)}, placement=at, tag=TAG)
+    pivot_t, pivot_f = pivots(g, scope, apply, at, TAG)
     for write in site.writes:
         g.add_control_input(write, pivot_t)
-    applied = g.add(f"{scope}/applied", "Identity", [pivot_t], control=state.after,
-                    attrs={"T": T(proto.DT_BOOL)}, placement=at, tag=TAG)
-    merge = g.add(f"{scope}/merge", "Merge", [pivot_f, applied],
-                  attrs={"T": T(proto.DT_BOOL), "N": g.int_attr(2)}, placement=at, tag=TAG)
-    state.after = [merge]
+    state.after = [merge(g, scope, pivot_t, pivot_f, state.after, at, TAG)]
+    state.applied = apply
+
+
+def pivots(g: GraphEditor, scope: str, pred: str, at: Placement, tag: str) -> tuple[str, str]:
+    """A v1 cond on the scalar bool ``pred``: (pivot_t, pivot_f), each dead when ``pred`` is
+    not its branch; a control input from a pivot makes a node run only in that branch."""
+    T = {"T": g.type_attr(proto.DT_BOOL)}
+    switch = g.add(f"{scope}/switch", "Switch", [pred, pred], attrs=T, placement=at, tag=tag)
+    pivot_t = g.add(f"{scope}/pivot_t", "Identity", [f"{switch}:1"], attrs=T, placement=at, tag=tag)
+    pivot_f = g.add(f"{scope}/pivot_f", "Identity", [f"{switch}:0"], attrs=T, placement=at, tag=tag)
+    return pivot_t, pivot_f
+
+
+def merge(g: GraphEditor, scope: str, pivot_t: str, pivot_f: str, done: list[str], at: Placement, tag: str) -> str:
+    """The cond's end: a node live on every step once the true branch's ``done`` ran."""
+    T = {"T": g.type_attr(proto.DT_BOOL)}
+    applied = g.add(f"{scope}/applied", "Identity", [pivot_t], control=done, attrs=T, placement=at, tag=tag)
+    return g.add(f"{scope}/merge", "Merge", [pivot_f, applied], attrs={**T, "N": g.int_attr(2)}, placement=at, tag=tag)
 
 
 PASS = GuardZeroGrad()

@@ -15,11 +15,13 @@ class SiteState:
     ``gradient`` is the tensor the update consumes (replaced by the global-norm clip);
     ``after`` are the nodes that stand for "the update has happened" (the guard's Merge,
     then each clip's write), which the update's original consumers end up waiting for.
+    ``applied`` is set by the guard.
     """
 
     selection: Selection[UpdateSite]
     gradient: str
     after: list[str]
+    applied: str | None = None  # the guard's scalar bool: the update ran this step
 
     @classmethod
     def start(cls, selection: Selection[UpdateSite]) -> SiteState:

@@ -17,9 +17,18 @@ clip_by_norm_subgraph`, run on the function editor). The new write becomes a con
 the function, and every node that waited for the variable's last write (the function's NoOp,
 later reads of ``v``) waits for it too.
 
+``formula: exact`` (the TF graph pass's, :mod:`optrewrite.tf.passes.clip_by_norm`) computes
+``t * Select(norm > c, c / norm, 1)`` and assigns it (``AssignVariableOp``, or
+``ResourceScatterUpdate`` of the rows): a slice within the norm is written back with its own
+bits (``t * 1``), one exceeding it gets the clipped value itself. A function body has no
+v1 cond, so the write happens every step, unchanged bits included.
+
 The clip runs every step, also when the update does not (the guard's skip is no exception,
 nor a loss-scale optimizer's skip of a non-finite step): a site inside an ``If`` / ``Case``
-branch gets the same clip in the other branches (:func:`mirror`).
+branch gets the same clip in the other branches (:func:`mirror`). With
+``on_skipped_steps: false`` it runs only with the update: a guarded site's clip is gated by
+the guard's ``apply`` (the seed's delta becomes ``+0.0``, the exact factor ``1``), and no
+branch mirrors it.
 """
 from __future__ import annotations
 
@@ -44,7 +53,7 @@ class ClipByNorm:
             for action in state.selection.of(self.name):
                 clip(state.editor, state, action.options)
                 result.inserted.setdefault(state.site.key, []).append(action.label)
-                if editor is not None:
+                if editor is not None and action.options.on_skipped_steps:
                     result.skipped += mirror(editor, state, action.options)
         return result
 
@@ -54,7 +63,7 @@ def clip(g: FunctionEditor, state: SiteState, group: ClipGroup) -> None:
     resource = site.resource[site.var_writes[-1]]
     waits = list(state.after)
     write = insert(g, site.scope, site.var, group, resource, site.indices, site.indices_dtype, waits,
-                   rows_only=rows_only(state, group))
+                   rows_only=rows_only(state, group), gate=None if group.on_skipped_steps else state.applied)
     # what waited for the variable's last write waits for the clip too: it is downstream of
     # that write, so not upstream of the clip (an earlier write's waiters may be: AdamW's
     # decay is written before the update, and the update's own reads wait for it)
@@ -73,9 +82,11 @@ def rows_only(state: SiteState, group: ClipGroup) -> bool:
 
 
 def insert(g: FunctionEditor, scope: str, var: Variable, group: ClipGroup, resource: str,
-           indices: str | None, indices_dtype: int, waits: list[str], *, rows_only: bool) -> str:
+           indices: str | None, indices_dtype: int, waits: list[str], *, rows_only: bool,
+           gate: str | None = None) -> str:
     """The clip of ``var`` (read through ``resource``) after ``waits``; returns its write,
-    made a control output of the function."""
+    made a control output of the function. ``gate``, a scalar bool, must hold for the clip
+    to change the variable."""
     tag = group.field
     scope = g.unique_name(f"{scope}/optrewrite_clip_{group.index}")
     dims = _resolve_dims(group.dims, None if var.shape is None else len(var.shape), var.path)
@@ -91,9 +102,22 @@ def insert(g: FunctionEditor, scope: str, var: Variable, group: ClipGroup, resou
     else:
         value = g.add(f"{scope}/ReadVariableOp", "ReadVariableOp", [resource], control=waits,
                       attrs={"dtype": g.type_attr(dtype)}, tag=tag)
+    if group.formula == "exact":
+        clipped = _exact(g, scope, value, dtype, group.max_norm, dims, tag, gate)
+        if rows_only:
+            write = g.add(f"{scope}/ResourceScatterUpdate", "ResourceScatterUpdate", [resource, rows, clipped],
+                          attrs={"dtype": g.type_attr(dtype), "Tindices": g.type_attr(indices_dtype)}, tag=tag)
+        else:
+            write = g.add(f"{scope}/AssignVariableOp", "AssignVariableOp", [resource, clipped],
+                          attrs={"dtype": g.type_attr(dtype)}, tag=tag)
+        g.add_control_output(write)
+        return write
     clipped = clip_by_norm_subgraph(g, f"{scope}/clip_by_norm", value, dtype, group.max_norm, dims,  # type: ignore[arg-type]
                                     placement=None, colocate=False, tag=tag)  # type: ignore[arg-type]
     delta = g.add(f"{scope}/sub", "Sub", [value, clipped], attrs=T, tag=tag)
+    if gate is not None:  # x - (+0.0) is x bit for bit
+        delta = g.add(f"{scope}/gated", "SelectV2", [gate, delta, g.const(f"{scope}/zero", 0.0, dtype, tag=tag)],
+                      attrs=T, tag=tag)
     if rows_only:
         write = g.add(f"{scope}/ResourceScatterSub", "ResourceScatterSub", [resource, rows, delta],
                       attrs={"dtype": g.type_attr(dtype), "Tindices": g.type_attr(indices_dtype)}, tag=tag)
@@ -102,6 +126,25 @@ def insert(g: FunctionEditor, scope: str, var: Variable, group: ClipGroup, resou
                       attrs={"dtype": g.type_attr(dtype)}, tag=tag)
     g.add_control_output(write)
     return write
+
+
+def _exact(g: FunctionEditor, scope: str, value: str, dtype: int, max_norm: float, dims: list[int], tag: str,
+           gate: str | None) -> str:
+    """``value * Select(norm > max_norm, max_norm / norm, 1)``, the factor 1 where ``gate`` is false."""
+    T = {"T": g.type_attr(dtype)}
+    sq = g.add(f"{scope}/square", "Mul", [value, value], attrs=T, tag=tag)
+    axes = g.const(f"{scope}/norm/axes", dims, proto.DT_INT32, tag=tag)
+    l2sum = g.add(f"{scope}/norm/sum", "Sum", [sq, axes],
+                  attrs={**T, "keep_dims": g.bool_attr(True), "Tidx": g.type_attr(proto.DT_INT32)}, tag=tag)
+    norm = g.add(f"{scope}/norm", "Sqrt", [l2sum], attrs=T, tag=tag)
+    c = g.const(f"{scope}/max_norm", max_norm, dtype, tag=tag)
+    over = g.add(f"{scope}/over", "Greater", [norm, c], attrs=T, tag=tag)
+    if gate is not None:
+        over = g.add(f"{scope}/over_and_applied", "LogicalAnd", [over, gate], tag=tag)
+    ratio = g.add(f"{scope}/ratio", "RealDiv", [c, norm], attrs=T, tag=tag)
+    factor = g.add(f"{scope}/factor", "SelectV2", [over, ratio, g.const(f"{scope}/one", 1.0, dtype, tag=tag)],
+                   attrs=T, tag=tag)
+    return g.add(f"{scope}/clipped", "Mul", [value, factor], attrs=T, tag=tag)
 
 
 def mirror(library: LibraryEditor, state: SiteState, group: ClipGroup) -> list[Skip]:

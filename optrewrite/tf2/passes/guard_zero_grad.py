@@ -101,6 +101,7 @@ def guard(g: FunctionEditor, state: SiteState) -> None:
     site = state.site
     scope = g.unique_name(f"{site.scope}/optrewrite_guard")
     nonzero = apply_of(g, scope, state.gradient, site.var.dtype, tag=TAG, when=when_of(state))
+    state.applied = nonzero
     if site.fused:
         guard_fused(g, state, nonzero, scope)
         return

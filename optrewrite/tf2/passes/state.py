@@ -21,6 +21,7 @@ class SiteState:
     editor: FunctionEditor
     gradient: str
     after: list[str] = field(default_factory=list)
+    applied: str | None = None  # the guard's scalar bool: the update ran this step
 
     @classmethod
     def start(cls, selection: Selection[FunctionSite], editor: FunctionEditor) -> SiteState:
