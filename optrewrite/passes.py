@@ -257,11 +257,22 @@ St = TypeVar("St", contravariant=True)
 class FormatPass(Protocol[E, St]):
     """A pass as a format implements it: edits through the format's editor ``E`` on the
     per-site states ``St`` it is given (one for a "site" pass, every selected one for a
-    "step" pass), reading its options from each state's selection."""
+    "step" pass), reading its options from each state's selection. ``prepare`` runs once
+    over every state a "site" pass will run on, before the first of them: what spans the
+    step (the guard's step-wide non-finite test) is built there."""
 
     name: str
 
+    def prepare(self, editor: E, states: Sequence[St]) -> None: ...
+
     def run(self, editor: E, states: Sequence[St]) -> PassResult: ...
+
+
+class Pass:
+    """A base for format passes that need no step-wide preparation."""
+
+    def prepare(self, editor: Any, states: Sequence[Any]) -> None:
+        return None
 
 
 def run_pipeline(registry: dict[str, FormatPass[Any, Any]], editor: Any, states: Sequence[Any],
@@ -284,6 +295,12 @@ def run_pipeline(registry: dict[str, FormatPass[Any, Any]], editor: Any, states:
             if chosen:
                 run(registry[kind.name], chosen)
     site_passes = [registry[k.name] for k in PASSES if k.scope == "site" and k.name in registry]
+    for p in site_passes:
+        chosen = [st for st in states if st.selection.has(p.name)]
+        if chosen:
+            p.prepare(editor, chosen)
+            if lint is not None:
+                lint(editor)
     for st in states:
         for p in site_passes:
             if st.selection.has(p.name):

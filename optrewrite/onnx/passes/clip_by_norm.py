@@ -33,14 +33,14 @@ import onnx
 
 from optrewrite.onnx.graph import PREFIX, Block, Editor, branch, value_info
 from optrewrite.onnx.passes.guard_zero_grad import branches
-from optrewrite.passes import PassResult
+from optrewrite.passes import Pass, PassResult
 from optrewrite.spec import ClipGroup
 
 if TYPE_CHECKING:
     from optrewrite.onnx.passes.state import SiteState
 
 
-class ClipByNorm:
+class ClipByNorm(Pass):
     name = "clip"
 
     def run(self, ed: Editor, states: Sequence[SiteState]) -> PassResult:

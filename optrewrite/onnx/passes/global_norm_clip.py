@@ -16,7 +16,7 @@ from onnx import helper
 
 from optrewrite.errors import SpecError
 from optrewrite.onnx.graph import PREFIX, Block, Editor, elem_type_name
-from optrewrite.passes import PassResult
+from optrewrite.passes import Pass, PassResult
 
 if TYPE_CHECKING:
     from optrewrite.onnx.passes.state import SiteState
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 TAG = "global_norm_clip"
 
 
-class GlobalNormClip:
+class GlobalNormClip(Pass):
     name = TAG
 
     def run(self, ed: Editor, states: Sequence[SiteState]) -> PassResult:
@@ -36,7 +36,7 @@ class GlobalNormClip:
             raise SpecError(rule.source, TAG, f"the selected gradients have different element types ({', '.join(types)})")
         b = ed.block(f"{PREFIX}/{TAG}")
         clipped = global_norm_clip(b, [st.gradient for st in states], rule.options, states[0].site.elem_type)
-        ed.insert_before(_first_use(ed, states), b.nodes)
+        ed.insert_before(first_use(ed, states), b.nodes)
         for st, new in zip(states, clipped):
             old, st.gradient = st.gradient, new
             if st.declared is not None:  # the update's own ops read the clipped gradient
@@ -46,7 +46,7 @@ class GlobalNormClip:
         return PassResult(inserted={st.site.key: [TAG] for st in states})
 
 
-def _first_use(ed: Editor, states: Sequence[SiteState]) -> int:
+def first_use(ed: Editor, states: Sequence[SiteState]) -> int:
     """The first node that reads one of the sites' gradients for its update."""
     firsts = [st.site.node for st in states if st.site.node is not None]
     wanted = {st.site.gradient for st in states if st.site.node is None}

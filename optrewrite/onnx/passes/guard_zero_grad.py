@@ -19,6 +19,9 @@ models, and only when the update is made of standard ops, the guard selects inst
     X' = Where(update, <X updated>, X)   (and each state likewise)
 
 which computes the update on every step and keeps the old values on a skipped one.
+
+With ``scope: step`` the finite test spans the step: ``And`` over every selected gradient's
+``Equal(ReduceSum(G_i - G_i), 0)``, built once before the first guard (``prepare``).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from typing import TYPE_CHECKING, Sequence
 import onnx
 
 from optrewrite.onnx.graph import PREFIX, Block, Editor, branch, value_info
-from optrewrite.passes import PassResult
+from optrewrite.passes import Pass, PassResult
 
 if TYPE_CHECKING:
     from optrewrite.onnx.passes.state import Declared, SiteState
@@ -35,8 +38,25 @@ if TYPE_CHECKING:
 TAG = "guard"
 
 
-class GuardZeroGrad:
+class GuardZeroGrad(Pass):
     name = TAG
+
+    def prepare(self, ed: Editor, states: Sequence[SiteState]) -> None:
+        """``scope: step``: one test that every selected gradient is finite, which each
+        site's guard takes instead of its own, placed before the first update that reads one
+        of them (the editor's final ordering moves it later where a gradient comes later)."""
+        if states[0].selection.of(TAG)[0].options.scope != "step":
+            return
+        from optrewrite.onnx.passes.global_norm_clip import first_use  # noqa: PLC0415
+
+        b = ed.block(f"{PREFIX}/guard_step")
+        tests = [applies(b, st.gradient, st.site.elem_type, "nonfinite") for st in states]
+        finite = tests[0]
+        for test in tests[1:]:
+            finite = b.op("And", [finite, test])
+        ed.insert_before(first_use(ed, states), b.nodes)
+        for st in states:
+            st.step_finite = finite
 
     def run(self, ed: Editor, states: Sequence[SiteState]) -> PassResult:
         for st in states:
@@ -55,7 +75,7 @@ def _guard_tensor(ed: Editor, st: SiteState) -> None:
     then = ed.block(f"{st.scope}/update")
     st.place_update(then, results)
     guard = ed.block(f"{st.scope}/guard")
-    cond = applies(guard, st.gradient, site.elem_type, _when(st))
+    cond = applies(guard, st.gradient, site.elem_type, _when(st), finite=st.step_finite)
     st.applied = cond
     guarded(guard, cond, then, results, st.olds, outs, [ed.types.get(o) for o in st.olds],
             select=st.lowered and not branches(ed.opset or 0))
@@ -94,7 +114,7 @@ def _guard_declared(ed: Editor, st: SiteState) -> None:
     select = not branches(ed.opset or 0)
     results = [renamed[o] if moved or select else then.op("Identity", [renamed[o]]) for o in outs]
     guard = ed.block(f"{st.scope}/guard")
-    cond = applies(guard, st.gradient, site.elem_type, _when(st))
+    cond = applies(guard, st.gradient, site.elem_type, _when(st), finite=st.step_finite)
     st.applied = cond
     guarded(guard, cond, then, results, st.olds, st.outs, [ed.types.get(o) for o in st.olds], select=select)
     ed.insert_after(max(producer[o] for o in outs), guard.nodes)
@@ -128,14 +148,17 @@ def _when(st: SiteState) -> str:
     return st.selection.of(TAG)[0].options.when  # type: ignore[no-any-return]
 
 
-def applies(b: Block, g: str, elem: int, when: str = "zero") -> str:
+def applies(b: Block, g: str, elem: int, when: str = "zero", *, finite: str | None = None) -> str:
     """Whether the update applies: the gradient has a non-zero element (``zero``), every
-    element is finite (``nonfinite``), or both (``zero_or_nonfinite``)."""
+    element is finite (``nonfinite``), or both (``zero_or_nonfinite``); ``finite``, when
+    given, is the non-finite test to take (``scope: step``)."""
     tests = []
     if when in ("zero", "zero_or_nonfinite"):
         total = b.op("ReduceL1", [g], keepdims=0)
         tests.append(b.op("Not", [b.op("LessOrEqual", [total, b.const(0.0, elem)])]))
-    if when in ("nonfinite", "zero_or_nonfinite"):
+    if when in ("nonfinite", "zero_or_nonfinite") and finite is not None:
+        tests.append(finite)
+    elif when in ("nonfinite", "zero_or_nonfinite"):
         nan_if_not = b.reduce("ReduceSum", b.op("Sub", [g, g]), None, keepdims=0)
         tests.append(b.op("Equal", [nan_if_not, b.const(0.0, elem)]))
     return tests[0] if len(tests) == 1 else b.op("And", tests)

@@ -10,12 +10,12 @@ from typing import Sequence
 
 from optrewrite.onnx.graph import Editor
 from optrewrite.onnx.passes.state import SiteState
-from optrewrite.passes import PassResult
+from optrewrite.passes import Pass, PassResult
 
 TAG = "lower"
 
 
-class LowerTrainingOps:
+class LowerTrainingOps(Pass):
     name = TAG
 
     def run(self, ed: Editor, states: Sequence[SiteState]) -> PassResult:

@@ -157,6 +157,7 @@ class SiteState:
     tails: list[Block] = field(default_factory=list)
     placed: bool = False  # the update was emitted (in a branch, lowered) outside the training node
     applied: str | None = None  # the guard's scalar bool: the update ran this step
+    step_finite: str | None = None  # guard scope step: every selected gradient is finite
     _cone: set[int] | None = None
     _x_out: str | None = None
 

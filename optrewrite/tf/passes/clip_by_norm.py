@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from optrewrite.passes import PassResult
+from optrewrite.passes import Pass, PassResult
 from optrewrite.spec import ClipGroup
 from optrewrite.tf import proto
 from optrewrite.tf.graph import GraphEditor, Placement
@@ -45,7 +45,7 @@ from optrewrite.tf.passes.guard_zero_grad import merge, pivots
 from optrewrite.tf.passes.state import SiteState
 
 
-class ClipByNorm:
+class ClipByNorm(Pass):
     name = "clip"
 
     def run(self, g: GraphEditor, states: Sequence[SiteState]) -> PassResult:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from optrewrite.errors import InputError, SpecError
-from optrewrite.passes import PassResult
+from optrewrite.passes import Pass, PassResult
 from optrewrite.tf import proto
 from optrewrite.tf.graph import LOOP_BACK_EDGES, GraphEditor, Placement, node_of
 from optrewrite.tf.passes.state import SiteState
@@ -23,7 +23,7 @@ from optrewrite.tf.passes.state import SiteState
 TAG = "global_norm_clip"
 
 
-class GlobalNormClip:
+class GlobalNormClip(Pass):
     name = TAG
 
     def run(self, g: GraphEditor, states: Sequence[SiteState]) -> PassResult:
@@ -36,8 +36,10 @@ class GlobalNormClip:
         return PassResult(inserted={st.site.key: [TAG] for st in states})
 
 
-def _check_acyclic(g: GraphEditor, states: list[SiteState]) -> None:
-    """Scaling every gradient by a norm over all of them must not make an update feed itself."""
+def check_acyclic(g: GraphEditor, states: list[SiteState], what: str = TAG,
+                   doing: str = "clipping them together") -> None:
+    """Scaling (or testing) every gradient by a value over all of them must not make an
+    update feed itself."""
     sinks = {s for st in states for s in (*st.site.sinks, *st.site.writes)}
     seen: set[str] = set()
     stack = [node_of(st.gradient) for st in states]
@@ -48,8 +50,7 @@ def _check_acyclic(g: GraphEditor, states: list[SiteState]) -> None:
         seen.add(name)
         if name in sinks:
             raise InputError(
-                f"global_norm_clip: a selected gradient depends on the update {name!r}; "
-                "clipping them together would create a cycle"
+                f"{what}: a selected gradient depends on the update {name!r}; {doing} would create a cycle"
             )
         node = g.node(name)
         if node.op in LOOP_BACK_EDGES:
@@ -58,7 +59,7 @@ def _check_acyclic(g: GraphEditor, states: list[SiteState]) -> None:
 
 
 def global_norm_clip(g: GraphEditor, states: list[SiteState], clip_norm: float) -> None:
-    _check_acyclic(g, states)
+    check_acyclic(g, states)
     dtype = states[0].site.dtype
     T = {"T": g.type_attr(dtype)}
     first = states[0].site

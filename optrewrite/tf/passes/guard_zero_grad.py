@@ -16,21 +16,50 @@ For each selected update site, with g its gradient (the values of a sparse gradi
 This is the v1 ``cond`` structure: a dead control input makes the writes dead, so the
 variable and its slots keep their values (docs/semantics.md#guard), while the Merge keeps everything that waited
 for the update (the train op, global_step, Adam's beta powers) running every step.
+
+With ``scope: step`` the ``finite`` test is one for the whole step, built once before the
+sites (:meth:`GuardZeroGrad.prepare`)::
+
+    finite_i = Equal(Sum(flat_i - flat_i, [0]), 0)          # per selected gradient, at its site
+    finite   = All(Pack(finite_1, ..., finite_n), [0])
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-from optrewrite.passes import PassResult
+from optrewrite.passes import Pass, PassResult
 from optrewrite.tf import proto
 from optrewrite.tf.graph import GraphEditor, Placement
+from optrewrite.tf.passes.global_norm_clip import check_acyclic
 from optrewrite.tf.passes.state import SiteState
 
 TAG = "guard"
 
 
-class GuardZeroGrad:
+class GuardZeroGrad(Pass):
     name = TAG
+
+    def prepare(self, g: GraphEditor, states: Sequence[SiteState]) -> None:
+        """``scope: step``: one test that every selected gradient is finite, which each
+        site's guard takes instead of its own."""
+        if states[0].selection.of(TAG)[0].options.scope != "step":
+            return
+        check_acyclic(g, list(states), "guard scope step", "testing them together")
+        scope = g.unique_name("optrewrite/guard_step")
+        at = Placement(device=states[0].site.device)
+        tests = [applies(g, f"{st.site.scope}/optrewrite_guard_step", st.gradient, st.site.dtype, "nonfinite",
+                         st.placement) for st in states]
+        finite = tests[0]
+        if len(tests) > 1:
+            T = g.type_attr
+            stack = g.add(f"{scope}/stack", "Pack", tests,
+                          attrs={"T": T(proto.DT_BOOL), "N": g.int_attr(len(tests)), "axis": g.int_attr(0)},
+                          placement=at, tag=TAG)
+            axis = g.const(f"{scope}/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
+            finite = g.add(f"{scope}/all_finite", "All", [stack, axis],
+                           attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, placement=at, tag=TAG)
+        for st in states:
+            st.step_finite = finite
 
     def run(self, g: GraphEditor, states: Sequence[SiteState]) -> PassResult:
         for state in states:
@@ -42,33 +71,42 @@ def guard(g: GraphEditor, state: SiteState) -> None:
     site = state.site
     at = state.placement
     scope = f"{site.scope}/optrewrite_guard"
-    T = g.type_attr
     when = state.selection.of(TAG)[0].options.when
-    shape = g.const(f"{scope}/flat/shape", [-1], proto.DT_INT32, placement=at, tag=TAG)
-    flat = g.add(f"{scope}/flat", "Reshape", [state.gradient, shape],
-                 attrs={"T": T(site.dtype), "Tshape": T(proto.DT_INT32)}, placement=at, tag=TAG)
-    tests = []
-    if when in ("zero", "zero_or_nonfinite"):
-        as_bool = g.add(f"{scope}/as_bool", "Cast", [flat],
-                        attrs={"SrcT": T(site.dtype), "DstT": T(proto.DT_BOOL), "Truncate": g.bool_attr(False)},
-                        placement=at, tag=TAG)
-        axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
-        tests.append(g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
-                           attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, placement=at, tag=TAG))
-    if when in ("nonfinite", "zero_or_nonfinite"):
-        nan_if_not = g.add(f"{scope}/finite/sub", "Sub", [flat, flat], attrs={"T": T(site.dtype)}, placement=at, tag=TAG)
-        axis = g.const(f"{scope}/finite/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
-        total = g.add(f"{scope}/finite/sum", "Sum", [nan_if_not, axis],
-                      attrs={"T": T(site.dtype), "keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)},
-                      placement=at, tag=TAG)
-        zero = g.const(f"{scope}/finite/zero", 0.0, site.dtype, placement=at, tag=TAG)
-        tests.append(g.add(f"{scope}/finite", "Equal", [total, zero], attrs={"T": T(site.dtype)}, placement=at, tag=TAG))
-    apply = tests[0] if len(tests) == 1 else g.add(f"{scope}/apply", "LogicalAnd", tests, placement=at, tag=TAG)
+    apply = applies(g, scope, state.gradient, site.dtype, when, at, finite=state.step_finite)
     pivot_t, pivot_f = pivots(g, scope, apply, at, TAG)
     for write in site.writes:
         g.add_control_input(write, pivot_t)
     state.after = [merge(g, scope, pivot_t, pivot_f, state.after, at, TAG)]
     state.applied = apply
+
+
+def applies(g: GraphEditor, scope: str, gradient: str, dtype: int, when: str, at: Placement,
+            *, finite: str | None = None) -> str:
+    """The scalar bool "run the update" for ``gradient`` under the rule ``when`` (module
+    docstring); ``finite``, when given, is the non-finite test to take (``scope: step``)."""
+    T = g.type_attr
+    shape = g.const(f"{scope}/flat/shape", [-1], proto.DT_INT32, placement=at, tag=TAG)
+    flat = g.add(f"{scope}/flat", "Reshape", [gradient, shape],
+                 attrs={"T": T(dtype), "Tshape": T(proto.DT_INT32)}, placement=at, tag=TAG)
+    tests = []
+    if when in ("zero", "zero_or_nonfinite"):
+        as_bool = g.add(f"{scope}/as_bool", "Cast", [flat],
+                        attrs={"SrcT": T(dtype), "DstT": T(proto.DT_BOOL), "Truncate": g.bool_attr(False)},
+                        placement=at, tag=TAG)
+        axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
+        tests.append(g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
+                           attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, placement=at, tag=TAG))
+    if when in ("nonfinite", "zero_or_nonfinite") and finite is not None:
+        tests.append(finite)
+    elif when in ("nonfinite", "zero_or_nonfinite"):
+        nan_if_not = g.add(f"{scope}/finite/sub", "Sub", [flat, flat], attrs={"T": T(dtype)}, placement=at, tag=TAG)
+        axis = g.const(f"{scope}/finite/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
+        total = g.add(f"{scope}/finite/sum", "Sum", [nan_if_not, axis],
+                      attrs={"T": T(dtype), "keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)},
+                      placement=at, tag=TAG)
+        zero = g.const(f"{scope}/finite/zero", 0.0, dtype, placement=at, tag=TAG)
+        tests.append(g.add(f"{scope}/finite", "Equal", [total, zero], attrs={"T": T(dtype)}, placement=at, tag=TAG))
+    return tests[0] if len(tests) == 1 else g.add(f"{scope}/apply", "LogicalAnd", tests, placement=at, tag=TAG)
 
 
 def pivots(g: GraphEditor, scope: str, pred: str, at: Placement, tag: str) -> tuple[str, str]:

@@ -22,6 +22,7 @@ class SiteState:
     gradient: str
     after: list[str]
     applied: str | None = None  # the guard's scalar bool: the update ran this step
+    step_finite: str | None = None  # guard scope step: every selected gradient is finite
 
     @classmethod
     def start(cls, selection: Selection[UpdateSite]) -> SiteState:

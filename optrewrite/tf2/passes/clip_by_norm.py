@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from optrewrite.core import Skip
-from optrewrite.passes import PassResult
+from optrewrite.passes import Pass, PassResult
 from optrewrite.spec import ClipGroup
 from optrewrite.tf import proto
 from optrewrite.tf.passes.clip_by_norm import _resolve_dims, clip_by_norm_subgraph
@@ -44,7 +44,7 @@ from optrewrite.tf2.passes.state import SiteState
 from optrewrite.tf2.sites import WRITES, Variable
 
 
-class ClipByNorm:
+class ClipByNorm(Pass):
     name = "clip"
 
     def run(self, editor: LibraryEditor, states: Sequence[SiteState]) -> PassResult:

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from optrewrite.errors import InputError, SpecError
-from optrewrite.passes import PassResult
+from optrewrite.errors import SpecError
+from optrewrite.passes import Pass, PassResult
 from optrewrite.tf import proto
 from optrewrite.tf2.functions import FunctionEditor, node_of
-from optrewrite.tf2.passes.state import SiteState
+from optrewrite.tf2.passes.state import SiteState, check_acyclic
 
 TAG = "global_norm_clip"
 
 
-class GlobalNormClip:
+class GlobalNormClip(Pass):
     name = TAG
 
     def run(self, editor: object, states: Sequence[SiteState]) -> PassResult:
@@ -53,12 +53,7 @@ def _ancestors(g: FunctionEditor, names: list[str]) -> set[str]:
 
 
 def global_norm_clip(g: FunctionEditor, states: list[SiteState], clip_norm: float) -> None:
-    writes = {w for st in states for w in st.site.writes}
-    for st in states:
-        hit = _ancestors(g, [node_of(st.gradient)]) & writes
-        if hit:
-            raise InputError(f"global_norm_clip: the gradient of {st.site.var.path} depends on the update "
-                             f"{sorted(hit)[0]!r}; clipping them together would create a cycle")
+    check_acyclic(g, states, "global_norm_clip", "clipping them together")
     dtype = states[0].site.var.dtype
     T = {"T": g.type_attr(dtype)}
     scope = g.unique_name("optrewrite/global_norm_clip")

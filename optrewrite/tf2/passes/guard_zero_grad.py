@@ -37,6 +37,10 @@ is gated:
    semantics and TFLite converts neither op; the snapshot costs two reads and one assignment
    per state variable each step.
 
+With ``scope: step`` the ``finite`` test spans the step: per function (a step is one
+function, as for the global-norm clip), ``LogicalAnd`` over every selected gradient's finite
+test, built once before the sites (``prepare``) and taken by each site's ``apply``.
+
 A skipped step thus leaves the variable and its slots bit for bit; shared state (the iteration
 counter, learning rates, loss scales) is not among the site's writes and advances. ``Select``
 keeps every stateful op where it was: grappler drops nothing and TFLite converts it, where
@@ -46,16 +50,37 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from optrewrite.passes import PassResult
+from optrewrite.passes import Pass, PassResult
+from optrewrite.spec import GuardSpec
 from optrewrite.tf import proto
 from optrewrite.tf2.functions import FunctionEditor, node_of
-from optrewrite.tf2.passes.state import SiteState
+from optrewrite.tf2.passes.state import SiteState, check_acyclic
 
 TAG = "guard"
 
 
-class GuardZeroGrad:
+class GuardZeroGrad(Pass):
     name = TAG
+
+    def prepare(self, editor: object, states: Sequence[SiteState]) -> None:
+        """``scope: step``: per function (a step is one function, as for the global-norm
+        clip), one test that every selected gradient in it is finite."""
+        if _options(states[0]).scope != "step":
+            return
+        by_fn: dict[str, list[SiteState]] = {}
+        for st in states:
+            by_fn.setdefault(st.site.function, []).append(st)
+        for chosen in by_fn.values():
+            g = chosen[0].editor
+            check_acyclic(g, chosen, "guard scope step", "testing them together")
+            scope = g.unique_name("optrewrite/guard_step")
+            tests = [apply_of(g, f"{scope}/{k}", st.gradient, st.site.var.dtype, tag=TAG, when="nonfinite")
+                     for k, st in enumerate(chosen)]
+            finite = tests[0]
+            for k, test in enumerate(tests[1:], 1):  # LogicalAnd, which TFLite converts
+                finite = g.add(f"{scope}/all_finite_{k}", "LogicalAnd", [finite, test], tag=TAG)
+            for st in chosen:
+                st.step_finite = finite
 
     def run(self, editor: object, states: Sequence[SiteState]) -> PassResult:
         for state in states:
@@ -63,8 +88,10 @@ class GuardZeroGrad:
         return PassResult(inserted={st.site.key: [TAG] for st in states})
 
 
-def apply_of(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: str, when: str = "zero") -> str:
-    """The scalar bool "run the update" for ``gradient`` under the rule ``when`` (see above)."""
+def apply_of(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: str, when: str = "zero",
+             finite: str | None = None) -> str:
+    """The scalar bool "run the update" for ``gradient`` under the rule ``when`` (see above);
+    ``finite``, when given, is the non-finite test to use (``scope: step``)."""
     T = g.type_attr
     shape = g.const(f"{scope}/flat/shape", [-1], proto.DT_INT32, tag=tag)
     flat = g.add(f"{scope}/flat", "Reshape", [gradient, shape],
@@ -76,7 +103,9 @@ def apply_of(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: s
         axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, tag=tag)
         tests.append(g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
                            attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, tag=tag))
-    if when in ("nonfinite", "zero_or_nonfinite"):
+    if when in ("nonfinite", "zero_or_nonfinite") and finite is not None:
+        tests.append(finite)
+    elif when in ("nonfinite", "zero_or_nonfinite"):
         nan_if_not = g.add(f"{scope}/finite/sub", "Sub", [flat, flat], attrs={"T": T(dtype)}, tag=tag)
         axis = g.const(f"{scope}/finite/axis", [0], proto.DT_INT32, tag=tag)
         total = g.add(f"{scope}/finite/sum", "Sum", [nan_if_not, axis],
@@ -91,16 +120,16 @@ def apply_of(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: s
     return g.add(f"{scope}/apply", "LogicalAnd", tests, tag=tag)
 
 
-def when_of(state: SiteState) -> str:
-    rules = state.selection.of(TAG)
-    options = rules[0].options if rules else None
-    return getattr(options, "when", "zero") or "zero"
+def _options(state: SiteState) -> GuardSpec:
+    (rule,) = state.selection.of(TAG)
+    return rule.options  # type: ignore[no-any-return]
 
 
 def guard(g: FunctionEditor, state: SiteState) -> None:
     site = state.site
     scope = g.unique_name(f"{site.scope}/optrewrite_guard")
-    nonzero = apply_of(g, scope, state.gradient, site.var.dtype, tag=TAG, when=when_of(state))
+    nonzero = apply_of(g, scope, state.gradient, site.var.dtype, tag=TAG, when=_options(state).when,
+                       finite=state.step_finite)
     state.applied = nonzero
     if site.fused:
         guard_fused(g, state, nonzero, scope)
