@@ -74,7 +74,7 @@ class _GlobalNormClip:
         return [Rule(self.name, self.name, gnc.select, f" (clip_norm {gnc.clip_norm:g})", self.name, gnc.clip_norm)]
 
 
-_GUARD_DEFAULTS = {"when": "zero", "scope": "variable"}
+_GUARD_DEFAULTS = {"when": "zero", "scope": "variable", "granularity": "tensor"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,8 @@ class _Guard:
         if guard is None:
             return []
         # the original rule's plan text predates the options: each appears only when it is not the default
-        options = [(k, v) for k, v in (("when", guard.when), ("scope", guard.scope)) if v != _GUARD_DEFAULTS[k]]
+        options = [(k, v) for k, v in (("when", guard.when), ("scope", guard.scope), ("granularity", guard.granularity))
+                   if v != _GUARD_DEFAULTS[k]]
         detail = f" ({', '.join(f'{k} {v}' for k, v in options)})" if options else ""
         plan = " ".join([self.name, *(f"{k}={v}" for k, v in options)])
         return [Rule(self.name, self.name, guard.select, detail, plan, guard)]

@@ -32,6 +32,7 @@ from optrewrite.errors import SpecError, quoted, shorten
 SUPPORTED_VERSIONS = (1,)
 GUARD_WHEN = ("zero", "nonfinite", "zero_or_nonfinite")  # when the guard skips an update
 GUARD_SCOPES = ("variable", "step")  # whose gradients the non-finite test looks at
+GUARD_GRANULARITIES = ("tensor", "row", "element")  # what the guard keeps: the variable, rows, elements
 CLIP_FORMULAS = ("seed", "exact")  # how a clip computes and writes the clipped value
 # The positive normal range of each float type a norm may be written in: a norm outside it
 # overflows to inf or loses its precision (and 1/norm overflows) once it is a constant of that type.
@@ -101,11 +102,18 @@ class GuardSpec:
     test spans every selected gradient: one NaN or infinity skips every selected update that
     step, as the loss-scale optimizers skip a whole step; the zero test stays per variable).
     ``step`` needs a ``when`` with a non-finite test.
+
+    ``granularity``: ``tensor`` (the whole update is skipped or not), ``row`` (each row along
+    dim 0 whose gradient slice the rule skips keeps its values in the variable and its slots;
+    LazyAdam), ``element`` (each element likewise; OLMo's selective updates). A sparse
+    gradient's rows or elements it does not touch count as zero.
     """
 
     select: Selector
     when: str = "zero"
     scope: str = "variable"
+    granularity: str = "tensor"
+    line: int | None = None  # of granularity, for errors that need the graph
 
 
 @dataclass(frozen=True)
@@ -238,6 +246,13 @@ class Spec:
                         f"{list(group.dims)} names an axis twice for variable {name!r} of rank {rank}",
                         group.line,
                     )
+        guard = self.guard
+        if guard is not None and guard.granularity == "row":
+            for name in guard.select.select(names):
+                if ranks[name] is None or ranks[name] == 0:
+                    what = "an unknown rank" if ranks[name] is None else "no rows (a scalar)"
+                    raise SpecError(self.source, "guard.granularity",
+                                    f"row needs variables with rows; {name!r} has {what}", guard.line)
         for name, dtype in sorted((dtypes or {}).items()):
             norms = [(f"{g.field}.max_norm", g.max_norm, g.line) for g in self.clip if g.select.matches(name)]
             gnc = self.global_norm_clip
@@ -428,12 +443,15 @@ def _selector(parent: dict[str, _Node], owner: _Node, *, default_all: bool) -> S
 def _guard(node: _Node) -> GuardSpec:
     if isinstance(node.node, yaml.ScalarNode) and node.node.tag == "tag:yaml.org,2002:null":  # "guard:" alone
         node = _Node(node.source, yaml.MappingNode("tag:yaml.org,2002:map", [], node.node.start_mark), node.path)
-    keys = node.mapping(["variables", "exclude", "when", "scope"])
+    keys = node.mapping(["variables", "exclude", "when", "scope", "granularity"])
     when = keys["when"].choice(GUARD_WHEN) if "when" in keys else "zero"
     scope = keys["scope"].choice(GUARD_SCOPES) if "scope" in keys else "variable"
     if scope == "step" and when == "zero":
         raise keys["scope"].fail("step needs a non-finite test: give when: nonfinite or zero_or_nonfinite")
-    return GuardSpec(select=_selector(keys, node, default_all=True), when=when, scope=scope)
+    granularity = keys["granularity"].choice(GUARD_GRANULARITIES) if "granularity" in keys else "tensor"
+    return GuardSpec(select=_selector(keys, node, default_all=True), when=when, scope=scope,
+                     granularity=granularity, line=keys["granularity"].line if "granularity" in keys else node.line)
+
 
 
 def _clip_group(index: int, node: _Node, *, guarded: bool) -> ClipGroup:

@@ -161,6 +161,8 @@ GOOD = {
     "clip-empty-then-guard": "version: 1\nclip: []\nguard:\n",
     "guard-step-scope": "version: 1\nguard:\n  when: nonfinite\n  scope: step\n",
     "guard-variable-scope": "version: 1\nguard:\n  scope: variable\n",
+    "guard-row": "version: 1\nguard:\n  granularity: row\n",
+    "guard-element-step": "version: 1\nguard: {when: nonfinite, scope: step, granularity: element}\n",
     "clip-exact": _CLIP_TEXT + "    formula: exact\n",
     "clip-not-on-skipped-steps": "version: 1\nguard:\n" + _CLIP_TEXT[11:] + "    on_skipped_steps: false\n",
     "clip-on-skipped-steps-unguarded": _CLIP_TEXT + "    on_skipped_steps: true\n",
@@ -250,6 +252,7 @@ BAD = {
     "on-skipped-steps-string": "version: 1\nguard:\n" + _CLIP[11:] + "    on_skipped_steps: 'no'\n",
     "on-skipped-steps-false-unguarded": _CLIP + "    on_skipped_steps: false\n",
     "guard-when-unknown": "version: 1\nguard:\n  when: nan\n",
+    "guard-granularity-unknown": "version: 1\nguard:\n  granularity: rows\n",
     "guard-scope-unknown": "version: 1\nguard:\n  when: nonfinite\n  scope: steps\n",
     "guard-step-scope-without-when": "version: 1\nguard:\n  scope: step\n",
     "guard-step-scope-zero": "version: 1\nguard:\n  when: zero\n  scope: step\n",
@@ -343,6 +346,7 @@ _GUARD = st.one_of(st.none(), st.fixed_dictionaries({}, optional={
     **_selector,
     "when": st.sampled_from(["nonfinite", "zero_or_nonfinite", "zero"]),
     "scope": st.sampled_from(["variable", "variable", "step"]),
+    "granularity": st.sampled_from(["tensor", "row", "element"]),
 }))
 _CLIP_GROUP = st.fixed_dictionaries(
     {"variables": _include, "max_norm": _positive},
@@ -412,6 +416,7 @@ _WRONG: dict[str, list[Any]] = {
     "when": ["Zero", "nan", "", None, 0, ["zero"]],
     "scope": ["steps", "global", "", None, True, ["step"]],
     "formula": ["Exact", "tf", "", None, 1, ["exact"]],
+    "granularity": ["rows", "Element", "", None, 0, ["row"]],
     "variable": _NAME,
     "gradient": _NAME,
     "updated": _NAME,

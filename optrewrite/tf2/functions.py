@@ -23,11 +23,12 @@ from optrewrite.tf.graph import TAG_ATTR, Placement, pack_values
 
 # op -> the name of its first output arg (the only one optrewrite reads, except Unique's idx).
 OUTPUT_ARGS: dict[str, str] = {
-    "Any": "output", "AddV2": "z", "Equal": "z", "LogicalAnd": "z", "Cast": "y", "Const": "output", "GatherV2": "output",
+    "All": "output", "Any": "output", "AddV2": "z", "Equal": "z", "LogicalAnd": "z", "LogicalNot": "y",
+    "Cast": "y", "Const": "output", "GatherV2": "output",
     "Greater": "z", "Identity": "output", "L2Loss": "output", "Maximum": "z", "Minimum": "z",
-    "Mul": "z", "OnesLike": "y", "Pack": "output", "ReadVariableOp": "value", "RealDiv": "z",
+    "Mul": "z", "NotEqual": "z", "OnesLike": "y", "Pack": "output", "ReadVariableOp": "value", "RealDiv": "z",
     "Reshape": "output", "ResourceGather": "output", "Select": "output", "SelectV2": "output",
-    "Sqrt": "y", "Sub": "z", "Sum": "output", "Unique": "y",
+    "Sqrt": "y", "Sub": "z", "Sum": "output", "Unique": "y", "UnsortedSegmentMax": "output",
     "AssignSubVariableOp": "", "AssignAddVariableOp": "", "AssignVariableOp": "",
     "ResourceScatterSub": "", "ResourceScatterUpdate": "", "NoOp": "",
 }  # fmt: skip

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import onnx
 
+from optrewrite.errors import InputError
 from optrewrite.onnx.graph import PREFIX, Block, Editor, branch, value_info
 from optrewrite.passes import Pass, PassResult
 
@@ -75,10 +76,10 @@ def _guard_tensor(ed: Editor, st: SiteState) -> None:
     then = ed.block(f"{st.scope}/update")
     st.place_update(then, results)
     guard = ed.block(f"{st.scope}/guard")
-    cond = applies(guard, st.gradient, site.elem_type, _when(st), finite=st.step_finite)
-    st.applied = cond
+    cond = _condition(guard, st)
+    parts = _granularity(st) != "tensor"
     guarded(guard, cond, then, results, st.olds, outs, [ed.types.get(o) for o in st.olds],
-            select=st.lowered and not branches(ed.opset or 0))
+            select=parts or (st.lowered and not branches(ed.opset or 0)))
     st.tails.append(guard)
 
 
@@ -97,7 +98,8 @@ def _guard_declared(ed: Editor, st: SiteState) -> None:
     fed = next((o for o in outs if producer[o] in d.gradient_side), None)
     if fed is not None:
         raise cycle_error(site, fed)
-    moved = _movable(nodes, d, cone, set(outs)) if branches(ed.opset or 0) else set()
+    parts = _granularity(st) != "tensor"
+    moved = _movable(nodes, d, cone, set(outs)) if branches(ed.opset or 0) and not parts else set()
     if any(producer[o] not in moved for o in outs):
         # Some of the update's results are read elsewhere: it runs every step and the
         # guard selects its results (computed, then discarded on a skipped step).
@@ -111,11 +113,10 @@ def _guard_declared(ed: Editor, st: SiteState) -> None:
     for i in sorted(moved):
         then.nodes.append(nodes[i])
         ed.replace_node(i, [])
-    select = not branches(ed.opset or 0)
+    select = parts or not branches(ed.opset or 0)
     results = [renamed[o] if moved or select else then.op("Identity", [renamed[o]]) for o in outs]
     guard = ed.block(f"{st.scope}/guard")
-    cond = applies(guard, st.gradient, site.elem_type, _when(st), finite=st.step_finite)
-    st.applied = cond
+    cond = _condition(guard, st)
     guarded(guard, cond, then, results, st.olds, st.outs, [ed.types.get(o) for o in st.olds], select=select)
     ed.insert_after(max(producer[o] for o in outs), guard.nodes)
     st.placed = True
@@ -146,6 +147,54 @@ def _movable(nodes: Sequence[onnx.NodeProto], d: Declared, cone: set[int], site_
 
 def _when(st: SiteState) -> str:
     return st.selection.of(TAG)[0].options.when  # type: ignore[no-any-return]
+
+
+def _granularity(st: SiteState) -> str:
+    return st.selection.of(TAG)[0].options.granularity  # type: ignore[no-any-return]
+
+
+def _condition(b: Block, st: SiteState) -> str:
+    """The guard's condition for the site: a scalar, or with ``granularity: row | element``
+    a mask that broadcasts against X (rows: ``[rows, 1, ...]``); sets ``st.applied``, the
+    scalar "some of the update applied"."""
+    granularity, elem = _granularity(st), st.site.elem_type
+    if granularity == "tensor":
+        st.applied = applies(b, st.gradient, elem, _when(st), finite=st.step_finite)
+        return st.applied
+    rank = b.editor.rank(st.site.variable)  # the gradient has X's shape (a clipped one has no type here)
+    if rank is None:
+        raise InputError(f"{st.site.key}: guard granularity {granularity} needs the rank of {st.site.variable!r}")
+    mask = parts(b, st.gradient, elem, _when(st), granularity, rank, finite=st.step_finite)
+    as_float = b.op("Cast", [mask], to=onnx.TensorProto.FLOAT)
+    st.applied = b.op("Greater", [b.reduce("ReduceMax", as_float, None, keepdims=0),
+                                  b.const(0.0, onnx.TensorProto.FLOAT)])
+    return mask
+
+
+def parts(b: Block, g: str, elem: int, when: str, granularity: str, rank: int, *, finite: str | None = None) -> str:
+    """Where the update applies, per element (``element``) or per row along axis 0
+    (``row``, kept as ``[rows, 1, ...]``), under the rule ``when``, with the tensor tests'
+    conventions (-0.0 is zero, NaN is not); ``finite`` is a step-wide test to join."""
+    rows = granularity == "row" and rank > 1
+    axes = list(range(1, rank))
+    tests = []
+    if when in ("zero", "zero_or_nonfinite"):
+        if rows:
+            total = b.reduce("ReduceL1", g, axes, keepdims=1)
+            tests.append(b.op("Not", [b.op("LessOrEqual", [total, b.const(0.0, elem)])]))
+        else:
+            tests.append(b.op("Not", [b.op("Equal", [g, b.const(0.0, elem)])]))
+    if when in ("nonfinite", "zero_or_nonfinite") and finite is None:
+        nan_if_not = b.op("Sub", [g, g])
+        if rows:
+            nan_if_not = b.reduce("ReduceSum", nan_if_not, axes, keepdims=1)
+        tests.append(b.op("Equal", [nan_if_not, b.const(0.0, elem)]))
+    elif when in ("nonfinite", "zero_or_nonfinite"):
+        tests.append(finite)
+    mask = tests[0]
+    for t in tests[1:]:
+        mask = b.op("And", [mask, t])
+    return mask
 
 
 def applies(b: Block, g: str, elem: int, when: str = "zero", *, finite: str | None = None) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from optrewrite.errors import InputError
 from optrewrite.passes import Pass, PassResult
 from optrewrite.tf import proto
 from optrewrite.tf.graph import GraphEditor, Placement
@@ -71,7 +72,11 @@ def guard(g: GraphEditor, state: SiteState) -> None:
     site = state.site
     at = state.placement
     scope = f"{site.scope}/optrewrite_guard"
-    when = state.selection.of(TAG)[0].options.when
+    options = state.selection.of(TAG)[0].options
+    when = options.when
+    if options.granularity != "tensor":
+        guard_parts(g, state, options.granularity, scope)
+        return
     apply = applies(g, scope, state.gradient, site.dtype, when, at, finite=state.step_finite)
     pivot_t, pivot_f = pivots(g, scope, apply, at, TAG)
     for write in site.writes:
@@ -107,6 +112,92 @@ def applies(g: GraphEditor, scope: str, gradient: str, dtype: int, when: str, at
         zero = g.const(f"{scope}/finite/zero", 0.0, dtype, placement=at, tag=TAG)
         tests.append(g.add(f"{scope}/finite", "Equal", [total, zero], attrs={"T": T(dtype)}, placement=at, tag=TAG))
     return tests[0] if len(tests) == 1 else g.add(f"{scope}/apply", "LogicalAnd", tests, placement=at, tag=TAG)
+
+
+def guard_parts(g: GraphEditor, state: SiteState, granularity: str, scope: str) -> None:
+    """``granularity: row | element``: the update runs; then the variable and each slot get
+    their old value back where the rule skips (module docstring)."""
+    site = state.site
+    at, dtype = state.placement, site.dtype
+    if site.rank is None or site.shape is None or (site.sparse and site.shape[0] < 0):
+        raise InputError(f"{site.key}: guard granularity {granularity} needs the variable's shape")
+    for slot in site.slots:
+        shape = _var_shape(g.node(slot))
+        if shape is not None and shape != site.shape:
+            raise InputError(f"{site.key}: guard granularity {granularity}: slot {slot!r} has shape "
+                             f"{list(shape)}, not the variable's {list(site.shape)}")
+    T, i32 = g.type_attr, g.type_attr(proto.DT_INT32)
+    kw = {"placement": at, "tag": TAG}
+    when = state.selection.of(TAG)[0].options.when
+    grad = state.gradient
+    tests = []
+    if when in ("zero", "zero_or_nonfinite"):
+        zero = g.const(f"{scope}/zero", 0.0, dtype, **kw)
+        tests.append(g.add(f"{scope}/nonzero", "NotEqual", [grad, zero], attrs={"T": T(dtype)}, **kw))
+    if when in ("nonfinite", "zero_or_nonfinite") and state.step_finite is None:
+        zero = g.const(f"{scope}/finite/zero", 0.0, dtype, **kw)
+        nan_if_not = g.add(f"{scope}/finite/sub", "Sub", [grad, grad], attrs={"T": T(dtype)}, **kw)
+        tests.append(g.add(f"{scope}/finite", "Equal", [nan_if_not, zero], attrs={"T": T(dtype)}, **kw))
+    rank = site.rank
+    if granularity == "row" and rank > 1:  # a row applies when its slice passes every test
+        axes = g.const(f"{scope}/row/axes", list(range(1, rank)), proto.DT_INT32, **kw)
+        tests = [g.add(f"{t}/row", "Any" if t.endswith("nonzero") else "All", [t, axes],
+                       attrs={"keep_dims": g.bool_attr(False), "Tidx": i32}, **kw) for t in tests]
+    mask = tests[0] if tests else None
+    for k, t in enumerate(tests[1:], 1):
+        mask = g.add(f"{scope}/mask_{k}", "LogicalAnd", [mask, t], **kw)
+    if site.sparse and mask is not None:
+        # scatter the values' mask onto the variable's rows. A row the gradient does not
+        # touch has a zero gradient: it keeps under a zero test, and applies otherwise.
+        assert site.indices is not None
+        keeps_untouched = when != "nonfinite"
+        flag = mask if keeps_untouched else g.add(f"{scope}/mask/skip", "LogicalNot", [mask], **kw)
+        ones = g.add(f"{scope}/mask/as_int", "Cast", [flag],
+                     attrs={"SrcT": T(proto.DT_BOOL), "DstT": i32, "Truncate": g.bool_attr(False)}, **kw)
+        rows = g.const(f"{scope}/mask/rows", site.shape[0], proto.DT_INT32, **kw)
+        top = g.add(f"{scope}/mask/scatter", "UnsortedSegmentMax", [ones, site.indices, rows],
+                    attrs={"T": i32, "Tindices": T(site.indices_dtype), "Tnumsegments": i32}, **kw)
+        mask = g.add(f"{scope}/mask/dense", "Greater", [top, g.const(f"{scope}/mask/zero", 0, proto.DT_INT32, **kw)],
+                     attrs={"T": i32}, **kw)
+        if not keeps_untouched:
+            mask = g.add(f"{scope}/mask/applies", "LogicalNot", [mask], **kw)
+    if state.step_finite is not None and when != "zero":  # a scalar: it decides for every row
+        mask = state.step_finite if mask is None else g.add(f"{scope}/mask/step", "LogicalAnd",
+                                                           [mask, state.step_finite], **kw)
+    assert mask is not None
+    # ``Select`` takes a mask of the variable's shape, or (rows) a vector along dim 0
+    flat = g.add(f"{scope}/applied/flat", "Reshape", [mask, g.const(f"{scope}/applied/shape", [-1], proto.DT_INT32, **kw)],
+                 attrs={"T": T(proto.DT_BOOL), "Tshape": i32}, **kw)
+    state.applied = g.add(f"{scope}/applied", "Any", [flat, g.const(f"{scope}/applied/axis", [0], proto.DT_INT32, **kw)],
+                          attrs={"keep_dims": g.bool_attr(False), "Tidx": i32}, **kw)
+    restores = []
+    for k, ref in enumerate((site.variable, *site.slots)):
+        here = {"placement": Placement(device=at.device, colocate_with=ref), "tag": TAG}
+        if site.resource:
+            old = g.add(f"{scope}/state_{k}/old", "ReadVariableOp", [ref], attrs={"dtype": T(dtype)}, **here)
+            new = g.add(f"{scope}/state_{k}/new", "ReadVariableOp", [ref], control=site.writes,
+                        attrs={"dtype": T(dtype)}, **here)
+        else:  # a ref read aliases the buffer the update writes in place: Snapshot copies it
+            old = g.add(f"{scope}/state_{k}/old", "Snapshot", [ref], attrs={"T": T(dtype)}, **here)
+            new = g.add(f"{scope}/state_{k}/new", "Identity", [ref], control=site.writes, attrs={"T": T(dtype)}, **here)
+        for write in site.writes:  # the snapshot is taken before the update writes
+            g.add_control_input(write, old)
+        kept = g.add(f"{scope}/state_{k}/select", "Select", [mask, new, old], attrs={"T": T(dtype)}, **here)
+        if site.resource:
+            restores.append(g.add(f"{scope}/state_{k}/assign", "AssignVariableOp", [ref, kept],
+                                  attrs={"dtype": T(dtype)}, colocate=True, **here))
+        else:
+            restores.append(g.add(f"{scope}/state_{k}/assign", "Assign", [ref, kept],
+                                  attrs={"T": T(dtype), "use_locking": g.bool_attr(False),
+                                         "validate_shape": g.bool_attr(True)}, colocate=True, **here))
+    state.after = [g.add(f"{scope}/restored", "NoOp", [], control=[*state.after, *restores], **kw)]
+
+
+def _var_shape(node: proto.NodeDef) -> tuple[int, ...] | None:
+    """A variable node's static shape, where it has one."""
+    if "shape" not in node.attr or node.attr["shape"].shape.unknown_rank:
+        return None
+    return tuple(d.size for d in node.attr["shape"].shape.dim)
 
 
 def pivots(g: GraphEditor, scope: str, pred: str, at: Placement, tag: str) -> tuple[str, str]:

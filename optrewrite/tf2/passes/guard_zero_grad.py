@@ -50,6 +50,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from optrewrite.errors import InputError
 from optrewrite.passes import Pass, PassResult
 from optrewrite.spec import GuardSpec
 from optrewrite.tf import proto
@@ -128,9 +129,16 @@ def _options(state: SiteState) -> GuardSpec:
 def guard(g: FunctionEditor, state: SiteState) -> None:
     site = state.site
     scope = g.unique_name(f"{site.scope}/optrewrite_guard")
-    nonzero = apply_of(g, scope, state.gradient, site.var.dtype, tag=TAG, when=_options(state).when,
-                       finite=state.step_finite)
-    state.applied = nonzero
+    options = _options(state)
+    masks = None
+    if options.granularity == "tensor":
+        nonzero = apply_of(g, scope, state.gradient, site.var.dtype, tag=TAG, when=options.when,
+                           finite=state.step_finite)
+        state.applied = nonzero
+    else:
+        masks = Masks(g, state, options, scope)
+        nonzero = masks.dense()
+        state.applied = masks.applied()
     if site.fused:
         guard_fused(g, state, nonzero, scope)
         return
@@ -157,8 +165,106 @@ def guard(g: FunctionEditor, state: SiteState) -> None:
                                 "batch_dims": g.int_attr(0), "validate_indices": g.bool_attr(True)}, tag=TAG)
         else:  # sites.find_sites admits no other write
             raise AssertionError(f"cannot gate {node.op}")
-        gated = g.add(f"{here}/select", "SelectV2", [nonzero, value, keep], attrs=T, tag=TAG)
+        mask = nonzero
+        if masks is not None and "Scatter" in node.op:
+            mask = masks.values(node.input[1])
+        gated = g.add(f"{here}/select", "SelectV2", [mask, value, keep], attrs=T, tag=TAG)
         g.set_input(write, pos, gated)
+
+
+class Masks:
+    """``granularity: row | element``: where the rule lets the update apply, as bool tensors
+    that broadcast against what a write writes: the variable's shape (a row mask is
+    ``[rows, 1, ...]``), or a scatter's rows of values. A sparse gradient's mask is scattered
+    onto the variable's rows (``UnsortedSegmentMax``); a row it does not touch has a zero
+    gradient, kept under a zero test and applied under ``when: nonfinite`` alone. The
+    step-wide finite test (``scope: step``), a scalar, joins last."""
+
+    def __init__(self, g: FunctionEditor, state: SiteState, options: GuardSpec, scope: str) -> None:
+        site = state.site
+        shape = site.var.shape
+        if shape is None or (site.sparse and (not shape or shape[0] < 0)):
+            raise InputError(f"{site.key}: guard granularity {options.granularity} needs the variable's shape")
+        for slot in site.slots:
+            if slot.shape is not None and slot.shape != shape:
+                raise InputError(f"{site.key}: guard granularity {options.granularity}: slot {slot.path!r} has "
+                                 f"shape {list(slot.shape)}, not the variable's {list(shape)}")
+        self.g, self.state, self.options, self.scope = g, state, options, scope
+        self.shape = shape
+        self._values: str | None = None
+        self._dense: str | None = None
+
+    def _tests(self) -> str | None:
+        """The per-element (per-row) test on the gradient as the site has it (a sparse
+        gradient's values), without the step-wide part; None when only that is asked."""
+        g, scope, when = self.g, self.scope, self.options.when
+        grad, dtype = self.state.gradient, self.state.site.var.dtype
+        T = {"T": g.type_attr(dtype)}
+        tests = []
+        if when in ("zero", "zero_or_nonfinite"):
+            tests.append(g.add(f"{scope}/nonzero", "NotEqual", [grad, g.const(f"{scope}/zero", 0.0, dtype, tag=TAG)],
+                               attrs={**T, "incompatible_shape_error": g.bool_attr(True)}, tag=TAG))
+        if when in ("nonfinite", "zero_or_nonfinite") and self.state.step_finite is None:
+            sub = g.add(f"{scope}/finite/sub", "Sub", [grad, grad], attrs=T, tag=TAG)
+            tests.append(g.add(f"{scope}/finite", "Equal", [sub, g.const(f"{scope}/finite/zero", 0.0, dtype, tag=TAG)],
+                               attrs={**T, "incompatible_shape_error": g.bool_attr(True)}, tag=TAG))
+        if self.options.granularity == "row" and len(self.shape) > 1:
+            axes = g.const(f"{scope}/row/axes", list(range(1, len(self.shape))), proto.DT_INT32, tag=TAG)
+            tests = [g.add(f"{scope}/row_{k}", "Any" if k == 0 and when != "nonfinite" else "All", [t, axes],
+                           attrs={"keep_dims": g.bool_attr(True), "Tidx": g.type_attr(proto.DT_INT32)}, tag=TAG)
+                     for k, t in enumerate(tests)]
+        mask = tests[0] if tests else None
+        for k, t in enumerate(tests[1:], 1):
+            mask = g.add(f"{scope}/mask_{k}", "LogicalAnd", [mask, t], tag=TAG)
+        return mask
+
+    def _with_step(self, mask: str | None) -> str:
+        finite = self.state.step_finite
+        if finite is None or self.options.when == "zero":
+            assert mask is not None
+            return mask
+        return finite if mask is None else self.g.add(f"{self.scope}/mask/step", "LogicalAnd", [mask, finite], tag=TAG)
+
+    def values(self, indices: str) -> str:
+        """The mask for a scatter of the gradient's values (at the gradient's ``indices``)."""
+        if indices != self.state.site.indices:
+            raise InputError(f"{self.state.site.key}: guard granularity {self.options.granularity}: a scatter "
+                             "at other indices than the gradient's")
+        if self._values is None:
+            self._values = self._with_step(self._tests())
+        return self._values
+
+    def dense(self) -> str:
+        """The mask over the whole variable."""
+        if self._dense is not None:
+            return self._dense
+        g, scope, site = self.g, self.scope, self.state.site
+        mask = self._tests()
+        if site.sparse and mask is not None:
+            assert site.indices is not None
+            i32 = g.type_attr(proto.DT_INT32)
+            keeps_untouched = self.options.when != "nonfinite"
+            flag = mask if keeps_untouched else g.add(f"{scope}/mask/skip", "LogicalNot", [mask], tag=TAG)
+            ints = g.add(f"{scope}/mask/as_int", "Cast", [flag],
+                         attrs={"SrcT": g.type_attr(proto.DT_BOOL), "DstT": i32, "Truncate": g.bool_attr(False)}, tag=TAG)
+            top = g.add(f"{scope}/mask/scatter", "UnsortedSegmentMax",
+                        [ints, site.indices, g.const(f"{scope}/mask/rows", self.shape[0], proto.DT_INT32, tag=TAG)],
+                        attrs={"T": i32, "Tindices": g.type_attr(site.indices_dtype), "Tnumsegments": i32}, tag=TAG)
+            mask = g.add(f"{scope}/mask/dense", "Greater", [top, g.const(f"{scope}/mask/zero", 0, proto.DT_INT32, tag=TAG)],
+                         attrs={"T": i32}, tag=TAG)
+            if not keeps_untouched:
+                mask = g.add(f"{scope}/mask/applies", "LogicalNot", [mask], tag=TAG)
+        self._dense = self._with_step(mask)
+        return self._dense
+
+    def applied(self) -> str:
+        """Whether any part of the update applied: the clip's ``on_skipped_steps`` gate."""
+        g, scope = self.g, self.scope
+        i32 = proto.DT_INT32
+        flat = g.add(f"{scope}/applied/flat", "Reshape", [self.dense(), g.const(f"{scope}/applied/shape", [-1], i32, tag=TAG)],
+                     attrs={"T": g.type_attr(proto.DT_BOOL), "Tshape": g.type_attr(i32)}, tag=TAG)
+        return g.add(f"{scope}/applied", "Any", [flat, g.const(f"{scope}/applied/axis", [0], i32, tag=TAG)],
+                     attrs={"keep_dims": g.bool_attr(False), "Tidx": g.type_attr(i32)}, tag=TAG)
 
 
 def guard_fused(g: FunctionEditor, state: SiteState, apply: str, scope: str) -> None:
