@@ -18,6 +18,8 @@ run (rotating order), median of ``--runs``:
     guard                   guard: {}
     guard nonfinite         guard: {when: nonfinite}
     guard step-wide         guard: {when: zero_or_nonfinite, scope: step}
+    guard rows              guard: {granularity: row}
+    guard elements          guard: {granularity: element}
     + seed clip, idle       guard, and the original clip with a max_norm no tensor reaches
     + exact clip, idle      guard, and formula: exact with that max_norm (nothing is written)
     + exact clip, active    guard, and formula: exact with max_norm 0.01 (every tensor clipped)
@@ -52,6 +54,8 @@ VARIANTS = {  # name -> (spec body, all-zero gradients)
     "guard": ("guard: {}\n", False),
     "guard nonfinite": ("guard: {when: nonfinite}\n", False),
     "guard step-wide": ("guard: {when: zero_or_nonfinite, scope: step}\n", False),
+    "guard rows": ("guard: {granularity: row}\n", False),
+    "guard elements": ("guard: {granularity: element}\n", False),
     "+ seed clip, idle": (f"guard: {{}}\nclip:\n  - {{variables: ['*'], max_norm: {IDLE}}}\n", False),
     "+ exact clip, idle": (f"guard: {{}}\nclip:\n  - {{variables: ['*'], max_norm: {IDLE}, formula: exact}}\n", False),
     "+ exact clip, active": ("guard: {}\nclip:\n  - {variables: ['*'], max_norm: 0.01, formula: exact}\n", False),
