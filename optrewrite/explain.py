@@ -34,6 +34,7 @@ class Row:
     not_selected: list[str] = field(default_factory=list)  # "guard: excluded by 'b*'"
     inserted: list[str] = field(default_factory=list)  # the actions, as the report names them
     nodes: int = 0  # nodes the rewrite inserts for this site (nested ONNX branches included)
+    state: list[str] = field(default_factory=list)  # state the rewrite adds for this site (counters)
 
 
 @dataclass
@@ -84,9 +85,11 @@ def explain_file(input_path: Path | str, spec_path: Path | str | None = None, *,
     explanation.note = report.note.replace(" written as ", " would be written as ")  # explain writes nothing
     explanation.skipped = report.skipped
     inserted = {entry.update: entry.inserted for entry in report.sites}
+    state = {entry.update: entry.state for entry in report.sites}
     rules = passes.rules(spec, lower=lower)
     for row in explanation.rows:
         row.inserted = list(inserted.get(row.site.update, []))
+        row.state = list(state.get(row.site.update, []))
         row.selected_by, row.not_selected = passes.explain_rules(row.site.variable, rules, row.inserted)
     grouping = group(found.changes, [(r.site.update, r.site.scope, f"{r.site.variable}: {', '.join(r.inserted)}")
                                      for r in explanation.rows if r.inserted])
@@ -145,7 +148,8 @@ def render_table(ex: Explanation, width: int | None = None) -> str:
                  ", ".join(s.slots) or "-", "sparse" if s.sparse else "dense", s.device or "-"]
         if ex.spec:
             rules = "; ".join(r.selected_by + r.not_selected) or "-"
-            cells += [rules, f"{', '.join(r.inserted)} (+{plural(r.nodes, 'node')})" if r.inserted else "-"]
+            counters = f"; counters {', '.join(r.state)}" if r.state else ""
+            cells += [rules, f"{', '.join(r.inserted)} (+{plural(r.nodes, 'node')}{counters})" if r.inserted else "-"]
         body.append([p(cell) for cell in cells])
     lines += _table(header, body, width) if body else ["(no optimizer update found)"]
     if ex.spec and ex.shared_nodes:

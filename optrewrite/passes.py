@@ -74,7 +74,7 @@ class _GlobalNormClip:
         return [Rule(self.name, self.name, gnc.select, f" (clip_norm {gnc.clip_norm:g})", self.name, gnc.clip_norm)]
 
 
-_GUARD_DEFAULTS = {"when": "zero", "scope": "variable", "granularity": "tensor"}
+_GUARD_DEFAULTS: dict[str, object] = {"when": "zero", "scope": "variable", "granularity": "tensor", "counters": False}
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,8 @@ class _Guard:
         if guard is None:
             return []
         # the original rule's plan text predates the options: each appears only when it is not the default
-        options = [(k, v) for k, v in (("when", guard.when), ("scope", guard.scope), ("granularity", guard.granularity))
-                   if v != _GUARD_DEFAULTS[k]]
+        options = [(k, v) for k, v in (("when", guard.when), ("scope", guard.scope), ("granularity", guard.granularity),
+                                       ("counters", guard.counters)) if v != _GUARD_DEFAULTS[k]]
         detail = f" ({', '.join(f'{k} {v}' for k, v in options)})" if options else ""
         plan = " ".join([self.name, *(f"{k}={v}" for k, v in options)])
         return [Rule(self.name, self.name, guard.select, detail, plan, guard)]
@@ -244,11 +244,12 @@ def plan_digest(selections: Sequence[Selection[Any]], spec: Spec) -> str:
 
 @dataclass
 class PassResult:
-    """What one run of a pass did: the actions it inserted, per site key, and the sites it
-    left alone with the reason."""
+    """What one run of a pass did: the actions it inserted, per site key, the sites it
+    left alone with the reason, and the state (variables, state inputs) it added per site."""
 
     inserted: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[Skip] = field(default_factory=list)
+    state: dict[str, list[str]] = field(default_factory=dict)  # per site key: the state it added (counters)
 
 
 E = TypeVar("E", contravariant=True)
@@ -286,6 +287,8 @@ def run_pipeline(registry: dict[str, FormatPass[Any, Any]], editor: Any, states:
         result = p.run(editor, chosen)
         for key, labels in result.inserted.items():
             total.inserted.setdefault(key, []).extend(labels)
+        for key, names in result.state.items():
+            total.state.setdefault(key, []).extend(names)
         total.skipped.extend(result.skipped)
         if lint is not None:
             lint(editor)

@@ -17,6 +17,7 @@ class SiteEntry:
     sparse: bool
     device: str
     inserted: list[str] = field(default_factory=list)
+    state: list[str] = field(default_factory=list)  # what the rewrite added that keeps a value (counters)
 
 
 SkipEntry = Skip  # the report's name for a skipped update

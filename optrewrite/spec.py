@@ -107,6 +107,12 @@ class GuardSpec:
     dim 0 whose gradient slice the rule skips keeps its values in the variable and its slots;
     LazyAdam), ``element`` (each element likewise; OLMo's selective updates). A sparse
     gradient's rows or elements it does not touch count as zero.
+
+    ``counters``: per guarded variable and reason (``zero``, ``nonfinite``, as ``when``
+    tests), an int64 count of the steps on which that test fired for the variable: state the
+    rewrite adds to the graph (TensorFlow: a resource variable set to 0 by ``init_op``,
+    default the NoOp ``init``; ONNX: an input with a 0 initializer and its next value as an
+    output).
     """
 
     select: Selector
@@ -114,6 +120,14 @@ class GuardSpec:
     scope: str = "variable"
     granularity: str = "tensor"
     line: int | None = None  # of granularity, for errors that need the graph
+    counters: bool = False
+    init_op: str | None = None  # TensorFlow graphs: the op that initializes the counters
+    counters_line: int | None = None
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        """The reasons ``when`` skips for, in the order counters are added."""
+        return {"zero": ("zero",), "nonfinite": ("nonfinite",), "zero_or_nonfinite": ("zero", "nonfinite")}[self.when]
 
 
 @dataclass(frozen=True)
@@ -443,14 +457,20 @@ def _selector(parent: dict[str, _Node], owner: _Node, *, default_all: bool) -> S
 def _guard(node: _Node) -> GuardSpec:
     if isinstance(node.node, yaml.ScalarNode) and node.node.tag == "tag:yaml.org,2002:null":  # "guard:" alone
         node = _Node(node.source, yaml.MappingNode("tag:yaml.org,2002:map", [], node.node.start_mark), node.path)
-    keys = node.mapping(["variables", "exclude", "when", "scope", "granularity"])
+    keys = node.mapping(["variables", "exclude", "when", "scope", "granularity", "counters", "init_op"])
     when = keys["when"].choice(GUARD_WHEN) if "when" in keys else "zero"
     scope = keys["scope"].choice(GUARD_SCOPES) if "scope" in keys else "variable"
     if scope == "step" and when == "zero":
         raise keys["scope"].fail("step needs a non-finite test: give when: nonfinite or zero_or_nonfinite")
     granularity = keys["granularity"].choice(GUARD_GRANULARITIES) if "granularity" in keys else "tensor"
+    counters = keys["counters"].boolean() if "counters" in keys else False
+    init_op = keys["init_op"].string() if "init_op" in keys else None
+    if init_op is not None and not counters:
+        raise keys["init_op"].fail("names the op that initializes the counters; it needs counters: true")
     return GuardSpec(select=_selector(keys, node, default_all=True), when=when, scope=scope,
-                     granularity=granularity, line=keys["granularity"].line if "granularity" in keys else node.line)
+                     granularity=granularity, line=keys["granularity"].line if "granularity" in keys else node.line,
+                     counters=counters, init_op=init_op,
+                     counters_line=keys["counters"].line if "counters" in keys else node.line)
 
 
 

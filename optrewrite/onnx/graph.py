@@ -230,6 +230,16 @@ class Editor:
             self._consts[key] = tensor.name
         return self._consts[key]
 
+    def add_state(self, base: str, elem_type: int) -> tuple[str, str]:
+        """New state the step carries, as its optimizer states: a scalar graph input and the
+        output ``<input>/new`` for its next value, which the caller feeds back. Returns both names."""
+        name = self.fresh(base)
+        new = self.fresh(f"{name}/new")
+        self.graph.input.append(helper.make_tensor_value_info(name, elem_type, []))
+        self.graph.output.append(helper.make_tensor_value_info(new, elem_type, []))
+        self.types[name] = self.types[new] = helper.make_tensor_type_proto(elem_type, [])
+        return name, new
+
     def elem_type(self, name: str) -> int | None:
         t = self.types.get(name)
         return t.tensor_type.elem_type if t is not None else None

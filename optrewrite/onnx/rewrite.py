@@ -139,7 +139,7 @@ def _rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool) -> Outcome:
 
     report.sites = [
         SiteEntry(variable=s.variable, update=s.key, kind=s.kind, sparse=False, device="",
-                  inserted=done.inserted.get(s.key, []))
+                  inserted=done.inserted.get(s.key, []), state=done.state.get(s.key, []))
         for s in found.sites
     ]
     report.skipped += done.skipped

@@ -100,7 +100,7 @@ def rewrite_tf(loaded: io.TfGraphFile, spec: Spec, *,
     g.node(PLAN_NODE).attr[PLAN_ATTR].s = digest.encode()
     g.lint()
 
-    report.sites = [_entry(site, done.inserted.get(site.key, [])) for site in sites]
+    report.sites = [_entry(site, done.inserted.get(site.key, []), done.state.get(site.key, [])) for site in sites]
     report.skipped += done.skipped
     report.changed = True
     report.nodes_added = len(g.graph.node) - g.first_new
@@ -117,7 +117,7 @@ def serialize(rewritten: Rewritten) -> bytes:
     return io.serialize(rewritten.loaded, g.changed, g.first_new)
 
 
-def _entry(site: UpdateSite, actions: list[str]) -> SiteEntry:
+def _entry(site: UpdateSite, actions: list[str], state: list[str] | None = None) -> SiteEntry:
     return SiteEntry(
         variable=site.variable,
         update=site.key,
@@ -125,4 +125,5 @@ def _entry(site: UpdateSite, actions: list[str]) -> SiteEntry:
         sparse=site.sparse,
         device=site.device,
         inserted=list(actions),
+        state=list(state or []),
     )

@@ -65,7 +65,8 @@ class GuardZeroGrad(Pass):
                 _guard_tensor(ed, st)
             else:
                 _guard_declared(ed, st)
-        return PassResult(inserted={st.site.key: [TAG] for st in states})
+        return PassResult(inserted={st.site.key: [TAG] for st in states},
+                          state={st.site.key: list(st.counters) for st in states if st.counters})
 
 
 def _guard_tensor(ed: Editor, st: SiteState) -> None:
@@ -158,9 +159,16 @@ def _condition(b: Block, st: SiteState) -> str:
     a mask that broadcasts against X (rows: ``[rows, 1, ...]``); sets ``st.applied``, the
     scalar "some of the update applied"."""
     granularity, elem = _granularity(st), st.site.elem_type
+    counters = st.selection.of(TAG)[0].options.counters
     if granularity == "tensor":
-        st.applied = applies(b, st.gradient, elem, _when(st), finite=st.step_finite)
+        passed = reason_tests(b, st.gradient, elem, _when(st), finite=st.step_finite)
+        tests = list(passed.values())
+        st.applied = tests[0] if len(tests) == 1 else b.op("And", tests)
+        if counters:
+            count(b, st, passed)
         return st.applied
+    if counters:  # the tensor-level tests count the steps
+        count(b, st, reason_tests(b, st.gradient, elem, _when(st), finite=st.step_finite))
     rank = b.editor.rank(st.site.variable)  # the gradient has X's shape (a clipped one has no type here)
     if rank is None:
         raise InputError(f"{st.site.key}: guard granularity {granularity} needs the rank of {st.site.variable!r}")
@@ -201,16 +209,35 @@ def applies(b: Block, g: str, elem: int, when: str = "zero", *, finite: str | No
     """Whether the update applies: the gradient has a non-zero element (``zero``), every
     element is finite (``nonfinite``), or both (``zero_or_nonfinite``); ``finite``, when
     given, is the non-finite test to take (``scope: step``)."""
-    tests = []
+    tests = list(reason_tests(b, g, elem, when, finite=finite).values())
+    return tests[0] if len(tests) == 1 else b.op("And", tests)
+
+
+def reason_tests(b: Block, g: str, elem: int, when: str, *, finite: str | None = None) -> dict[str, str]:
+    """:func:`applies`'s tests by reason, each a scalar bool that holds when the update may apply."""
+    tests = {}
     if when in ("zero", "zero_or_nonfinite"):
         total = b.op("ReduceL1", [g], keepdims=0)
-        tests.append(b.op("Not", [b.op("LessOrEqual", [total, b.const(0.0, elem)])]))
+        tests["zero"] = b.op("Not", [b.op("LessOrEqual", [total, b.const(0.0, elem)])])
     if when in ("nonfinite", "zero_or_nonfinite") and finite is not None:
-        tests.append(finite)
+        tests["nonfinite"] = finite
     elif when in ("nonfinite", "zero_or_nonfinite"):
         nan_if_not = b.reduce("ReduceSum", b.op("Sub", [g, g]), None, keepdims=0)
-        tests.append(b.op("Equal", [nan_if_not, b.const(0.0, elem)]))
-    return tests[0] if len(tests) == 1 else b.op("And", tests)
+        tests["nonfinite"] = b.op("Equal", [nan_if_not, b.const(0.0, elem)])
+    return tests
+
+
+def count(b: Block, st: SiteState, passed: dict[str, str]) -> None:
+    """``guard.counters``: per reason, the state input ``<X>/optrewrite_skipped_<reason>``
+    (an int64 scalar the caller starts at 0 and feeds back, as it does the optimizer's
+    states) and its next value, the output ``<name>/new``: one more on each step whose test
+    for that reason failed."""
+    ed = b.editor
+    for reason, test in passed.items():
+        counter, new = ed.add_state(f"{st.site.variable}/{PREFIX}_skipped_{reason}", onnx.TensorProto.INT64)
+        failed = b.op("Cast", [b.op("Not", [test])], to=onnx.TensorProto.INT64)
+        b.op("Add", [counter, failed], out=new)
+        st.counters.append(counter)
 
 
 def branches(opset: int) -> bool:

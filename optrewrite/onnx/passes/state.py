@@ -158,6 +158,7 @@ class SiteState:
     placed: bool = False  # the update was emitted (in a branch, lowered) outside the training node
     applied: str | None = None  # the guard's scalar bool: the update ran this step
     step_finite: str | None = None  # guard scope step: every selected gradient is finite
+    counters: list[str] = field(default_factory=list)  # guard counters: the state inputs added
     _cone: set[int] | None = None
     _x_out: str | None = None
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from optrewrite.errors import InputError
-from optrewrite.passes import Pass, PassResult
+from optrewrite.errors import InputError, SpecError
+from optrewrite.passes import Pass, PassResult, Rule
 from optrewrite.tf import proto
 from optrewrite.tf.graph import GraphEditor, Placement
 from optrewrite.tf.passes.global_norm_clip import check_acyclic
@@ -43,7 +43,12 @@ class GuardZeroGrad(Pass):
     def prepare(self, g: GraphEditor, states: Sequence[SiteState]) -> None:
         """``scope: step``: one test that every selected gradient is finite, which each
         site's guard takes instead of its own."""
-        if states[0].selection.of(TAG)[0].options.scope != "step":
+        rule = states[0].selection.of(TAG)[0]
+        if rule.options.counters:
+            init_op = find_init_op(g, rule)
+            for st in states:
+                st.init_op = init_op
+        if rule.options.scope != "step":
             return
         check_acyclic(g, list(states), "guard scope step", "testing them together")
         scope = g.unique_name("optrewrite/guard_step")
@@ -65,7 +70,8 @@ class GuardZeroGrad(Pass):
     def run(self, g: GraphEditor, states: Sequence[SiteState]) -> PassResult:
         for state in states:
             guard(g, state)
-        return PassResult(inserted={st.site.key: [TAG] for st in states})
+        return PassResult(inserted={st.site.key: [TAG] for st in states},
+                          state={st.site.key: list(st.counters) for st in states if st.counters})
 
 
 def guard(g: GraphEditor, state: SiteState) -> None:
@@ -77,32 +83,78 @@ def guard(g: GraphEditor, state: SiteState) -> None:
     if options.granularity != "tensor":
         guard_parts(g, state, options.granularity, scope)
         return
-    apply = applies(g, scope, state.gradient, site.dtype, when, at, finite=state.step_finite)
+    passed = reason_tests(g, scope, state.gradient, site.dtype, when, at, finite=state.step_finite)
+    apply = combined(g, scope, passed, at)
     pivot_t, pivot_f = pivots(g, scope, apply, at, TAG)
     for write in site.writes:
         g.add_control_input(write, pivot_t)
     state.after = [merge(g, scope, pivot_t, pivot_f, state.after, at, TAG)]
     state.applied = apply
+    if options.counters:
+        count(g, state, passed, scope)
 
 
 def applies(g: GraphEditor, scope: str, gradient: str, dtype: int, when: str, at: Placement,
             *, finite: str | None = None) -> str:
     """The scalar bool "run the update" for ``gradient`` under the rule ``when`` (module
     docstring); ``finite``, when given, is the non-finite test to take (``scope: step``)."""
+    return combined(g, scope, reason_tests(g, scope, gradient, dtype, when, at, finite=finite), at)
+
+
+def combined(g: GraphEditor, scope: str, passed: dict[str, str], at: Placement) -> str:
+    values = list(passed.values())
+    return values[0] if len(values) == 1 else g.add(f"{scope}/apply", "LogicalAnd", values, placement=at, tag=TAG)
+
+
+def count(g: GraphEditor, state: SiteState, passed: dict[str, str], scope: str) -> None:
+    """``guard.counters``: per reason, an int64 resource variable beside the variable, set to
+    0 by the init op, incremented on each step whose test for that reason failed; the
+    increments run before the update counts as done (``state.after``)."""
+    site = state.site
+    assert state.init_op is not None
+    var_device = g.node(site.variable).device
+    i64 = g.type_attr(proto.DT_INT64)
+    increments = []
+    for reason, test in passed.items():
+        name = g.unique_name(f"{site.variable}/optrewrite_skipped_{reason}")
+        here = Placement(device=var_device)
+        handle = g.add(name, "VarHandleOp", attrs={
+            "dtype": i64, "shape": proto.AttrValue(shape=proto.TensorShapeProto()), "container": proto.AttrValue(s=b""),
+            "shared_name": proto.AttrValue(s=name.encode()), "allowed_devices": proto.AttrValue(list=proto.AttrValue.ListValue()),
+        }, placement=here, tag=TAG)
+        zero = g.const(f"{name}/Initializer/zeros", 0, proto.DT_INT64, placement=here, tag=TAG)
+        init = g.add(f"{name}/Assign", "AssignVariableOp", [handle, zero], attrs={"dtype": i64}, placement=here, tag=TAG)
+        g.add_control_input(state.init_op, init)
+        skipped = g.add(f"{scope}/skipped_{reason}", "LogicalNot", [test], placement=state.placement, tag=TAG)
+        one = g.add(f"{scope}/skipped_{reason}/as_int", "Cast", [skipped],
+                    attrs={"SrcT": g.type_attr(proto.DT_BOOL), "DstT": i64, "Truncate": g.bool_attr(False)},
+                    placement=state.placement, tag=TAG)
+        increments.append(g.add(f"{scope}/count_{reason}", "AssignAddVariableOp", [handle, one], attrs={"dtype": i64},
+                                placement=Placement(device=var_device, colocate_with=name), colocate=True, tag=TAG))
+        state.counters.append(name)
+    state.after = [g.add(f"{scope}/counted", "NoOp", control=[*state.after, *increments], placement=state.placement,
+                         tag=TAG)]
+
+
+def reason_tests(g: GraphEditor, scope: str, gradient: str, dtype: int, when: str, at: Placement,
+          *, finite: str | None = None) -> dict[str, str]:
+    """The tests of the rule ``when``, each a scalar bool that holds when the update may
+    apply: ``zero`` (some element is non-zero), ``nonfinite`` (every element is finite;
+    ``finite``, when given, is the step-wide test to take)."""
     T = g.type_attr
     shape = g.const(f"{scope}/flat/shape", [-1], proto.DT_INT32, placement=at, tag=TAG)
     flat = g.add(f"{scope}/flat", "Reshape", [gradient, shape],
                  attrs={"T": T(dtype), "Tshape": T(proto.DT_INT32)}, placement=at, tag=TAG)
-    tests = []
+    passed = {}
     if when in ("zero", "zero_or_nonfinite"):
         as_bool = g.add(f"{scope}/as_bool", "Cast", [flat],
                         attrs={"SrcT": T(dtype), "DstT": T(proto.DT_BOOL), "Truncate": g.bool_attr(False)},
                         placement=at, tag=TAG)
         axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
-        tests.append(g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
-                           attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, placement=at, tag=TAG))
+        passed["zero"] = g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
+                               attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, placement=at, tag=TAG)
     if when in ("nonfinite", "zero_or_nonfinite") and finite is not None:
-        tests.append(finite)
+        passed["nonfinite"] = finite
     elif when in ("nonfinite", "zero_or_nonfinite"):
         nan_if_not = g.add(f"{scope}/finite/sub", "Sub", [flat, flat], attrs={"T": T(dtype)}, placement=at, tag=TAG)
         axis = g.const(f"{scope}/finite/axis", [0], proto.DT_INT32, placement=at, tag=TAG)
@@ -110,8 +162,9 @@ def applies(g: GraphEditor, scope: str, gradient: str, dtype: int, when: str, at
                       attrs={"T": T(dtype), "keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)},
                       placement=at, tag=TAG)
         zero = g.const(f"{scope}/finite/zero", 0.0, dtype, placement=at, tag=TAG)
-        tests.append(g.add(f"{scope}/finite", "Equal", [total, zero], attrs={"T": T(dtype)}, placement=at, tag=TAG))
-    return tests[0] if len(tests) == 1 else g.add(f"{scope}/apply", "LogicalAnd", tests, placement=at, tag=TAG)
+        passed["nonfinite"] = g.add(f"{scope}/finite", "Equal", [total, zero], attrs={"T": T(dtype)},
+                                    placement=at, tag=TAG)
+    return passed
 
 
 def guard_parts(g: GraphEditor, state: SiteState, granularity: str, scope: str) -> None:
@@ -191,6 +244,8 @@ def guard_parts(g: GraphEditor, state: SiteState, granularity: str, scope: str) 
                                   attrs={"T": T(dtype), "use_locking": g.bool_attr(False),
                                          "validate_shape": g.bool_attr(True)}, colocate=True, **here))
     state.after = [g.add(f"{scope}/restored", "NoOp", [], control=[*state.after, *restores], **kw)]
+    if state.selection.of(TAG)[0].options.counters:  # the tensor-level tests count the steps
+        count(g, state, reason_tests(g, f"{scope}/count", grad, dtype, when, at, finite=state.step_finite), scope)
 
 
 def _var_shape(node: proto.NodeDef) -> tuple[int, ...] | None:
@@ -198,6 +253,19 @@ def _var_shape(node: proto.NodeDef) -> tuple[int, ...] | None:
     if "shape" not in node.attr or node.attr["shape"].shape.unknown_rank:
         return None
     return tuple(d.size for d in node.attr["shape"].shape.dim)
+
+
+def find_init_op(g: GraphEditor, rule: Rule) -> str:
+    """The op that initializes the counters: the spec's ``init_op``, or the NoOp ``init``
+    (what ``tf.compat.v1.global_variables_initializer()`` makes)."""
+    options = rule.options
+    name = options.init_op or "init"
+    if name in g.index and (options.init_op is not None or g.node(name).op == "NoOp"):
+        return name
+    field = "guard.init_op" if options.init_op is not None else "guard.counters"
+    problem = (f"the graph has no op {name!r}" if options.init_op is not None else
+               "the graph has no NoOp named 'init' to initialize the counters; name one with guard.init_op")
+    raise SpecError(rule.source, field, problem, options.counters_line)
 
 
 def pivots(g: GraphEditor, scope: str, pred: str, at: Placement, tag: str) -> tuple[str, str]:

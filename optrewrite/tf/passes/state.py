@@ -1,7 +1,7 @@
 """An update site as the TensorFlow passes transform it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from optrewrite.passes import Selection
 from optrewrite.tf.graph import Placement
@@ -23,6 +23,8 @@ class SiteState:
     after: list[str]
     applied: str | None = None  # the guard's scalar bool: the update ran this step
     step_finite: str | None = None  # guard scope step: every selected gradient is finite
+    init_op: str | None = None  # guard counters: the op that initializes them
+    counters: list[str] = field(default_factory=list)  # guard counters: the variables added
 
     @classmethod
     def start(cls, selection: Selection[UpdateSite]) -> SiteState:

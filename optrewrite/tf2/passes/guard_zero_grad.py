@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from optrewrite.errors import InputError
+from optrewrite.errors import InputError, SpecError
 from optrewrite.passes import Pass, PassResult
 from optrewrite.spec import GuardSpec
 from optrewrite.tf import proto
@@ -66,6 +66,10 @@ class GuardZeroGrad(Pass):
     def prepare(self, editor: object, states: Sequence[SiteState]) -> None:
         """``scope: step``: per function (a step is one function, as for the global-norm
         clip), one test that every selected gradient in it is finite."""
+        (rule,) = states[0].selection.of(TAG)
+        if rule.options.counters:
+            raise SpecError(rule.source, "guard.counters", "not available for SavedModels yet: a counter is a new "
+                            "variable, which needs a new checkpoint in variables/", rule.options.counters_line)
         if _options(states[0]).scope != "step":
             return
         by_fn: dict[str, list[SiteState]] = {}

@@ -1,0 +1,140 @@
+"""``guard: {counters: true}``: per guarded variable and reason, the number of steps whose
+test for that reason fired, as state the rewritten graph carries.
+
+TensorFlow graphs get an int64 resource variable ``<variable>/optrewrite_skipped_<reason>``,
+set to 0 by the init op; ONNX steps a state input of that name and its next value, the output
+``<name>/new``, which the training loop feeds back. The reference counts in numpy: ``zero``
+when no element of the gradient is non-zero (NaN is non-zero), ``nonfinite`` when some
+element is NaN or infinite, per variable, over the 16 steps of tests/fed_step.py with NaN and
+infinities in some. With ``granularity: element`` the counters count the same tensor-level
+tests.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx.reference import ReferenceEvaluator
+
+from optrewrite.api import rewrite_file
+from optrewrite.cli import main
+from optrewrite.errors import SpecError
+from tests.fed_step import DENSE, INIT, LR, Step, keras_savedmodel, onnx_step, schedule, tf1_graph
+
+REASONS = ("zero", "nonfinite")
+
+
+def expected(steps: list[Step], names: list[str]) -> dict[str, int]:
+    out = {}
+    for name in names:
+        out[f"{name}/optrewrite_skipped_zero"] = sum(not np.any(s.grad(name) != 0) for s in steps)
+        out[f"{name}/optrewrite_skipped_nonfinite"] = sum(not np.isfinite(s.grad(name)).all() for s in steps)
+    return out
+
+
+def spec_text(extra: str = "") -> str:
+    return "version: 1\nguard:\n  when: zero_or_nonfinite\n  counters: true\n" + extra
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "element"])
+def test_tensorflow_counts_each_reason(tmp_path: Path, tf_config: object, granularity: str) -> None:
+    import tensorflow as tf
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text(f"  granularity: {granularity}\n"))
+    out = tmp_path / "out.pb"
+    report = rewrite_file(tf1_graph(tmp_path), spec, output=out)
+    steps = schedule(nonfinite=True)
+    want = expected(steps, list(INIT))
+    assert sorted(n for s in report.sites for n in s.state) == sorted(want)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(tf.compat.v1.GraphDef.FromString(out.read_bytes()), name="")
+        reads = {n: tf.raw_ops.ReadVariableOp(resource=graph.get_tensor_by_name(f"{n}:0"), dtype=tf.int64)
+                 for n in want}
+    with tf.compat.v1.Session(graph=graph, config=tf_config) as sess:
+        sess.run(graph.get_operation_by_name("init"))
+        assert all(v == 0 for v in sess.run(reads).values())  # the init op sets them
+        for s in steps:
+            sess.run(graph.get_operation_by_name("train"), {"gw:0": s.w, "gbig:0": s.big,
+                                                            "emb_values:0": s.emb_values,
+                                                            "emb_indices:0": s.emb_indices})
+        got = {k: int(v) for k, v in sess.run(reads).items()}
+    assert got == want
+    assert 0 < min(want.values()) and max(want.values()) < len(steps)
+
+
+@pytest.mark.parametrize("lower", [True, False], ids=["lowered", "preview"])
+def test_onnx_counts_each_reason_as_state(tmp_path: Path, lower: bool) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text("lower: true\n" if lower else ""))
+    out = tmp_path / "out.onnx"
+    report = rewrite_file(onnx_step(tmp_path), spec, output=out)
+    onnx.checker.check_model(str(out), full_check=True)
+    steps = schedule(nonfinite=True)
+    want = expected(steps, DENSE)
+    assert sorted(n for s in report.sites for n in s.state) == sorted(want)
+    model = onnx.load(str(out))
+    assert {f"{n}/new" for n in want} <= {o.name for o in model.graph.output}
+    if lower:
+        import onnxruntime as ort
+
+        run = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run
+    else:  # preview-training ops: onnx's reference evaluator runs them
+        run = ReferenceEvaluator(model).run
+    names = [o.name for o in model.graph.output]
+    state = {**{n: INIT[n].copy() for n in DENSE}, **{f"v_{n}": np.zeros_like(INIT[n]) for n in DENSE},
+             **{n: np.array(0, np.int64) for n in want}}
+    with np.errstate(invalid="ignore", over="ignore"):  # the reference evaluator computes skipped NaN updates too
+        for k, s in enumerate(steps):
+            feed = {"R": np.array(LR, np.float32), "T": np.array(k + 1, np.int64), "g_w": s.w, "g_big": s.big, **state}
+            results = dict(zip(names, run(None, feed)))
+            state = {n.removesuffix("/new").removesuffix("_new"): v for n, v in results.items()}
+    assert {n: int(state[n]) for n in want} == want
+
+
+def test_explain_and_the_report_name_the_counters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text("lower: true\n"))
+    src = onnx_step(tmp_path)
+    assert main(["explain", str(src), "--spec", str(spec), "--wide"]) == 0
+    assert "counters w/optrewrite_skipped_zero, w/optrewrite_skipped_nonfinite" in capsys.readouterr().out
+    report = tmp_path / "report.json"
+    assert main([str(src), "--spec", str(spec), "-o", str(tmp_path / "out.onnx"), "--report", str(report)]) == 0
+    sites = json.loads(report.read_text())["sites"]
+    assert {s["variable"]: s["state"] for s in sites}["big"] == ["big/optrewrite_skipped_zero",
+                                                                  "big/optrewrite_skipped_nonfinite"]
+
+
+def test_counters_need_an_init_op(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        v = tf.compat.v1.get_variable("v", initializer=np.ones(3, np.float32), use_resource=True)
+        g = tf.compat.v1.placeholder(tf.float32, [3], name="g")
+        tf.compat.v1.train.GradientDescentOptimizer(0.1).apply_gradients([(g, v)], name="train")
+        tf.group(v.initializer, name="setup")
+    src = tmp_path / "g.pb"
+    src.write_bytes(graph.as_graph_def().SerializeToString())
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text())
+    with pytest.raises(SpecError, match=r"s.yaml:4: guard.counters: the graph has no NoOp named 'init'"):
+        rewrite_file(src, spec, output=tmp_path / "out.pb")
+    spec.write_text(spec_text("  init_op: start\n"))
+    with pytest.raises(SpecError, match=r"s.yaml:4: guard.init_op: the graph has no op 'start'"):
+        rewrite_file(src, spec, output=tmp_path / "out.pb")
+    spec.write_text(spec_text("  init_op: setup\n"))
+    report = rewrite_file(src, spec, output=tmp_path / "out.pb")
+    assert report.sites[0].state == ["v/optrewrite_skipped_zero", "v/optrewrite_skipped_nonfinite"]
+
+
+def test_savedmodels_refuse_counters(tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text())
+    with pytest.raises(SpecError, match=r"s.yaml:4: guard.counters: not available for SavedModels yet"):
+        rewrite_file(keras_savedmodel(tmp_path / "saved"), spec, output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
