@@ -1,7 +1,8 @@
 """Command line.
 
     optrewrite INPUT... --spec SPEC [-o OUTPUT] [--lower] [--report FILE.json]
-                        [--check | --dry-run] [--verify] [-q]
+                        [--check | --dry-run] [--verify] [-q] [-j N]
+    optrewrite --manifest FILE [--spec SPEC] [--report FILE.json] [-j N] ...
     optrewrite explain INPUT [--spec SPEC] [--lower] [--dot FILE] [--json]
     optrewrite diff A B [-q]
     optrewrite schema [spec|report] | schema --validate SPEC...
@@ -23,10 +24,13 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from optrewrite import __version__
 from optrewrite.errors import EXIT_DIFFERENT, EXIT_INPUT, EXIT_INTERNAL, EXIT_OK, InputError, OptrewriteError, printable
+
+if TYPE_CHECKING:
+    from optrewrite.manifest import Job
 
 log = logging.getLogger("optrewrite")
 
@@ -55,13 +59,16 @@ def _rewrite_parser() -> argparse.ArgumentParser:
         epilog="other commands: optrewrite explain|diff|schema --help\n\n" + EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", type=Path, nargs="+",
-                   help="the training graph(s) to rewrite (never modified); several only without -o and --report (see -j)")
-    p.add_argument("--spec", type=Path, required=True, help="the YAML rewrite spec")
+    p.add_argument("input", type=Path, nargs="*",
+                   help="the training graph(s) to rewrite (never modified); several only without -o (see -j)")
+    p.add_argument("--spec", type=Path, help="the YAML rewrite spec (with --manifest: for jobs that name none)")
+    p.add_argument("--manifest", type=Path, metavar="FILE",
+                   help="a YAML list of jobs (input, spec, output, lower) to run instead of INPUT...")
     p.add_argument("-o", "--output", type=Path, help="output path (default: <stem>.rewritten<ext>)")
     p.add_argument("--lower", action="store_true",
                    help="ONNX: replace ai.onnx.preview.training ops by standard ops (as 'lower: true' does)")
-    p.add_argument("--report", type=Path, help="also write the report as JSON to this file (schema: optrewrite schema report)")
+    p.add_argument("--report", type=Path, help="also write the report as JSON to this file (schema: optrewrite "
+                   "schema report); for several inputs, one file with every report")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="write nothing; exit 1 when rewriting would change the graph (is it already rewritten?)")
@@ -82,29 +89,64 @@ def _rewrite(argv: Sequence[str]) -> int:
     from optrewrite.api import rewrite_file  # noqa: PLC0415  (after parsing: keeps --help fast)
 
     mode = "check" if args.check else "dry-run" if args.dry_run else "write"
-    if len(args.input) > 1 and (args.output or args.report):
-        raise InputError("usage: -o and --report take one input; give one input per run")
-    if mode == "write" and args.output is None:
-        _check_default_outputs(args.input)
-    if len(args.input) == 1:
-        report = rewrite_file(args.input[0], args.spec, output=args.output, report_path=args.report,
-                              lower=args.lower, mode=mode, verify=args.verify)
-        return _show(_Done.of(args.input[0], report, mode), args)
-    jobs = min(args.jobs, len(args.input))
-    worst = EXIT_OK
-    if jobs == 1:
-        for src in args.input:
-            worst = max(worst, _show(_rewrite_one(src, args.spec, args.lower, mode, args.verify), args))
-        return worst
+    if args.manifest is not None:
+        if args.input or args.output:
+            raise InputError("usage: --manifest lists the inputs and outputs; give no INPUT and no -o")
+        from optrewrite.manifest import load_manifest  # noqa: PLC0415
+
+        jobs = load_manifest(args.manifest, spec=args.spec, lower=args.lower)
+    else:
+        if not args.input or args.spec is None:
+            raise InputError("usage: optrewrite INPUT... --spec SPEC, or optrewrite --manifest FILE")
+        if len(args.input) > 1 and args.output:
+            raise InputError("usage: -o takes one input; give one input per run, or a --manifest")
+        from optrewrite.manifest import Job, clash  # noqa: PLC0415
+
+        jobs = [Job(input=src, spec=args.spec, output=args.output, lower=args.lower) for src in args.input]
+        if mode == "write" and args.output is None and len(jobs) > 1:
+            problem = clash(jobs)
+            if problem is not None:
+                k, j, what = problem
+                if what == "input":
+                    raise InputError(f"{jobs[j].input}: it is an input and the default output of {jobs[k].input}; "
+                                     "leave rewritten graphs out of the inputs, or give a --manifest")
+                raise InputError(f"{jobs[k].input}: given twice (or as another input's path); give each input once")
+    if len(jobs) == 1 and args.manifest is None:
+        report = rewrite_file(jobs[0].input, jobs[0].spec, output=jobs[0].output, report_path=args.report,
+                              lower=jobs[0].lower, mode=mode, verify=args.verify)
+        return _show(_Done.of(jobs[0].input, report, mode), args)
+    if args.report is not None:
+        _check_report_path(args.report, jobs)
+    done = _run_jobs(jobs, min(args.jobs, len(jobs)), mode, args)
+    worst = max((d.exit_code for d in done), default=EXIT_OK)
+    if args.report is not None:
+        from optrewrite.writeplan import WritePlan  # noqa: PLC0415
+
+        with WritePlan() as plan:
+            plan.write(args.report, "the report")
+            plan.stage(args.report, _combined_report(done, worst).encode())
+            plan.commit()
+    return worst
+
+
+def _run_jobs(jobs: Sequence[Job], workers: int, mode: str, args: argparse.Namespace) -> list[_Done]:
+    """Each job's outcome, in the jobs' order, its summary printed as it comes in order."""
+    done: list[_Done] = []
+    if workers == 1:
+        for job in jobs:
+            done.append(_rewrite_one(job, mode, args.verify))
+            _show(done[-1], args)
+        return done
     import concurrent.futures  # noqa: PLC0415
     import multiprocessing  # noqa: PLC0415
 
     # forked workers inherit the signal handlers: SIGTERM/SIGHUP/SIGINT clean up their writes
-    pool = concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("fork"))
+    pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
     try:
-        futures = [pool.submit(_rewrite_one, src, args.spec, args.lower, mode, args.verify) for src in args.input]
+        futures = [pool.submit(_rewrite_one, job, mode, args.verify) for job in jobs]
         for future in futures:
-            worst = max(worst, _show(future.result(), args))
+            done.append(future.result())
+            _show(done[-1], args)
     except BaseException:
         for process in list(getattr(pool, "_processes", {}).values()):
             with contextlib.suppress(OSError):
@@ -112,7 +154,26 @@ def _rewrite(argv: Sequence[str]) -> int:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
-    return worst
+    return done
+
+
+def _check_report_path(report: Path, jobs: Sequence[Job]) -> None:
+    """The combined report may not land on a job's input, spec or output."""
+    target = report.resolve()
+    for k, job in enumerate(jobs):
+        for what, path in (("input", job.input), ("spec", job.spec), ("output", job.target)):
+            if path.resolve() == target:
+                raise InputError(f"{report}: it is the {what} of job {k}; write the report elsewhere")
+
+
+def _combined_report(done: Sequence[_Done], worst: int) -> str:
+    """Every job's report (or its error), in the jobs' order: ``optrewrite.reports/1``."""
+    import json  # noqa: PLC0415
+
+    runs = [json.loads(d.report) if d.report else {"input": str(d.src), "error": d.error, "exit_code": d.exit_code}
+            for d in done]
+    return json.dumps({"schema": "optrewrite.reports/1", "exit_code": worst, "runs": runs}, indent=2,
+                      sort_keys=True) + "\n"
 
 
 def _jobs(text: str) -> int:
@@ -126,23 +187,26 @@ class _Done:
     found a change, or the one-line error and its exit code."""
 
     def __init__(self, src: Path, summary: str = "", changed: bool = False, error: str = "",
-                 exit_code: int = EXIT_OK) -> None:
+                 exit_code: int = EXIT_OK, report: str = "", spec: Path | None = None) -> None:
         self.src, self.summary, self.changed, self.error, self.exit_code = src, summary, changed, error, exit_code
+        self.report = report  # the report's JSON
+        self.spec = spec
 
     @classmethod
-    def of(cls, src: Path, report: object, mode: str) -> _Done:
+    def of(cls, src: Path, report: object, mode: str, spec: Path | None = None) -> _Done:
         changed = bool(getattr(report, "changed", False)) and mode == "check"
-        return cls(src, report.summary(), changed, exit_code=EXIT_DIFFERENT if changed else EXIT_OK)  # type: ignore[attr-defined]
+        return cls(src, report.summary(), changed, exit_code=EXIT_DIFFERENT if changed else EXIT_OK,  # type: ignore[attr-defined]
+                   report=report.to_json(), spec=spec)  # type: ignore[attr-defined]
 
 
-def _rewrite_one(src: Path, spec: Path, lower: bool, mode: str, verify: bool) -> _Done:
+def _rewrite_one(job: Job, mode: str, verify: bool) -> _Done:
     from optrewrite.api import rewrite_file  # noqa: PLC0415
 
     try:
-        report = rewrite_file(src, spec, lower=lower, mode=mode, verify=verify)
+        report = rewrite_file(job.input, job.spec, output=job.output, lower=job.lower, mode=mode, verify=verify)
     except InputError as exc:
-        return _Done(src, error=str(exc), exit_code=exc.exit_code)
-    return _Done.of(src, report, mode)
+        return _Done(job.input, error=str(exc), exit_code=exc.exit_code, spec=job.spec)
+    return _Done.of(job.input, report, mode, job.spec)
 
 
 def _show(done: _Done, args: argparse.Namespace) -> int:
@@ -151,23 +215,11 @@ def _show(done: _Done, args: argparse.Namespace) -> int:
         print(f"optrewrite: error: {done.error}", file=sys.stderr)
         return done.exit_code
     if done.changed and args.quiet:  # a failing check names its graph even when quiet (a pre-commit hook's line)
-        print(f"optrewrite: {printable(str(done.src))}: rewriting with {printable(str(args.spec))} would change it",
-              file=sys.stderr)
+        print(f"optrewrite: {printable(str(done.src))}: rewriting with {printable(str(done.spec or args.spec))} "
+              "would change it", file=sys.stderr)
     if not args.quiet:
         print(done.summary, file=sys.stderr)
     return done.exit_code
-
-
-def _check_default_outputs(inputs: Sequence[Path]) -> None:
-    """Refuse, before writing anything, when one input's default output is another input."""
-    from optrewrite.fileio import default_output  # noqa: PLC0415
-
-    given = {src.resolve(): src for src in inputs}
-    for src in inputs:
-        other = given.get(default_output(src).resolve())
-        if other is not None:
-            raise InputError(f"{other}: it is an input and the default output of {src}; "
-                             "leave rewritten graphs out of the inputs, or give -o")
 
 
 def _explain(argv: Sequence[str]) -> int:

@@ -595,11 +595,13 @@ def parse_spec(text: str, source: str = "<spec>") -> Spec:
         _PARSE.reset(token)
 
 
-def _parse(text: str, source: str) -> Spec:
+def compose_yaml(text: str, source: str, what: str = "spec") -> yaml.Node | None:
+    """``text`` composed by the safe loader (None for an empty document); a problem is a
+    SpecError naming ``source`` and the line. Shared with :mod:`optrewrite.manifest`."""
     try:
-        root_node = _compose(text)
+        return _compose(text)
     except _TooManyNodes as exc:
-        raise SpecError(source, "", f"the spec has more than {MAX_YAML_NODES:,} YAML nodes "
+        raise SpecError(source, "", f"the {what} has more than {MAX_YAML_NODES:,} YAML nodes "
                         "(an alias counts each time it is used)", exc.line) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -609,6 +611,13 @@ def _parse(text: str, source: str) -> Spec:
         raise SpecError(source, "", f"invalid YAML: {shorten(problem)}", mark.line + 1 if mark else None) from None
     except RecursionError:  # PyYAML composes nested collections recursively
         raise SpecError(source, "", "invalid YAML: collections nested too deeply") from None
+
+
+YamlNode = _Node  # a composed node with its position, as the manifest reads one too
+
+
+def _parse(text: str, source: str) -> Spec:
+    root_node = compose_yaml(text, source)
     if root_node is None:
         raise SpecError(source, "", "the spec is empty")
     root = _Node(source, root_node, "")

@@ -327,7 +327,7 @@ def test_several_inputs_each_get_their_default_output(work: Path) -> None:
     ("--check", "--verify"),
     ("-o", "x.pb", "EXTRA"),
     ("--report", "r.json", "EXTRA"),
-], ids=["check+dry-run", "dry-run+verify", "check+verify", "two inputs and -o", "two inputs and --report"])
+], ids=["check+dry-run", "dry-run+verify", "check+verify", "two inputs and -o", "one input twice, and --report"])
 def test_flag_combinations_that_make_no_sense_exit_2(args: tuple[str, ...], work: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     argv = [str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"),
