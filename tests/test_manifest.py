@@ -116,3 +116,17 @@ def test_several_inputs_share_one_report(work: Path) -> None:
     runs = json.loads(report.read_text())["runs"]
     assert [r["mode"] for r in runs] == ["dry-run", "dry-run"] and [r["input"] for r in runs] == [
         str(work / "sgd.onnx"), str(work / "tf1_resource.pb")]
+
+
+def test_the_readme_manifest_loads(tmp_path: Path) -> None:
+    import re
+
+    from optrewrite.manifest import load_manifest
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"^```yaml\n(.*?)^```", readme, re.S | re.M) if "jobs:" in b]
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(block)
+    jobs = load_manifest(manifest, spec=tmp_path / "default.yaml")
+    assert [(j.input.name, j.spec.name, j.output, j.lower) for j in jobs] == [
+        ("tower.pb", "wrap.yaml", tmp_path / "out/tower.pb", False), ("step.onnx", "default.yaml", None, True)]
