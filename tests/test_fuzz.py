@@ -431,3 +431,18 @@ def test_a_shape_mismatch_of_high_rank_is_reported_in_one_short_line() -> None:
     x = next(i for i in model.graph.input if i.name == "body/w")
     x.type.tensor_type.shape.dim.extend([onnx.TensorShapeProto.Dimension(dim_value=2**40)] * 40)
     refused(run(model.SerializeToString(), ".onnx", GUARD), "'body/w' has [4, 1099511627776, ")
+
+
+def test_a_site_record_without_its_plan_is_an_input_error(tmp_path: Path) -> None:
+    """A rewritten model whose plan key was damaged still carries the sites record; writing
+    both again would give the model duplicate metadata keys, which the onnx checker refuses."""
+    model = onnx.load(str(FIXTURES / "decomposed_momentum" / "expected.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "optrewrite.plan":
+            prop.key = "optrevrite.plan"
+    src = tmp_path / "damaged.onnx"
+    onnx.save(model, str(src))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(GUARD)
+    assert main([str(src), "--spec", str(spec), "-o", str(tmp_path / "out.onnx")]) == 2
+    assert not (tmp_path / "out.onnx").exists()

@@ -14,7 +14,7 @@ tools/fuzz.py):
    binary or text GraphDef or as a MetaGraphDef; ONNX training steps from tests/onnx (one
    preview-training node, the whole two-task step, decomposed steps named by ``updates:``);
    and some of these already rewritten;
-2. a spec (:func:`draw_spec`): guard, clip, global_norm_clip, lower and updates over the
+2. a spec (:func:`draw_spec`): guard (with its options), clip, global_norm_clip, lower and updates over the
    seed's real variable names and names it lacks, dims in and out of range, odd norms, and
    odd YAML (tags, anchors, deep nesting, huge integers, bytes that are not UTF-8, ...);
 3. zero, one or two corruptions (:data:`CORRUPTIONS`) of the seed's proto, then its bytes.
@@ -378,9 +378,28 @@ def draw_group(c: Chooser, names: Sequence[str], ranks: dict[str, int | None], w
         group["colocate_with_variable"] = c.choice([True, False, "yes", 1] if wild else [True, False])
     if c.chance(0.2):
         group["use_locking"] = c.choice([True, False, "no", None] if wild else [True, False])
+    if c.chance(0.25):
+        group["formula"] = c.choice(["seed", "exact", "Exact", 1] if wild else ["seed", "exact"])
+    if c.chance(0.15):  # false needs a guard: a spec without one is refused
+        group["on_skipped_steps"] = c.choice([True, False, "no"] if wild else [True, False])
     if wild and c.chance(0.02):
         group["unknown"] = 1
     return group
+
+
+def draw_guard_options(c: Chooser, guard: dict[str, Any], wild: bool) -> None:
+    """The guard's options beyond its selector: when, scope, granularity, counters."""
+    if c.chance(0.3):
+        guard["when"] = c.choice(["zero", "nonfinite", "zero_or_nonfinite", "nan", None] if wild
+                                 else ["zero", "nonfinite", "zero_or_nonfinite"])
+    if c.chance(0.15):  # step needs a non-finite test
+        guard["scope"] = c.choice(["variable", "step", "steps"] if wild else ["variable", "step"])
+    if c.chance(0.25):
+        guard["granularity"] = c.choice(["tensor", "row", "element", "rows", 0] if wild else ["tensor", "row", "element"])
+    if c.chance(0.1):  # TF graphs need an init op, SavedModels refuse them
+        guard["counters"] = c.choice([True, False, "yes"] if wild else [True, False])
+        if c.chance(0.3):
+            guard["init_op"] = c.choice(["init", "no_such_op", ""] if wild else ["init", "no_such_op"])
 
 
 def draw_updates(c: Chooser, seed: Seed, names: Sequence[str], wild: bool) -> Any:
@@ -416,6 +435,7 @@ def draw_spec(c: Chooser, seed: Seed) -> bytes:
             doc["guard"] = {"variables": draw_selector(c, names, wild)}
             if c.chance(0.25):
                 doc["guard"]["exclude"] = draw_selector(c, names, wild)
+            draw_guard_options(c, doc["guard"], wild)
     if wants & 2:
         doc["clip"] = [draw_group(c, names, ranks, wild) for _ in range(c.integer(1, 3 if wild else 2))]
         if wild and c.chance(0.03):

@@ -108,6 +108,9 @@ def _rewrite_onnx(loaded: io.OnnxFile, spec: Spec, *, lower: bool) -> Outcome:
     report = Report(input=str(loaded.path), format=loaded.format_name)
     rules = passes.rules(spec, lower=lower)
     recorded = {p.key: p.value for p in model.metadata_props if p.key in (PLAN_KEY, SITES_KEY)}
+    if SITES_KEY in recorded and PLAN_KEY not in recorded:  # a second record would make the model invalid
+        raise InputError(f"{loaded.path}: carries optrewrite's {SITES_KEY!r} record but no {PLAN_KEY!r}: it was "
+                         "edited after optrewrite rewrote it; rewrite the original model instead")
     if PLAN_KEY in recorded:
         if not _same_plan(recorded, spec, rules, lower):
             raise InputError(
