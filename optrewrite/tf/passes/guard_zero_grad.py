@@ -22,6 +22,18 @@ sites (:meth:`GuardZeroGrad.prepare`)::
 
     finite_i = Equal(Sum(flat_i - flat_i, [0]), 0)          # per selected gradient, at its site
     finite   = All(Pack(finite_1, ..., finite_n), [0])
+
+With ``granularity: row | element`` (:func:`guard_parts`) the update always runs, and the
+variable and each slot s (of the variable's shape) get their old value back where the rule
+skips::
+
+    mask    = NotEqual(g, 0) [& Equal(g - g, 0)]            # per element; rows: Any / All over dims 1..
+            (sparse: UnsortedSegmentMax over the indices onto the variable's rows)
+    old_s   = ReadVariableOp(s)  (a ref variable: Snapshot(s));  every write of the update += ^old_s
+    s       = Select(mask, ReadVariableOp(s, ^update), old_s)  # AssignVariableOp / Assign
+
+With ``counters``, per reason an int64 resource variable ``<variable>/optrewrite_skipped_<reason>``
+counts the steps whose whole-tensor test failed (:func:`count`).
 """
 from __future__ import annotations
 
@@ -41,8 +53,9 @@ class GuardZeroGrad(Pass):
     name = TAG
 
     def prepare(self, g: GraphEditor, states: Sequence[SiteState]) -> None:
-        """``scope: step``: one test that every selected gradient is finite, which each
-        site's guard takes instead of its own."""
+        """What spans the step: ``counters`` find the init op once; ``scope: step`` builds one
+        test that every selected gradient is finite, which each site's guard takes instead
+        of its own."""
         rule = states[0].selection.of(TAG)[0]
         if rule.options.counters:
             init_op = find_init_op(g, rule)
@@ -137,7 +150,7 @@ def count(g: GraphEditor, state: SiteState, passed: dict[str, str], scope: str) 
 
 
 def reason_tests(g: GraphEditor, scope: str, gradient: str, dtype: int, when: str, at: Placement,
-          *, finite: str | None = None) -> dict[str, str]:
+                 *, finite: str | None = None) -> dict[str, str]:
     """The tests of the rule ``when``, each a scalar bool that holds when the update may
     apply: ``zero`` (some element is non-zero), ``nonfinite`` (every element is finite;
     ``finite``, when given, is the step-wide test to take)."""

@@ -41,6 +41,12 @@ With ``scope: step`` the ``finite`` test spans the step: per function (a step is
 function, as for the global-norm clip), ``LogicalAnd`` over every selected gradient's finite
 test, built once before the sites (``prepare``) and taken by each site's ``apply``.
 
+With ``granularity: row | element`` ``apply`` is a mask (:class:`Masks`) instead of a scalar,
+``NotEqual(g, 0)`` [``& Equal(g - g, 0)``] per element, ``Any`` / ``All`` over dims 1.. kept
+as ``[rows, 1, ...]`` per row; each gated value and each fused op's restore selects with it
+elementwise, a scatter's values with the mask of the gradient's values, a dense write with
+the mask scattered onto the variable's rows (``UnsortedSegmentMax``).
+
 A skipped step thus leaves the variable and its slots bit for bit; shared state (the iteration
 counter, learning rates, loss scales) is not among the site's writes and advances. ``Select``
 keeps every stateful op where it was: grappler drops nothing and TFLite converts it, where
