@@ -199,8 +199,9 @@ def run_tf2(path: Path, steps: list[Step]) -> list[State]:
 # --------------------------------------------------------------------------- ONNX
 
 
-def onnx_step(tmp_path: Path) -> Path:
-    """ai.onnx.preview.training Momentum over w and big: alpha 0, beta 1 is gradient descent."""
+def onnx_step(tmp_path: Path, *, alpha: float = 0.0) -> Path:
+    """ai.onnx.preview.training Momentum over w and big: alpha 0, beta 1 is gradient descent
+    (another ``alpha`` is TensorFlow's Momentum with that momentum)."""
     shapes = {name: list(INIT[name].shape) for name in DENSE}
     inputs = [helper.make_tensor_value_info("R", TensorProto.FLOAT, []),
               helper.make_tensor_value_info("T", TensorProto.INT64, [])]
@@ -209,13 +210,13 @@ def onnx_step(tmp_path: Path) -> Path:
     outputs = [helper.make_tensor_value_info(f"{n}_new", TensorProto.FLOAT, shapes[n]) for n in DENSE]
     outputs += [helper.make_tensor_value_info(f"v_{n}_new", TensorProto.FLOAT, shapes[n]) for n in DENSE]
     node = helper.make_node("Momentum", [i.name for i in inputs], [o.name for o in outputs],
-                            domain="ai.onnx.preview.training", alpha=0.0, beta=1.0, mode="standard",
+                            domain="ai.onnx.preview.training", alpha=alpha, beta=1.0, mode="standard",
                             norm_coefficient=0.0)
     model = helper.make_model(helper.make_graph([node], "sgd", inputs, outputs),
                               opset_imports=[helper.make_opsetid("", 17),
                                              helper.make_opsetid("ai.onnx.preview.training", 1)])
     model.ir_version = 10
-    path = tmp_path / "sgd.onnx"
+    path = tmp_path / ("sgd.onnx" if alpha == 0 else "momentum.onnx")
     onnx.save(model, str(path))
     return path
 

@@ -28,12 +28,11 @@ from typing import Any, Callable
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 from optrewrite.api import rewrite_file
 from optrewrite.errors import SpecError
-from tests.fed_step import DENSE, INIT, STEPS, State, Step, assert_bitwise, assert_close, schedule
+from tests.fed_step import DENSE, INIT, STEPS, State, Step, assert_bitwise, assert_close, onnx_step, schedule
 
 f32 = np.float32
 CASES = [("element", "zero"), ("row", "zero"), ("element", "zero_or_nonfinite"), ("row", "zero_or_nonfinite")]
@@ -274,23 +273,7 @@ def test_tensorflow_2_keras(tmp_path: Path, optimizer: str, granularity: str, wh
 
 def _momentum_step(tmp_path: Path) -> Path:
     """Preview Momentum (alpha 0.9, beta 1) over w and big, the fed-step's names."""
-    shapes = {name: list(INIT[name].shape) for name in DENSE}
-    inputs = [helper.make_tensor_value_info("R", TensorProto.FLOAT, []),
-              helper.make_tensor_value_info("T", TensorProto.INT64, [])]
-    for prefix in ("", "g_", "v_"):
-        inputs += [helper.make_tensor_value_info(f"{prefix}{n}", TensorProto.FLOAT, shapes[n]) for n in DENSE]
-    outputs = [helper.make_tensor_value_info(f"{n}_new", TensorProto.FLOAT, shapes[n]) for n in DENSE]
-    outputs += [helper.make_tensor_value_info(f"v_{n}_new", TensorProto.FLOAT, shapes[n]) for n in DENSE]
-    node = helper.make_node("Momentum", [i.name for i in inputs], [o.name for o in outputs],
-                            domain="ai.onnx.preview.training", alpha=0.9, beta=1.0, mode="standard",
-                            norm_coefficient=0.0)
-    model = helper.make_model(helper.make_graph([node], "momentum", inputs, outputs),
-                              opset_imports=[helper.make_opsetid("", 17),
-                                             helper.make_opsetid("ai.onnx.preview.training", 1)])
-    model.ir_version = 10
-    path = tmp_path / "momentum.onnx"
-    onnx.save(model, str(path))
-    return path
+    return onnx_step(tmp_path, alpha=0.9)
 
 
 def _onnx_run(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], names: list[str], steps: list[Step],

@@ -127,21 +127,7 @@ def clip(g: GraphEditor, state: SiteState, group: ClipGroup) -> None:
                                     placement=at, colocate=group.colocate_with_variable, tag=tag)
     delta = g.add(f"{scope}/sub", "Sub", [value, clipped], attrs=T,
                   colocate=group.colocate_with_variable, **kw)
-    locking = {"use_locking": g.bool_attr(group.use_locking)}
-    if rows_only:
-        idx_attr = {"Tindices": g.type_attr(site.indices_dtype)}
-        if site.resource:
-            write = g.add(f"{scope}/ResourceScatterSub", "ResourceScatterSub", [var, rows, delta],
-                          attrs={"dtype": g.type_attr(dtype), **idx_attr}, colocate=True, **kw)
-        else:
-            write = g.add(f"{scope}/ScatterSub", "ScatterSub", [var, rows, delta],
-                          attrs={**T, **idx_attr, **locking}, colocate=True, **kw)
-    elif site.resource:
-        write = g.add(f"{scope}/AssignSubVariableOp", "AssignSubVariableOp", [var, delta],
-                      attrs={"dtype": g.type_attr(dtype)}, colocate=True, **kw)
-    else:
-        write = g.add(f"{scope}/AssignSub", "AssignSub", [var, delta],
-                      attrs={**T, **locking}, colocate=True, **kw)
+    write = _write(g, state, group, scope, "sub", delta, rows if rows_only else None)
     state.after = [write] if gate is None else [merge(g, f"{scope}/cond", pivot_t, pivot_f, [write], at, tag)]
 
 
@@ -149,8 +135,7 @@ def _exact(g: GraphEditor, state: SiteState, group: ClipGroup, scope: str, value
            rows: str | None, gate: str | None) -> None:
     """``formula: exact`` (module docstring) on ``value``, the variable (or its ``rows``)
     read after the update; ``gate``, when given, must also hold for the clip to write."""
-    site, at, tag = state.site, state.placement, group.field
-    var, dtype = site.variable, site.dtype
+    at, tag, dtype = state.placement, group.field, state.site.dtype
     T = {"T": g.type_attr(dtype)}
     kw = {"placement": at, "tag": tag}
     co = {"colocate": group.colocate_with_variable, **kw}
@@ -172,22 +157,33 @@ def _exact(g: GraphEditor, state: SiteState, group: ClipGroup, scope: str, value
     factor = g.add(f"{scope}/factor", "Select", [over, ratio, g.add(f"{scope}/ones", "OnesLike", [norm], attrs=T, **co)],
                    attrs=T, **co)
     clipped = g.add(f"{scope}/clipped", "Mul", [value, factor], attrs=T, **co)
-    locking = {"use_locking": g.bool_attr(group.use_locking)}
-    if rows is not None:
-        idx_attr = {"Tindices": g.type_attr(site.indices_dtype)}
-        if site.resource:
-            write = g.add(f"{scope}/ResourceScatterUpdate", "ResourceScatterUpdate", [var, rows, clipped],
-                          attrs={"dtype": g.type_attr(dtype), **idx_attr}, colocate=True, **kw)
-        else:
-            write = g.add(f"{scope}/ScatterUpdate", "ScatterUpdate", [var, rows, clipped],
-                          attrs={**T, **idx_attr, **locking}, colocate=True, **kw)
-    elif site.resource:
-        write = g.add(f"{scope}/AssignVariableOp", "AssignVariableOp", [var, clipped],
-                      attrs={"dtype": g.type_attr(dtype)}, colocate=True, **kw)
-    else:
-        write = g.add(f"{scope}/Assign", "Assign", [var, clipped],
-                      attrs={**T, **locking, "validate_shape": g.bool_attr(True)}, colocate=True, **kw)
+    write = _write(g, state, group, scope, "set", clipped, rows)
     state.after = [merge(g, f"{scope}/cond", pivot_t, pivot_f, [write], at, tag)]
+
+
+# the write of a clip: (how, rows?, resource?) -> op
+_WRITES = {
+    ("sub", True, True): "ResourceScatterSub", ("sub", True, False): "ScatterSub",
+    ("sub", False, True): "AssignSubVariableOp", ("sub", False, False): "AssignSub",
+    ("set", True, True): "ResourceScatterUpdate", ("set", True, False): "ScatterUpdate",
+    ("set", False, True): "AssignVariableOp", ("set", False, False): "Assign",
+}
+
+
+def _write(g: GraphEditor, state: SiteState, group: ClipGroup, scope: str, how: str, value: str,
+           rows: str | None) -> str:
+    """Subtract ``value`` from the variable (``how`` "sub") or assign it (``how`` "set"), at
+    ``rows`` when given; with the variable; ``use_locking`` on ref-variable writes."""
+    site = state.site
+    op = _WRITES[(how, rows is not None, site.resource)]
+    dtype = g.type_attr(site.dtype)
+    attrs = {"dtype": dtype} if site.resource else {"T": dtype, "use_locking": g.bool_attr(group.use_locking)}
+    if rows is not None:
+        attrs["Tindices"] = g.type_attr(site.indices_dtype)
+    if op == "Assign":
+        attrs["validate_shape"] = g.bool_attr(True)
+    inputs = [site.variable, value] if rows is None else [site.variable, rows, value]
+    return g.add(f"{scope}/{op}", op, inputs, attrs=attrs, colocate=True, placement=state.placement, tag=group.field)
 
 
 def _resolve_dims(dims: tuple[int, ...] | None, rank: int | None, variable: str) -> list[int]:

@@ -102,27 +102,22 @@ def insert(g: FunctionEditor, scope: str, var: Variable, group: ClipGroup, resou
     else:
         value = g.add(f"{scope}/ReadVariableOp", "ReadVariableOp", [resource], control=waits,
                       attrs={"dtype": g.type_attr(dtype)}, tag=tag)
-    if group.formula == "exact":
-        clipped = _exact(g, scope, value, dtype, group.max_norm, dims, tag, gate)
-        if rows_only:
-            write = g.add(f"{scope}/ResourceScatterUpdate", "ResourceScatterUpdate", [resource, rows, clipped],
-                          attrs={"dtype": g.type_attr(dtype), "Tindices": g.type_attr(indices_dtype)}, tag=tag)
-        else:
-            write = g.add(f"{scope}/AssignVariableOp", "AssignVariableOp", [resource, clipped],
-                          attrs={"dtype": g.type_attr(dtype)}, tag=tag)
-        g.add_control_output(write)
-        return write
-    clipped = clip_by_norm_subgraph(g, f"{scope}/clip_by_norm", value, dtype, group.max_norm, dims,  # type: ignore[arg-type]
-                                    placement=None, colocate=False, tag=tag)  # type: ignore[arg-type]
-    delta = g.add(f"{scope}/sub", "Sub", [value, clipped], attrs=T, tag=tag)
-    if gate is not None:  # x - (+0.0) is x bit for bit
-        delta = g.add(f"{scope}/gated", "SelectV2", [gate, delta, g.const(f"{scope}/zero", 0.0, dtype, tag=tag)],
-                      attrs=T, tag=tag)
+    if group.formula == "exact":  # assign the clipped value
+        written = _exact(g, scope, value, dtype, group.max_norm, dims, tag, gate)
+        ops = ("ResourceScatterUpdate", "AssignVariableOp")
+    else:  # subtract the delta
+        clipped = clip_by_norm_subgraph(g, f"{scope}/clip_by_norm", value, dtype, group.max_norm, dims,  # type: ignore[arg-type]
+                                        placement=None, colocate=False, tag=tag)  # type: ignore[arg-type]
+        written = g.add(f"{scope}/sub", "Sub", [value, clipped], attrs=T, tag=tag)
+        if gate is not None:  # x - (+0.0) is x bit for bit
+            written = g.add(f"{scope}/gated", "SelectV2", [gate, written, g.const(f"{scope}/zero", 0.0, dtype, tag=tag)],
+                            attrs=T, tag=tag)
+        ops = ("ResourceScatterSub", "AssignSubVariableOp")
     if rows_only:
-        write = g.add(f"{scope}/ResourceScatterSub", "ResourceScatterSub", [resource, rows, delta],
+        write = g.add(f"{scope}/{ops[0]}", ops[0], [resource, rows, written],
                       attrs={"dtype": g.type_attr(dtype), "Tindices": g.type_attr(indices_dtype)}, tag=tag)
     else:
-        write = g.add(f"{scope}/AssignSubVariableOp", "AssignSubVariableOp", [resource, delta],
+        write = g.add(f"{scope}/{ops[1]}", ops[1], [resource, written],
                       attrs={"dtype": g.type_attr(dtype)}, tag=tag)
     g.add_control_output(write)
     return write
