@@ -100,23 +100,16 @@ def _rewrite(argv: Sequence[str]) -> int:
             raise InputError("usage: optrewrite INPUT... --spec SPEC, or optrewrite --manifest FILE")
         if len(args.input) > 1 and args.output:
             raise InputError("usage: -o takes one input; give one input per run, or a --manifest")
-        from optrewrite.manifest import Job, clash  # noqa: PLC0415
+        from optrewrite.manifest import Job  # noqa: PLC0415
 
         jobs = [Job(input=src, spec=args.spec, output=args.output, lower=args.lower) for src in args.input]
-        if mode == "write" and args.output is None and len(jobs) > 1:
-            problem = clash(jobs)
-            if problem is not None:
-                k, j, what = problem
-                if what == "input":
-                    raise InputError(f"{jobs[j].input}: it is an input and the default output of {jobs[k].input}; "
-                                     "leave rewritten graphs out of the inputs, or give a --manifest")
-                raise InputError(f"{jobs[k].input}: given twice (or as another input's path); give each input once")
     if len(jobs) == 1 and args.manifest is None:
         report = rewrite_file(jobs[0].input, jobs[0].spec, output=jobs[0].output, report_path=args.report,
                               lower=jobs[0].lower, mode=mode, verify=args.verify)
         return _show(_Done.of(jobs[0].input, report, mode), args)
-    if args.report is not None:
-        _check_report_path(args.report, jobs)
+    from optrewrite.manifest import check_jobs  # noqa: PLC0415
+
+    check_jobs(jobs, writes=mode == "write", manifest=args.manifest, report=args.report)
     done = _run_jobs(jobs, min(args.jobs, len(jobs)), mode, args)
     worst = max((d.exit_code for d in done), default=EXIT_OK)
     if args.report is not None:
@@ -155,15 +148,6 @@ def _run_jobs(jobs: Sequence[Job], workers: int, mode: str, args: argparse.Names
         raise
     pool.shutdown(wait=True)
     return done
-
-
-def _check_report_path(report: Path, jobs: Sequence[Job]) -> None:
-    """The combined report may not land on a job's input, spec or output."""
-    target = report.resolve()
-    for k, job in enumerate(jobs):
-        for what, path in (("input", job.input), ("spec", job.spec), ("output", job.target)):
-            if path.resolve() == target:
-                raise InputError(f"{report}: it is the {what} of job {k}; write the report elsewhere")
 
 
 def _combined_report(done: Sequence[_Done], worst: int) -> str:

@@ -12,8 +12,9 @@
 Relative paths are relative to the manifest's directory. The file is untrusted input like a
 spec, loaded by the same safe YAML loader with the same bounds (:mod:`optrewrite.spec`), and
 every problem is a one-line error naming the file, line and field, e.g.
-``jobs.yaml:4: jobs[1].spec: missing, and no --spec given``. Before anything runs, the jobs'
-outputs must differ from one another and from every job's input.
+``jobs.yaml:4: jobs[1]: missing key 'spec', and no --spec given``. Before anything runs, the
+jobs' outputs must differ from one another and from everything a job reads
+(:func:`check_jobs`).
 """
 from __future__ import annotations
 
@@ -90,25 +91,23 @@ def load_manifest(path: Path, *, spec: Path | None = None, lower: bool = False) 
         jobs.append(Job(input=base / fields["input"].string(), spec=job_spec,
                         output=base / fields["output"].string() if "output" in fields else None,
                         lower=fields["lower"].boolean() if "lower" in fields else lower))
-    problem = clash(jobs)
-    if problem is not None:
-        k, other, what = problem
-        message = f"job {other} writes {jobs[k].target} too" if what == "output" else \
-            f"{jobs[k].target} is the input of job {other}"
-        raise SpecError(source, f"jobs[{k}].output", message, entries[k].line)
     return jobs
 
 
-def clash(jobs: list[Job]) -> tuple[int, int, str] | None:
-    """The first job ``k`` that writes what another job ``j`` writes or reads: ``(k, j,
-    "output" | "input")``; None when every job writes its own file."""
-    inputs = {job.input.resolve(): k for k, job in enumerate(jobs)}
-    seen: dict[Path, int] = {}
-    for k, job in enumerate(jobs):
-        target = job.target.resolve()
-        if target in seen:
-            return k, seen[target], "output"
-        if target in inputs and inputs[target] != k:
-            return k, inputs[target], "input"
-        seen[target] = k
-    return None
+def check_jobs(jobs: list[Job], *, writes: bool, manifest: Path | None = None, report: Path | None = None) -> None:
+    """Before any job runs: no job writes (``writes``: the jobs write their graphs) onto what
+    a job reads (its input, its spec), the manifest or another write, and the combined
+    ``report`` onto none of them either; compared as the write plan does (resolved paths,
+    hard links, a directory holding a file). InputError naming both."""
+    from optrewrite.writeplan import WritePlan  # noqa: PLC0415
+
+    plan = WritePlan()  # registers and checks only: nothing is staged
+    if manifest is not None:
+        plan.read(manifest, "the manifest")
+    for job in jobs:
+        plan.read(job.input, f"the input {job.input}")
+        plan.read(job.spec, f"the spec {job.spec}")
+    for k, job in enumerate(jobs if writes else ()):
+        plan.write(job.target, f"the output of {job.input} (job {k + 1})", check=False)
+    if report is not None:
+        plan.write(report, "the report", check=False)

@@ -464,7 +464,7 @@ def test_an_input_that_is_another_inputs_default_output_is_refused(work: Path,
     rewritten = work / "graph.rewritten.pb"
     before = sorted((p.name, digest(p)) for p in work.iterdir())
     assert main([str(work / "graph.pb"), str(rewritten), "--spec", str(work / "wrap.yaml"), "-q"]) == 2
-    assert "is an input and the default output of" in capsys.readouterr().err
+    assert f"the output of {work / 'graph.pb'} (job 1) would overwrite the input" in capsys.readouterr().err
     assert sorted((p.name, digest(p)) for p in work.iterdir()) == before
     assert main([str(work / "graph.pb"), str(rewritten), "--spec", str(work / "wrap.yaml"), "--check", "-q"]) == 1
 

@@ -83,10 +83,12 @@ def test_check_names_the_stale_graph_with_its_own_spec(work: Path, capsys: pytes
     ("  - input: sgd.onnx\n", "jobs.yaml:3: jobs[0]: missing key 'spec', and no --spec given"),
     ("  - {input: sgd.onnx, spec: guard.yaml, output: out/x.onnx}\n"
      "  - {input: tf1_resource.pb, spec: guard.yaml, output: out/x.onnx}\n",
-     "jobs.yaml:4: jobs[1].output: job 0 writes"),
+     "out/x.onnx: the output of "),
     ("  - {input: sgd.onnx, spec: guard.yaml, output: tf1_resource.pb}\n"
      "  - {input: tf1_resource.pb, spec: guard.yaml}\n",
-     "jobs.yaml:3: jobs[0].output: " ),
+     "tf1_resource.pb: the output of "),
+    ("  - {input: sgd.onnx, spec: guard.yaml, output: guard.yaml}\n", "guard.yaml: the output of "),
+    ("  - {input: sgd.onnx, spec: guard.yaml, output: jobs.yaml}\n", "would overwrite the manifest"),
     ("  - {input: sgd.onnx, spec: guard.yaml, lower: 'yes'}\n", "jobs.yaml:3: jobs[0].lower: must be true or false"),
     ("  - {input: sgd.onnx, specs: guard.yaml}\n", "jobs.yaml:3: jobs[0].specs: unknown key"),
     ("", "jobs.yaml:2: jobs: must be a list"),
@@ -106,7 +108,7 @@ def test_manifest_and_inputs_do_not_mix(work: Path, capsys: pytest.CaptureFixtur
     assert main(["--manifest", str(manifest), str(work / "sgd.onnx")]) == 2
     assert "usage: --manifest lists the inputs and outputs" in capsys.readouterr().err
     assert main(["--manifest", str(manifest), "--report", str(work / "sgd.onnx")]) == 2
-    assert "it is the input of job 0" in capsys.readouterr().err
+    assert "the report would overwrite the input" in capsys.readouterr().err
 
 
 def test_several_inputs_share_one_report(work: Path) -> None:
