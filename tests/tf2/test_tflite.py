@@ -157,3 +157,27 @@ def test_rewritten_step_converts_and_trains_in_tflite_as_in_tensorflow(saved: di
     plain = _in_tensorflow(saved["src"])
     assert any(not np.array_equal(plain[t + 1][k], plain[t][k]) for t in masked for k in ("v6", "v7")), \
         "the original moved no slot on a masked step: the test could not fail"
+
+
+BEYOND = ("version: 1\nguard:\n  variables: ['*']\n  when: zero_or_nonfinite\n  scope: step\n  granularity: {g}\n"
+          "clip:\n  - variables: ['dense/kernel']\n    max_norm: 0.5\n    formula: exact\n    on_skipped_steps: false\n")
+
+
+@pytest.mark.parametrize("granularity", ["row", "element"])
+def test_the_options_beyond_the_seed_convert_and_train_as_in_tensorflow(saved: dict[str, Any], tmp_path: Path,
+                                                                          granularity: str) -> None:
+    """Row and element guards with the step-wide finite test, and the exact clip that skips
+    the steps the guard skipped: every op they insert has a TFLite builtin, and the
+    interpreter trains as TensorFlow does; a masked step now moves nothing but the counter."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(BEYOND.format(g=granularity))
+    out = tmp_path / "out"
+    assert main([str(saved["src"]), "--spec", str(spec), "-o", str(out), "-q"]) == 0
+    expected = _in_tensorflow(out)
+    got = _in_tflite(_convert(out), expected[0])
+    names = sorted(expected[0])
+    for t in range(len(WEIGHTS) + 1):
+        for k in names:
+            np.testing.assert_allclose(got[t][k], expected[t][k], rtol=1e-5, atol=1e-6, err_msg=f"after step {t}: {k}")
+    for t in (t for t, w in enumerate(WEIGHTS) if w == 0.0):
+        assert [k for k in names if k != "v4" and not np.array_equal(got[t + 1][k], got[t][k])] == [], t
