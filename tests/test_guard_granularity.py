@@ -84,9 +84,9 @@ def restored(before: State, after: State, groups: dict[str, list[str]], step: St
 
 
 class _TF1:
-    """The tf.compat.v1 Adam step over w, big and emb, built in this process."""
+    """The tf.compat.v1 Adam (or Momentum) step over w, big and emb, built in this process."""
 
-    def __init__(self, resource: bool) -> None:
+    def __init__(self, resource: bool, optimizer: str = "adam") -> None:
         import tensorflow as tf
 
         self.graph = tf.Graph()
@@ -97,13 +97,15 @@ class _TF1:
             self.gbig = tf.compat.v1.placeholder(tf.float32, [3], name="gbig")
             self.values = tf.compat.v1.placeholder(tf.float32, [3, 2], name="emb_values")
             self.indices = tf.compat.v1.placeholder(tf.int32, [3], name="emb_indices")
-            opt = tf.compat.v1.train.AdamOptimizer(0.05)
+            adam = optimizer == "adam"
+            opt = tf.compat.v1.train.AdamOptimizer(0.05) if adam else tf.compat.v1.train.MomentumOptimizer(0.05, 0.9)
             sparse = tf.IndexedSlices(self.values, self.indices, tf.constant([6, 2]))
             opt.apply_gradients([(self.gw, self.vars["w"]), (self.gbig, self.vars["big"]),
                                  (sparse, self.vars["emb"])], name="train")
-            self.groups = {name: [name, f"{name}/Adam", f"{name}/Adam_1"] for name in INIT}
+            slots = ["Adam", "Adam_1"] if adam else ["Momentum"]
+            self.groups = {name: [name, *(f"{name}/{slot}" for slot in slots)] for name in INIT}
             tf.compat.v1.global_variables_initializer()
-        self.keys = [k for keys in self.groups.values() for k in keys] + ["beta1_power", "beta2_power"]
+        self.keys = [k for keys in self.groups.values() for k in keys] + (["beta1_power", "beta2_power"] if adam else [])
 
     def save(self, path: Path) -> Path:
         path.write_bytes(self.graph.as_graph_def().SerializeToString())
@@ -148,6 +150,7 @@ class _TF1:
 @pytest.mark.parametrize("resource", [True, False], ids=["resource", "ref"])
 @pytest.mark.parametrize(("granularity", "when"), CASES, ids=IDS)
 def test_tensorflow_1_adam(tmp_path: Path, tf_config: object, resource: bool, granularity: str, when: str) -> None:
+    """Fused dense ``ApplyAdam`` and the decomposed sparse Adam (dense moment updates)."""
     step_graph = _TF1(resource)
     spec = tmp_path / "s.yaml"
     spec.write_text(spec_text(granularity, when))
@@ -163,6 +166,26 @@ def test_tensorflow_1_adam(tmp_path: Path, tf_config: object, resource: bool, gr
     plain = step_graph.run(None, steps)
     assert any(not np.array_equal(p["emb/Adam"], w["emb/Adam"]) for p, w in zip(plain, want))  # it can fail
     assert [s["beta1_power"].tobytes() for s in got] == [s["beta1_power"].tobytes() for s in plain]
+
+
+@pytest.mark.parametrize("resource", [True, False], ids=["resource", "ref"])
+@pytest.mark.parametrize(("granularity", "when"), CASES, ids=IDS)
+def test_tensorflow_1_fused_sparse_momentum(tmp_path: Path, tf_config: object, resource: bool, granularity: str,
+                                            when: str) -> None:
+    """``SparseApplyMomentum`` writes only the rows at its indices; the guard restores only
+    those (each once), and an untouched row keeps its accumulator as the op leaves it."""
+    step_graph = _TF1(resource, "momentum")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text(granularity, when))
+    out = tmp_path / "out.pb"
+    report = rewrite_file(step_graph.save(tmp_path / "in.pb"), spec, output=out)
+    prefix = "Resource" if resource else ""
+    assert sorted(s.kind for s in report.sites) == sorted([f"{prefix}ApplyMomentum"] * 2 + [f"{prefix}SparseApplyMomentum"])
+    steps = steps_for(when)
+    want = step_graph.run(None, steps, lambda b, a, s: restored(b, a, step_graph.groups, s, granularity, when))
+    assert_bitwise(step_graph.run(out, steps), want, "TF1")
+    plain = step_graph.run(None, steps)
+    assert any(not np.array_equal(p["emb/Momentum"], w["emb/Momentum"]) for p, w in zip(plain, want))
 
 
 # --------------------------------------------------------------------------- TensorFlow 2

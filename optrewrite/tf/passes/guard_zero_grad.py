@@ -212,6 +212,12 @@ def guard_parts(g: GraphEditor, state: SiteState, granularity: str, scope: str) 
     mask = tests[0] if tests else None
     for k, t in enumerate(tests[1:], 1):
         mask = g.add(f"{scope}/mask_{k}", "LogicalAnd", [mask, t], **kw)
+    if site.sparse and not site.kind.endswith("(decomposed)"):
+        # a fused sparse op writes only the rows it is given: restore just those
+        _restore_rows(g, state, mask, scope)
+        if state.selection.of(TAG)[0].options.counters:
+            count(g, state, reason_tests(g, f"{scope}/count", grad, dtype, when, at, finite=state.step_finite), scope)
+        return
     if site.sparse and mask is not None:
         # scatter the values' mask onto the variable's rows. A row the gradient does not
         # touch has a zero gradient: it keeps under a zero test, and applies otherwise.
@@ -259,6 +265,68 @@ def guard_parts(g: GraphEditor, state: SiteState, granularity: str, scope: str) 
     state.after = [g.add(f"{scope}/restored", "NoOp", [], control=[*state.after, *restores], **kw)]
     if state.selection.of(TAG)[0].options.counters:  # the tensor-level tests count the steps
         count(g, state, reason_tests(g, f"{scope}/count", grad, dtype, when, at, finite=state.step_finite), scope)
+
+
+def _restore_rows(g: GraphEditor, state: SiteState, mask: str | None, scope: str) -> None:
+    """Row and element guards on a fused sparse op (``SparseApply*``), which writes only the
+    rows at its indices: per touched row (each once), the old rows are gathered before the
+    op and put back where the values' mask (``mask``, per value row; None with only the
+    step-wide test) says skip::
+
+        rows, idx = Unique(indices)
+        keep      = UnsortedSegmentMax(Cast(mask), idx, Size(rows)) > 0   # a row applies when any entry does
+        old_s     = Gather(s, rows)  before the op;  s[rows] = Select(keep, Gather(s, rows, ^op), old_s)
+    """
+    site = state.site
+    at, dtype = state.placement, site.dtype
+    T, i32 = g.type_attr, g.type_attr(proto.DT_INT32)
+    kw = {"placement": at, "tag": TAG}
+    assert site.indices is not None
+    idx_t = T(site.indices_dtype)
+    unique = g.add(f"{scope}/rows", "Unique", [site.indices], attrs={"T": idx_t, "out_idx": i32}, **kw)
+    rows, position = f"{unique}:0", f"{unique}:1"
+    keep = mask
+    if mask is not None:
+        ints = g.add(f"{scope}/rows/as_int", "Cast", [mask],
+                     attrs={"SrcT": T(proto.DT_BOOL), "DstT": i32, "Truncate": g.bool_attr(False)}, **kw)
+        count_rows = g.add(f"{scope}/rows/size", "Size", [rows], attrs={"T": idx_t, "out_type": i32}, **kw)
+        top = g.add(f"{scope}/rows/scatter", "UnsortedSegmentMax", [ints, position, count_rows],
+                    attrs={"T": i32, "Tindices": i32, "Tnumsegments": i32}, **kw)
+        keep = g.add(f"{scope}/rows/applies", "Greater", [top, g.const(f"{scope}/rows/zero", 0, proto.DT_INT32, **kw)],
+                     attrs={"T": i32}, **kw)
+    if state.step_finite is not None and state.selection.of(TAG)[0].options.when != "zero":
+        keep = state.step_finite if keep is None else g.add(f"{scope}/rows/step", "LogicalAnd",
+                                                           [keep, state.step_finite], **kw)
+    assert keep is not None
+    flat = g.add(f"{scope}/applied/flat", "Reshape", [keep, g.const(f"{scope}/applied/shape", [-1], proto.DT_INT32, **kw)],
+                 attrs={"T": T(proto.DT_BOOL), "Tshape": i32}, **kw)
+    state.applied = g.add(f"{scope}/applied", "Any", [flat, g.const(f"{scope}/applied/axis", [0], proto.DT_INT32, **kw)],
+                          attrs={"keep_dims": g.bool_attr(False), "Tidx": i32}, **kw)
+    restores = []
+    for k, ref in enumerate((site.variable, *site.slots)):
+        here = {"placement": Placement(device=at.device, colocate_with=ref), "tag": TAG}
+        if site.resource:
+            gather = {"dtype": T(dtype), "Tindices": idx_t, "batch_dims": g.int_attr(0), "validate_indices": g.bool_attr(True)}
+            old = g.add(f"{scope}/state_{k}/old", "ResourceGather", [ref, rows], attrs=gather, colocate=True, **here)
+            new = g.add(f"{scope}/state_{k}/new", "ResourceGather", [ref, rows], control=site.writes, attrs=gather,
+                        colocate=True, **here)
+        else:  # GatherV2 of a ref variable copies the rows
+            axis = g.const(f"{scope}/state_{k}/axis", 0, proto.DT_INT32, **kw)
+            gather = {"Tparams": T(dtype), "Tindices": idx_t, "Taxis": i32, "batch_dims": g.int_attr(0)}
+            old = g.add(f"{scope}/state_{k}/old", "GatherV2", [ref, rows, axis], attrs=gather, colocate=True, **here)
+            new = g.add(f"{scope}/state_{k}/new", "GatherV2", [ref, rows, axis], control=site.writes, attrs=gather,
+                        colocate=True, **here)
+        for write in site.writes:
+            g.add_control_input(write, old)
+        kept = g.add(f"{scope}/state_{k}/select", "Select", [keep, new, old], attrs={"T": T(dtype)}, **here)
+        if site.resource:
+            restores.append(g.add(f"{scope}/state_{k}/assign", "ResourceScatterUpdate", [ref, rows, kept],
+                                  attrs={"dtype": T(dtype), "Tindices": idx_t}, colocate=True, **here))
+        else:
+            restores.append(g.add(f"{scope}/state_{k}/assign", "ScatterUpdate", [ref, rows, kept],
+                                  attrs={"T": T(dtype), "Tindices": idx_t, "use_locking": g.bool_attr(False)},
+                                  colocate=True, **here))
+    state.after = [g.add(f"{scope}/restored", "NoOp", [], control=[*state.after, *restores], **kw)]
 
 
 def _var_shape(node: proto.NodeDef) -> tuple[int, ...] | None:
