@@ -16,8 +16,9 @@ looked up twice applies when either of its entries does.
 The steps are tests/fed_step.py's: all-zero gradients in some steps, zero rows and elements
 in others, a repeated sparse index, and NaN and infinities in some steps (those only under
 ``zero_or_nonfinite``, which skips them). TensorFlow 1 (fused ``ResourceApplyAdam`` and the
-decomposed sparse Adam, on resource and ref variables) and TensorFlow 2 (Keras 3 Adam and SGD,
-and tf.compat.v1 Adam inside the ``tf.function``) must match bit for bit; ONNX (preview
+decomposed sparse Adam, on resource and ref variables; the fused sparse Momentum) and
+TensorFlow 2 (Keras 3 Adam and SGD, tf.compat.v1 Adam and Momentum inside the ``tf.function``)
+must match bit for bit; ONNX (preview
 Momentum, lowered, in onnxruntime) to 1e-6.
 """
 from __future__ import annotations
@@ -198,17 +199,19 @@ def _keras_module(optimizer: str) -> Any:
     class Model(tf.Module):
         def __init__(self) -> None:
             super().__init__()
-            v1 = optimizer == "v1-adam"
+            v1 = optimizer.startswith("v1-")
             for name, value in INIT.items():
                 setattr(self, name, tf.Variable(value, name=name) if v1 else keras.Variable(value, name=name))
             if v1:  # fused ResourceApplyAdam (dense) and the decomposed sparse Adam, in the function
                 # tf.saved_model.load cannot restore a tf.compat.v1 optimizer's slots (it calls the
                 # Keras-only add_slot): its variables are tracked by name, the optimizer is not
-                opt = tf.compat.v1.train.AdamOptimizer(0.05)
+                adam = optimizer == "v1-adam"
+                opt = tf.compat.v1.train.AdamOptimizer(0.05) if adam else tf.compat.v1.train.MomentumOptimizer(0.05, 0.9)
                 opt._create_slots([getattr(self, name) for name in INIT])  # before saving: they are saved
                 self.opt_state = {f"opt_{name}_{slot}": opt.get_slot(getattr(self, name), slot)
-                                  for name in INIT for slot in ("m", "v")}
-                self.opt_state.update({f"opt_beta{k + 1}_power": v for k, v in enumerate(opt._get_beta_accumulators())})
+                                  for name in INIT for slot in (("m", "v") if adam else ("momentum",))}
+                if adam:
+                    self.opt_state.update({f"opt_beta{k + 1}_power": v for k, v in enumerate(opt._get_beta_accumulators())})
                 self.apply = opt.apply_gradients
             else:
                 self.opt = (keras.optimizers.Adam(0.05) if optimizer == "adam" else keras.optimizers.SGD(0.1))
@@ -257,7 +260,7 @@ def _keras_run(train: Callable[..., Any], state: Callable[[], Any], steps: list[
     return out
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd", "v1-adam"])
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "v1-adam", "v1-momentum"])
 @pytest.mark.parametrize(("granularity", "when"), CASES, ids=IDS)
 def test_tensorflow_2_keras(tmp_path: Path, optimizer: str, granularity: str, when: str) -> None:
     import tensorflow as tf
@@ -270,11 +273,13 @@ def test_tensorflow_2_keras(tmp_path: Path, optimizer: str, granularity: str, wh
     out = tmp_path / "out"
     report = rewrite_file(export, spec, output=out)
     assert sorted(s.inserted for s in report.sites) == [["guard"]] * 3
+    if optimizer == "v1-momentum":  # the fused sparse op, whose touched rows alone are restored
+        assert {s.variable: s.kind for s in report.sites}["emb"] == "ResourceSparseApplyMomentum"
     steps = steps_for(when)
     reference = _keras_module(optimizer)
     variables = keyed(reference)
     groups = {name: [k for k in variables if k == name or k.startswith(f"opt_{name}_")] for name in INIT}
-    assert sum(map(len, groups.values())) == 3 * (1 if optimizer == "sgd" else 3)
+    assert sum(map(len, groups.values())) == 3 * {"sgd": 1, "v1-momentum": 2}.get(optimizer, 3)
 
     def load(values: State) -> None:
         for k, v in values.items():
@@ -287,7 +292,7 @@ def test_tensorflow_2_keras(tmp_path: Path, optimizer: str, granularity: str, wh
     assert_bitwise(got, want, "TF2")
     if optimizer == "v1-adam":  # shared state advances every step
         assert np.allclose([s["opt_beta1_power"] for s in got], 0.9 ** np.arange(2, STEPS + 2))
-    else:
+    elif optimizer != "v1-momentum":
         assert [int(s["opt_iteration"]) for s in got] == list(range(1, STEPS + 1))
 
 

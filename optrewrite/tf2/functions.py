@@ -28,7 +28,7 @@ OUTPUT_ARGS: dict[str, str] = {
     "Greater": "z", "Identity": "output", "L2Loss": "output", "Maximum": "z", "Minimum": "z",
     "Mul": "z", "NotEqual": "z", "OnesLike": "y", "Pack": "output", "ReadVariableOp": "value", "RealDiv": "z",
     "Reshape": "output", "ResourceGather": "output", "Select": "output", "SelectV2": "output",
-    "Sqrt": "y", "Sub": "z", "Sum": "output", "Unique": "y", "UnsortedSegmentMax": "output",
+    "Size": "output", "Sqrt": "y", "Sub": "z", "Sum": "output", "Unique": "y", "UnsortedSegmentMax": "output",
     "AssignSubVariableOp": "", "AssignAddVariableOp": "", "AssignVariableOp": "",
     "ResourceScatterSub": "", "ResourceScatterUpdate": "", "NoOp": "",
 }  # fmt: skip

@@ -147,8 +147,11 @@ def guard(g: FunctionEditor, state: SiteState) -> None:
         state.applied = nonzero
     else:
         masks = Masks(g, state, options, scope)
+        if site.fused and site.sparse:
+            guard_fused_rows(g, state, masks, scope)
+            return
         nonzero = masks.dense()
-        state.applied = masks.applied()
+        state.applied = masks.applied(nonzero)
     if site.fused:
         guard_fused(g, state, nonzero, scope)
         return
@@ -267,11 +270,27 @@ class Masks:
         self._dense = self._with_step(mask)
         return self._dense
 
-    def applied(self) -> str:
-        """Whether any part of the update applied: the clip's ``on_skipped_steps`` gate."""
+    def rows(self, position: str, count: str) -> str:
+        """The mask per row of ``Unique(indices)`` (``position``: its idx output, ``count``:
+        how many rows): a row applies when any of its entries does."""
+        g, scope = self.g, self.scope
+        mask = self._tests()
+        if mask is not None:
+            i32 = g.type_attr(proto.DT_INT32)
+            ints = g.add(f"{scope}/rows/as_int", "Cast", [mask],
+                         attrs={"SrcT": g.type_attr(proto.DT_BOOL), "DstT": i32, "Truncate": g.bool_attr(False)}, tag=TAG)
+            top = g.add(f"{scope}/rows/scatter", "UnsortedSegmentMax", [ints, position, count],
+                        attrs={"T": i32, "Tindices": i32, "Tnumsegments": i32}, tag=TAG)
+            mask = g.add(f"{scope}/rows/applies", "Greater", [top, g.const(f"{scope}/rows/zero", 0, proto.DT_INT32, tag=TAG)],
+                         attrs={"T": i32}, tag=TAG)
+        return self._with_step(mask)
+
+    def applied(self, mask: str) -> str:
+        """Whether any part of the update applied (some element of ``mask``): the clip's
+        ``on_skipped_steps`` gate."""
         g, scope = self.g, self.scope
         i32 = proto.DT_INT32
-        flat = g.add(f"{scope}/applied/flat", "Reshape", [self.dense(), g.const(f"{scope}/applied/shape", [-1], i32, tag=TAG)],
+        flat = g.add(f"{scope}/applied/flat", "Reshape", [mask, g.const(f"{scope}/applied/shape", [-1], i32, tag=TAG)],
                      attrs={"T": g.type_attr(proto.DT_BOOL), "Tshape": g.type_attr(i32)}, tag=TAG)
         return g.add(f"{scope}/applied", "Any", [flat, g.const(f"{scope}/applied/axis", [0], i32, tag=TAG)],
                      attrs={"keep_dims": g.bool_attr(False), "Tidx": g.type_attr(i32)}, tag=TAG)
@@ -302,6 +321,43 @@ def guard_fused(g: FunctionEditor, state: SiteState, apply: str, scope: str) -> 
         if name in ours:
             continue
         if f"^{op}" in g.node(name).input:
+            for write in restores:
+                g.add_control_input(name, write)
+    state.after = restores
+
+
+def guard_fused_rows(g: FunctionEditor, state: SiteState, masks: Masks, scope: str) -> None:
+    """Row and element guards on a fused sparse op (``ResourceSparseApply*``), which writes
+    only the rows at its indices: those rows (each once) are gathered before the op and put
+    back where the rule skips, as :func:`guard_fused` does for a whole tensor."""
+    site = state.site
+    op = site.writes[0]
+    node = g.node(op)
+    dtype = g.type_attr(node.attr["T"].type if "T" in node.attr else site.var.dtype)
+    assert site.indices is not None
+    idx_t, i32 = g.type_attr(site.indices_dtype), g.type_attr(proto.DT_INT32)
+    rows = g.add(f"{scope}/rows", "Unique", [site.indices], attrs={"T": idx_t, "out_idx": i32}, tag=TAG)
+    position = f"{node_of(rows)}:idx:0"
+    count = g.add(f"{scope}/rows/size", "Size", [rows], attrs={"T": idx_t, "out_type": i32}, tag=TAG)
+    keep = masks.rows(position, count)
+    state.applied = masks.applied(keep)
+    controls = [node_of(c) for c in node.input if c.startswith("^")]
+    gather = {"dtype": dtype, "Tindices": idx_t, "batch_dims": g.int_attr(0), "validate_indices": g.bool_attr(True)}
+    olds = [g.add(f"{scope}/state_{k}/old", "ResourceGather", [ref, rows], control=controls, attrs=gather, tag=TAG)
+            for k, ref in enumerate(site.fused)]
+    for old in olds:
+        g.add_control_input(op, old)
+    restores = []
+    for k, (ref, old) in enumerate(zip(site.fused, olds)):
+        new = g.add(f"{scope}/state_{k}/new", "ResourceGather", [ref, rows], control=[op], attrs=gather, tag=TAG)
+        kept = g.add(f"{scope}/state_{k}/select", "SelectV2", [keep, new, old], attrs={"T": dtype}, tag=TAG)
+        write = g.add(f"{scope}/state_{k}/assign", "ResourceScatterUpdate", [ref, rows, kept],
+                      attrs={"dtype": dtype, "Tindices": idx_t}, tag=TAG)
+        g.add_control_output(write)
+        restores.append(write)
+    ours = set(g.added)
+    for name in sorted(g.users(op), key=g.index.__getitem__):
+        if name not in ours and f"^{op}" in g.node(name).input:
             for write in restores:
                 g.add_control_input(name, write)
     state.after = restores
