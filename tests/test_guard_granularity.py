@@ -444,3 +444,32 @@ def test_one_spec_trains_alike_on_every_format(tmp_path: Path, tf_config: object
     with np.errstate(invalid="ignore"):  # unguarded, the NaN steps poison it
         plain = _onnx_run(lambda feed: evaluator.run(None, feed), names, steps)
     assert any(not np.array_equal(p["w"], f["w"]) for p, f in zip(plain, first))  # the guard changed something
+
+
+@pytest.mark.parametrize("granularity", ["element", "row"])
+def test_onnx_declared_step(tmp_path: Path, granularity: str) -> None:
+    """A step written in plain ops (its site declared in the spec's ``updates``): the update
+    is computed every step and each element (row) of W and m whose gradient is zero keeps
+    its value; the reference is the original step in onnxruntime, restored in numpy."""
+    import onnxruntime as ort
+
+    src = Path(__file__).resolve().parents[1] / "fixtures" / "decomposed_momentum" / "input.onnx"
+    spec = tmp_path / "s.yaml"
+    spec.write_text(f"version: 1\nguard: {{granularity: {granularity}}}\nupdates:\n"
+                    "  - {variable: W, gradient: dW, updated: W_new, state: [[m, m_new]]}\n")
+    out = tmp_path / "out.onnx"
+    rewrite_file(src, spec, output=out)
+    rng = np.random.default_rng(3)
+    feed = {"W": rng.normal(size=(2, 3)).astype(f32), "m": rng.normal(size=(2, 3)).astype(f32),
+            "dW": np.array([[0.5, 0.0, -0.0], [0.0, 0.0, 0.0]], f32), "lr": np.array(0.1, f32),
+            "momentum": np.array(0.9, f32)}
+    plain = dict(zip(["W_new", "m_new"], ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+                     .run(["W_new", "m_new"], feed)))
+    got = dict(zip(["W_new", "m_new"], ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+                   .run(["W_new", "m_new"], feed)))
+    ok = feed["dW"] != 0
+    if granularity == "row":
+        ok = np.broadcast_to(ok.any(axis=1, keepdims=True), ok.shape)
+    for new, old in (("W_new", "W"), ("m_new", "m")):
+        np.testing.assert_array_equal(got[new], np.where(ok, plain[new], feed[old]))
+    assert not np.array_equal(plain["m_new"], feed["m"])  # the original moves m everywhere

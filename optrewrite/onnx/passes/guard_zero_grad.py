@@ -172,11 +172,25 @@ def _condition(b: Block, st: SiteState) -> str:
     rank = b.editor.rank(st.site.variable)  # the gradient has X's shape (a clipped one has no type here)
     if rank is None:
         raise InputError(f"{st.site.key}: guard granularity {granularity} needs the rank of {st.site.variable!r}")
+    shape = _shape(b.editor, st.site.variable)
+    for old in st.olds[1:]:  # each state is restored with X's mask
+        other = _shape(b.editor, old)
+        if other is not None and shape is not None and other != shape:
+            raise InputError(f"{st.site.key}: guard granularity {granularity}: state {old!r} has shape {other}, "
+                             f"not {st.site.variable!r}'s {shape}")
     mask = parts(b, st.gradient, elem, _when(st), granularity, rank, finite=st.step_finite)
     as_float = b.op("Cast", [mask], to=onnx.TensorProto.FLOAT)
     st.applied = b.op("Greater", [b.reduce("ReduceMax", as_float, None, keepdims=0),
                                   b.const(0.0, onnx.TensorProto.FLOAT)])
     return mask
+
+
+def _shape(ed: Editor, name: str) -> list[int | str] | None:
+    """A tensor's static shape as the graph declares it (a symbolic dim by its name)."""
+    t = ed.types.get(name)
+    if t is None or not t.tensor_type.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.tensor_type.shape.dim]
 
 
 def parts(b: Block, g: str, elem: int, when: str, granularity: str, rank: int, *, finite: str | None = None) -> str:
