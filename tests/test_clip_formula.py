@@ -31,8 +31,8 @@ import onnx
 import pytest
 
 from optrewrite.api import rewrite_file
-from tests.fed_step import (DENSE, INIT, LR, STEPS, State, Step, assert_bitwise, f32, keras_savedmodel, onnx_step,
-                            run_onnx, run_tf1, run_tf2, schedule, tf1_graph, update)
+from tests.fed_step import (DENSE, INIT, STEPS, State, Step, assert_bitwise, assert_close, f32, keras_savedmodel,
+                            onnx_step, run_onnx, run_tf1, run_tf2, schedule, tf1_graph, update)
 
 CLIPS = {"w": ([1], 1.3), "big": (None, 0.3), "emb": ([1], 1.0)}  # dims, max_norm
 CASES = [("exact", True), ("exact", False), ("seed", False)]
@@ -213,3 +213,29 @@ def test_one_spec_trains_alike_on_every_format(tmp_path: Path, tf_config: object
             for fmt in ("TF2", "ONNX"):
                 diff = float(np.max(np.abs(runs[fmt][k][name] - base)))
                 assert diff <= 1e-6 * float(np.max(np.abs(base))), (fmt, k, name, diff)
+
+
+@pytest.mark.parametrize("formula", ["exact", "seed"])
+def test_onnx_without_if_gives_the_same_numbers(tmp_path: Path, formula: str) -> None:
+    """At ai.onnx opset 21 (no CUDA ``If`` kernel) the clip selects with ``Where`` instead of
+    skipping with ``If``: the exact formula gives the same bits as at opset 17; the seed
+    formula, computed every step there as TensorFlow does, may move an element by an ulp."""
+    src = onnx_step(tmp_path)
+    model = onnx.load(str(src))
+    model.opset_import[0].version = 21
+    src21 = tmp_path / "opset21.onnx"
+    onnx.save(model, str(src21))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text(formula, False, DENSE) + "lower: true\n")
+    steps = schedule()
+    runs = []
+    for k, path in enumerate((src, src21)):
+        out = tmp_path / f"out{k}.onnx"
+        rewrite_file(path, spec, output=out)
+        runs.append((run_onnx(out, steps), sum(n.op_type == "If" for n in onnx.load(str(out)).graph.node)))
+    (at17, ifs17), (at21, ifs21) = runs
+    assert ifs17 > 0 and ifs21 == 0
+    if formula == "exact":
+        assert_bitwise(at21, at17, "opset 21 vs 17")
+    else:
+        assert_close(at21, at17, "opset 21 vs 17")
