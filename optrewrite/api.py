@@ -35,6 +35,7 @@ def rewrite_file(
     lower: bool = False,
     mode: str = "write",
     verify: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> Report:
     """Rewrite ``input_path`` by the spec at ``spec_path``; write the output atomically.
 
@@ -53,7 +54,8 @@ def rewrite_file(
     rewritten graph is never serialized); ``report.changed`` then says whether writing would
     change the graph. ``verify`` loads the written graph in its runtime (TensorFlow,
     onnxruntime) and runs one step on generated data before it replaces anything (see
-    :mod:`optrewrite.verify`).
+    :mod:`optrewrite.verify`). ``progress``, when given, is told each long stage as a line
+    (the command line prints them when stderr is a terminal).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -81,7 +83,7 @@ def rewrite_file(
         report.mode = mode
         if out is not None:
             report.output = str(out)
-            check = _runtime_check(src, out, report) if verify else None
+            check = _runtime_check(src, out, report, progress) if verify else None
             fmt.save(outcome, out, check=check, plan=plan)
         if report_file is not None:
             plan.stage(report_file, report.to_json().encode())
@@ -89,12 +91,15 @@ def rewrite_file(
     return report
 
 
-def _runtime_check(src: Path, out: Path, report: Report) -> Callable[[Path], None]:
+def _runtime_check(src: Path, out: Path, report: Report,
+                   progress: Callable[[str], None] | None = None) -> Callable[[Path], None]:
     """Run one step of the temporary output; blame the input when it fails there too."""
 
     def run(tmp: Path) -> None:
         from optrewrite.verify import TooLargeToVerify, VerificationFailed, verify_file  # noqa: PLC0415
 
+        if progress is not None:
+            progress(f"{out}: verifying: one step of the rewritten graph in its runtime, in a child process")
         try:
             report.verified = verify_file(tmp, like=out)
         except TooLargeToVerify as exc:

@@ -105,7 +105,7 @@ def _rewrite(argv: Sequence[str]) -> int:
         jobs = [Job(input=src, spec=args.spec, output=args.output, lower=args.lower) for src in args.input]
     if len(jobs) == 1 and args.manifest is None:
         report = rewrite_file(jobs[0].input, jobs[0].spec, output=jobs[0].output, report_path=args.report,
-                              lower=jobs[0].lower, mode=mode, verify=args.verify)
+                              lower=jobs[0].lower, mode=mode, verify=args.verify, progress=_progress(args))
         return _show(_Done.of(jobs[0].input, report, mode), args)
     from optrewrite.manifest import check_jobs  # noqa: PLC0415
 
@@ -125,6 +125,9 @@ def _rewrite(argv: Sequence[str]) -> int:
 def _run_jobs(jobs: Sequence[Job], workers: int, mode: str, args: argparse.Namespace) -> list[_Done]:
     """Each job's outcome, in the jobs' order, its summary printed as it comes in order."""
     done: list[_Done] = []
+    progress = _progress(args)
+    if progress is not None:
+        progress(f"{len(jobs)} jobs in {workers} worker{'s' if workers > 1 else ''}")
     if workers == 1:
         for job in jobs:
             done.append(_rewrite_one(job, mode, args.verify))
@@ -148,6 +151,13 @@ def _run_jobs(jobs: Sequence[Job], workers: int, mode: str, args: argparse.Names
         raise
     pool.shutdown(wait=True)
     return done
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None] | None:
+    """Long stages as lines on stderr, when it is a terminal and the run is not quiet."""
+    if args.quiet or not sys.stderr.isatty():
+        return None
+    return lambda line: print(f"optrewrite: {printable(line)}", file=sys.stderr, flush=True)
 
 
 def _combined_report(done: Sequence[_Done], worst: int) -> str:

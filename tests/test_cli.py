@@ -540,3 +540,33 @@ def test_jobs_write_what_a_sequential_run_writes(work: Path, capsys: pytest.Capt
     assert {n: (work / n.replace(".pb", ".rewritten.pb")).read_bytes() for n in names} == first
     assert main(["-j", "0", "--spec", spec, str(work / "a.pb")]) == 2
     assert "expected a number of workers" in capsys.readouterr().err
+
+
+def test_verify_says_what_it_does_on_a_terminal_only(work: Path) -> None:
+    """``--verify`` runs a step in a child process, which takes seconds: on a terminal a line
+    says so before it starts; in a pipe (CI logs) there is no such line."""
+    import os
+    import pty
+
+    argv = [sys.executable, "-m", "optrewrite", str(work / "graph.pb"), "--spec", str(work / "wrap.yaml"),
+            "-o", str(work / "out.pb"), "--verify"]
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=child_fd)
+    os.close(child_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=120) == 0
+    os.close(main_fd)
+    on_terminal = b"".join(chunks).decode()
+    assert f"optrewrite: {work / 'out.pb'}: verifying: one step" in on_terminal
+    assert on_terminal.index("verifying") < on_terminal.index("verified:")
+    (work / "out.pb").unlink()
+    piped = run_cli(work / "graph.pb", "--spec", work / "wrap.yaml", "-o", work / "out.pb", "--verify")
+    assert piped.returncode == 0 and "verifying" not in piped.stderr and "verified:" in piped.stderr
