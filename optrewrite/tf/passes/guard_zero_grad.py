@@ -233,15 +233,8 @@ def guard_parts(g: GraphEditor, state: SiteState, granularity: str, scope: str) 
                      attrs={"T": i32}, **kw)
         if not keeps_untouched:
             mask = g.add(f"{scope}/mask/applies", "LogicalNot", [mask], **kw)
-    if state.step_finite is not None and when != "zero":  # a scalar: it decides for every row
-        mask = state.step_finite if mask is None else g.add(f"{scope}/mask/step", "LogicalAnd",
-                                                           [mask, state.step_finite], **kw)
-    assert mask is not None
     # ``Select`` takes a mask of the variable's shape, or (rows) a vector along dim 0
-    flat = g.add(f"{scope}/applied/flat", "Reshape", [mask, g.const(f"{scope}/applied/shape", [-1], proto.DT_INT32, **kw)],
-                 attrs={"T": T(proto.DT_BOOL), "Tshape": i32}, **kw)
-    state.applied = g.add(f"{scope}/applied", "Any", [flat, g.const(f"{scope}/applied/axis", [0], proto.DT_INT32, **kw)],
-                          attrs={"keep_dims": g.bool_attr(False), "Tidx": i32}, **kw)
+    mask = _with_step(g, state, mask, f"{scope}/mask")
     restores = []
     for k, ref in enumerate((site.variable, *site.slots)):
         here = {"placement": Placement(device=at.device, colocate_with=ref), "tag": TAG}
@@ -294,14 +287,7 @@ def _restore_rows(g: GraphEditor, state: SiteState, mask: str | None, scope: str
                     attrs={"T": i32, "Tindices": i32, "Tnumsegments": i32}, **kw)
         keep = g.add(f"{scope}/rows/applies", "Greater", [top, g.const(f"{scope}/rows/zero", 0, proto.DT_INT32, **kw)],
                      attrs={"T": i32}, **kw)
-    if state.step_finite is not None and state.selection.of(TAG)[0].options.when != "zero":
-        keep = state.step_finite if keep is None else g.add(f"{scope}/rows/step", "LogicalAnd",
-                                                           [keep, state.step_finite], **kw)
-    assert keep is not None
-    flat = g.add(f"{scope}/applied/flat", "Reshape", [keep, g.const(f"{scope}/applied/shape", [-1], proto.DT_INT32, **kw)],
-                 attrs={"T": T(proto.DT_BOOL), "Tshape": i32}, **kw)
-    state.applied = g.add(f"{scope}/applied", "Any", [flat, g.const(f"{scope}/applied/axis", [0], proto.DT_INT32, **kw)],
-                          attrs={"keep_dims": g.bool_attr(False), "Tidx": i32}, **kw)
+    keep = _with_step(g, state, keep, f"{scope}/rows")
     restores = []
     for k, ref in enumerate((site.variable, *site.slots)):
         here = {"placement": Placement(device=at.device, colocate_with=ref), "tag": TAG}
@@ -327,6 +313,22 @@ def _restore_rows(g: GraphEditor, state: SiteState, mask: str | None, scope: str
                                   attrs={"T": T(dtype), "Tindices": idx_t, "use_locking": g.bool_attr(False)},
                                   colocate=True, **here))
     state.after = [g.add(f"{scope}/restored", "NoOp", [], control=[*state.after, *restores], **kw)]
+
+
+def _with_step(g: GraphEditor, state: SiteState, mask: str | None, scope: str) -> str:
+    """``mask`` joined by the step-wide finite test (a scalar: it decides for every row), and
+    ``state.applied`` set: whether any of it holds (the clip's ``on_skipped_steps`` gate)."""
+    kw = {"placement": state.placement, "tag": TAG}
+    i32 = g.type_attr(proto.DT_INT32)
+    if state.step_finite is not None and state.selection.of(TAG)[0].options.when != "zero":
+        mask = state.step_finite if mask is None else g.add(f"{scope}/step", "LogicalAnd", [mask, state.step_finite], **kw)
+    assert mask is not None
+    applied = scope.rsplit("/", 1)[0] + "/applied"
+    flat = g.add(f"{applied}/flat", "Reshape", [mask, g.const(f"{applied}/shape", [-1], proto.DT_INT32, **kw)],
+                 attrs={"T": g.type_attr(proto.DT_BOOL), "Tshape": i32}, **kw)
+    state.applied = g.add(applied, "Any", [flat, g.const(f"{applied}/axis", [0], proto.DT_INT32, **kw)],
+                          attrs={"keep_dims": g.bool_attr(False), "Tidx": i32}, **kw)
+    return mask
 
 
 def _var_shape(node: proto.NodeDef) -> tuple[int, ...] | None:
