@@ -4,8 +4,8 @@ A SavedModel of N (default 2,000) small variables (each a [4, 4] matrix, y = tan
 summed) trained by one Keras 3 Adam in a ``tf.function`` ``train`` signature, built once and
 cached under ``--cache``. In fresh processes, in the same run:
 
-- rewrite: ``optrewrite SAVEDMODEL --spec guard_all -o OUT`` (the CLI's whole run, TensorFlow
-  imported only to regenerate fingerprint.pb), against a floor: parse ``saved_model.pb``,
+- rewrite: ``optrewrite SAVEDMODEL --spec guard_all -o OUT`` (the CLI's whole run; TensorFlow's
+  fingerprinting extension regenerates fingerprint.pb), against a floor: parse ``saved_model.pb``,
   serialize it again and copy ``variables/`` (what any rewrite of the directory must do);
 - step: the median wall time of the loaded ``train`` signature (after warm-up steps) of the
   original, the guard on every variable, and guard + a clip that never triggers

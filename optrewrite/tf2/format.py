@@ -3,7 +3,8 @@
 Claims a directory that holds ``saved_model.pb``, or a path named ``saved_model.pb``; reads its
 own input (:meth:`SavedModelFormat.read`: the ``saved_model.pb`` bytes, after checking the
 directory is a SavedModel) and writes a whole SavedModel directory (:mod:`optrewrite.tf2.io`).
-Rewriting imports no TensorFlow; saving imports it only to regenerate ``fingerprint.pb``, and
+Rewriting imports no TensorFlow; saving loads TensorFlow's fingerprinting extension (not the
+whole package) to regenerate ``fingerprint.pb``, and
 ``verify`` runs the output in TensorFlow.
 """
 from __future__ import annotations

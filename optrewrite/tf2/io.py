@@ -20,13 +20,17 @@ function library of the one MetaGraphDef and writes:
 The output directory is a directory of the run's write plan (:meth:`optrewrite.writeplan.
 WritePlan.stage_dir`): built beside its destination under a temporary name, renamed into
 place with the run's other outputs (an existing output directory is replaced only then),
-removed on any failure. Nothing here imports TensorFlow except the fingerprint step.
+removed on any failure. Nothing here imports TensorFlow; the fingerprint step loads one of its
+extensions.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
+import importlib.util
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,21 +172,60 @@ def serialize(loaded: SavedModelFile, changed: set[str], extra_collections: dict
     return b"".join(out)
 
 
+_PYWRAP = "tensorflow.python.saved_model.pywrap_saved_model"
+
+
+def _fingerprinting():  # noqa: ANN202 - TensorFlow's pybind11 submodule, or None
+    """TensorFlow's own fingerprinting (the ``pywrap_saved_model`` extension), or None.
+
+    Importing ``tensorflow`` to reach it costs seconds (its whole Python API); the extension
+    alone loads in about half a second, so it is loaded from the installed package's file
+    and registered under its own name, where a later ``import tensorflow`` finds it. Where
+    that fails (another layout, another TensorFlow), the package is imported the usual way.
+    """
+    if _PYWRAP in sys.modules:
+        return sys.modules[_PYWRAP].fingerprinting
+    try:
+        tf_spec = importlib.util.find_spec("tensorflow")
+    except (ImportError, ValueError):
+        return None
+    if tf_spec is None:
+        return None
+    for location in tf_spec.submodule_search_locations or ():
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = Path(location) / "python" / "saved_model" / f"pywrap_saved_model{suffix}"
+            if not path.is_file():
+                continue
+            try:
+                spec = importlib.util.spec_from_file_location(_PYWRAP, path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                sys.modules[_PYWRAP] = module
+                return module.fingerprinting
+            except (ImportError, OSError, AttributeError):
+                break
+    try:
+        from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting  # noqa: PLC0415
+    except ImportError:
+        return None
+    return fingerprinting
+
+
 def fingerprint(directory: Path) -> bytes | None:
     """TensorFlow's FingerprintDef of the SavedModel in ``directory``; None without TensorFlow."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    saved = os.dup(2)  # TensorFlow's C++ logging writes to fd 2 on import, whatever the log level
+    saved = os.dup(2)  # TensorFlow's C++ logging writes to fd 2 on loading, whatever the log level
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 2)
             try:
-                from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting  # noqa: PLC0415
-            except ImportError:
-                return None
+                fingerprinting = _fingerprinting()
             finally:
                 os.dup2(saved, 2)
     finally:
         os.close(saved)
+    if fingerprinting is None:
+        return None
     raw = bytes(fingerprinting.CreateFingerprintDef(str(directory)))
     # TensorFlow draws FingerprintDef.uuid (field 7, a 128-bit number in decimal) at random; a
     # rerun must give the same bytes, so it becomes a number derived from the SavedModel's bytes.

@@ -17,6 +17,7 @@ import pytest
 
 from optrewrite.cli import main
 from optrewrite.tf import proto
+from optrewrite.tf.io import top_level_fields
 from optrewrite.tf2 import io
 
 tf = pytest.importorskip("tensorflow")
@@ -129,6 +130,53 @@ def test_round_trip_keeps_untouched_parts_byte_for_byte(models: dict[str, Path],
     loaded = tf.saved_model.load(str(out))
     result = loaded.signatures["infer"](x=tf.ones([2, 3]))
     assert set(result) == {"a", "b"}
+
+
+def _fingerprint_fields(raw: bytes) -> dict[int, bytes]:
+    """FingerprintDef's fields by number, without the uuid (field 7), which TensorFlow draws at random."""
+    return {number: raw[start:end] for number, start, _p, end in top_level_fields(raw) if number != 7}
+
+
+def test_fingerprint_is_tensorflows_own(models: dict[str, Path], tmp_path: Path) -> None:
+    from tensorflow.python.saved_model.pywrap_saved_model import fingerprinting
+
+    out = tmp_path / "out"
+    assert _rewrite(models["adam"], _spec(tmp_path, CLIP_A), out) == 0
+    written = (out / "fingerprint.pb").read_bytes()
+    assert _fingerprint_fields(written) == _fingerprint_fields(bytes(fingerprinting.CreateFingerprintDef(str(out))))
+    fp = tf.saved_model.experimental.read_fingerprint(str(out))
+    assert fp.saved_model_checksum != tf.saved_model.experimental.read_fingerprint(str(models["adam"])).saved_model_checksum
+
+
+REWRITE_THEN_IMPORT = r"""
+import sys, tempfile
+from optrewrite.cli import main
+assert main([sys.argv[1], "--spec", sys.argv[2], "-o", sys.argv[3]]) == 0
+assert "tensorflow" not in sys.modules, "the rewrite imported the tensorflow package"
+import tensorflow as tf
+print(tf.saved_model.experimental.read_fingerprint(sys.argv[3]).saved_model_checksum)
+class M(tf.Module):
+    def __init__(self):
+        self.v = tf.Variable(1.0)
+d = tempfile.mkdtemp()
+tf.saved_model.save(M(), d)  # TensorFlow's own saving still fingerprints, through the extension loaded first
+print(tf.saved_model.experimental.read_fingerprint(d).saved_model_checksum)
+"""
+
+
+def test_fingerprint_without_importing_tensorflow(models: dict[str, Path], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", REWRITE_THEN_IMPORT, str(models["adam"]),
+                           str(_spec(tmp_path, CLIP_A)), str(out)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ours, theirs = done.stdout.split()[-2:]
+    assert int(ours) == tf.saved_model.experimental.read_fingerprint(str(out)).saved_model_checksum
+    assert int(theirs) > 0
 
 
 def test_rerun_is_reproducible_and_idempotent(models: dict[str, Path], tmp_path: Path) -> None:
