@@ -106,7 +106,7 @@ def _rewrite(argv: Sequence[str]) -> int:
     if len(jobs) == 1 and args.manifest is None:
         report = rewrite_file(jobs[0].input, jobs[0].spec, output=jobs[0].output, report_path=args.report,
                               lower=jobs[0].lower, mode=mode, verify=args.verify, progress=_progress(args))
-        return _show(_Done.of(jobs[0].input, report, mode), args)
+        return _show(_Done.of(jobs[0].input, report, mode, keep_report=False), args)
     from optrewrite.manifest import check_jobs  # noqa: PLC0415
 
     check_jobs(jobs, writes=mode == "write", manifest=args.manifest, report=args.report)
@@ -130,7 +130,7 @@ def _run_jobs(jobs: Sequence[Job], workers: int, mode: str, args: argparse.Names
         progress(f"{len(jobs)} jobs in {workers} worker{'s' if workers > 1 else ''}")
     if workers == 1:
         for job in jobs:
-            done.append(_rewrite_one(job, mode, args.verify))
+            done.append(_rewrite_one(job, mode, args.verify, args.report is not None))
             _show(done[-1], args)
         return done
     import concurrent.futures  # noqa: PLC0415
@@ -139,7 +139,7 @@ def _run_jobs(jobs: Sequence[Job], workers: int, mode: str, args: argparse.Names
     # forked workers inherit the signal handlers: SIGTERM/SIGHUP/SIGINT clean up their writes
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
     try:
-        futures = [pool.submit(_rewrite_one, job, mode, args.verify) for job in jobs]
+        futures = [pool.submit(_rewrite_one, job, mode, args.verify, args.report is not None) for job in jobs]
         for future in futures:
             done.append(future.result())
             _show(done[-1], args)
@@ -187,20 +187,21 @@ class _Done:
         self.spec = spec
 
     @classmethod
-    def of(cls, src: Path, report: object, mode: str, spec: Path | None = None) -> _Done:
+    def of(cls, src: Path, report: object, mode: str, spec: Path | None = None, *, keep_report: bool = True) -> _Done:
+        """``keep_report``: carry the report's JSON (for a combined report)."""
         changed = bool(getattr(report, "changed", False)) and mode == "check"
         return cls(src, report.summary(), changed, exit_code=EXIT_DIFFERENT if changed else EXIT_OK,  # type: ignore[attr-defined]
-                   report=report.to_json(), spec=spec)  # type: ignore[attr-defined]
+                   report=report.to_json() if keep_report else "", spec=spec)  # type: ignore[attr-defined]
 
 
-def _rewrite_one(job: Job, mode: str, verify: bool) -> _Done:
+def _rewrite_one(job: Job, mode: str, verify: bool, keep_report: bool) -> _Done:
     from optrewrite.api import rewrite_file  # noqa: PLC0415
 
     try:
         report = rewrite_file(job.input, job.spec, output=job.output, lower=job.lower, mode=mode, verify=verify)
     except InputError as exc:
         return _Done(job.input, error=str(exc), exit_code=exc.exit_code, spec=job.spec)
-    return _Done.of(job.input, report, mode, job.spec)
+    return _Done.of(job.input, report, mode, job.spec, keep_report=keep_report)
 
 
 def _show(done: _Done, args: argparse.Namespace) -> int:

@@ -66,24 +66,29 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
     library = LibraryEditor(loaded.meta.graph_def.library.function)
     # A Keras SavedModel holds its training step twice (the signature's trace and the
     # object's), equal but for the custom-gradient name of its IdentityN: a body seen before,
-    # with its inputs bound the same way, has the same sites.
-    done: dict[tuple[object, ...], tuple[str, list[FunctionSite], list[Skip]]] = {}
+    # with its inputs bound the same way, has the same sites (bodies are digested only when
+    # their node counts and bindings agree).
+    done: dict[tuple[object, ...], list[_Seen]] = {}
     accumulates: dict[tuple[str, int], bool] = {}  # (branch, input position) -> writes that input into a variable
     for fn in loaded.meta.graph_def.library.function:
         name = fn.signature.name
         local = bound.get(name)
         if local is None:
             continue
-        key = (_body_digest(fn), tuple((a.name, a.type) for a in fn.signature.input_arg),
+        key = (len(fn.node_def), tuple((a.name, a.type) for a in fn.signature.input_arg),
                tuple(sorted((arg, v.node_id if v else -1) for arg, v in local.items())))
+        same, digest = None, None
         if key in done:
-            first, found, skipped = done[key]
-            found = [replace(site, function=name) for site in found]
+            digest = _body_digest(fn)
+            same = next((seen for seen in done[key] if seen.digest() == digest), None)
+        if same is not None:
+            first = same.fn.signature.name
+            found = [replace(site, function=name) for site in same.found]
             skipped = [replace(skip, update=name + skip.update[len(first):]) if skip.update.startswith(first + "/")
-                       else skip for skip in skipped]
+                       else skip for skip in same.skipped]
         else:
             found, skipped = find_sites(fn, local)
-            done[key] = (name, found, skipped)
+            done.setdefault(key, []).append(_Seen(fn, found, skipped, digest))
         for site in found:
             accumulated = _accumulated_in(library, site, accumulates)
             if accumulated:
@@ -94,6 +99,21 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
                 sites.append(site)
         skips += skipped
     return Discovery(sites, skips)
+
+
+@dataclass
+class _Seen:
+    """A body whose sites were found, and its digest once another body needs it."""
+
+    fn: proto.FunctionDef
+    found: list[FunctionSite]
+    skipped: list[Skip]
+    _digest: bytes | None = None
+
+    def digest(self) -> bytes:
+        if self._digest is None:
+            self._digest = _body_digest(self.fn)
+        return self._digest
 
 
 _UNIQUE_ATTRS = ("_gradient_op_type",)  # names TensorFlow makes unique per trace; no site depends on them

@@ -45,7 +45,7 @@ from optrewrite.core import Skip
 from optrewrite.tf import proto
 from optrewrite.tf.sites import UPDATE_OPS
 from optrewrite.tf.graph import TAG_ATTR
-from optrewrite.tf2.functions import branches, node_of
+from optrewrite.tf2.functions import BRANCH_OPS, branches, node_of
 
 DENSE_WRITES = frozenset({"AssignSubVariableOp", "AssignAddVariableOp", "AssignVariableOp"})
 SCATTER_WRITES = frozenset({"ResourceScatterAdd", "ResourceScatterSub", "ResourceScatterUpdate"})
@@ -219,6 +219,8 @@ def _callees(node: proto.NodeDef) -> list[tuple[str, list[str]]]:
     """The functions ``node`` runs, each with the body inputs its arguments take: a call's
     ``f`` takes all data inputs, an ``If``'s / ``Case``'s branches all but the first (the
     predicate or branch index)."""
+    if node.op not in CALLS and node.op not in BRANCH_OPS:
+        return []
     data = [i for i in node.input if not i.startswith("^")]
     if node.op in CALLS:
         return [(node.attr["f"].func.name, data)] if "f" in node.attr else []
