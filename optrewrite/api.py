@@ -52,7 +52,9 @@ def rewrite_file(
 
     ``mode`` "dry-run" and "check" rewrite in memory and write nothing but the report (the
     rewritten graph is never serialized); ``report.changed`` then says whether writing would
-    change the graph. ``verify`` loads the written graph in its runtime (TensorFlow,
+    change the graph; a "check" that writes no report first asks the format whether the graph
+    carries its seal for this spec (:meth:`~optrewrite.formats.Format.sealed`), and then
+    searches nothing: the report says ``sealed`` and lists no sites. ``verify`` loads the written graph in its runtime (TensorFlow,
     onnxruntime) and runs one step on generated data before it replaces anything (see
     :mod:`optrewrite.verify`). ``progress``, when given, is told each long stage as a line
     (the command line prints them when stderr is a terminal).
@@ -76,6 +78,12 @@ def rewrite_file(
         spec = load_spec(spec_file, read=read_spec)
         raw = read_graph(src)
         fmt = format_for(src)
+        if mode == "check" and report_file is None:
+            fmt.check_request(src, spec, lower=lower)
+            format_name = fmt.sealed(src, raw, spec, lower=lower)
+            if format_name is not None:
+                return Report(input=str(src), format=format_name, mode=mode, sealed=True,
+                              note="already rewritten with this spec: nothing to do")
         outcome = fmt.rewrite(src, raw, spec, lower=lower)
         for path, role in graph_reads(src, raw, outcome):
             plan.read(path, role)

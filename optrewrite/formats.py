@@ -75,6 +75,12 @@ class Format(Protocol):
         """The rewritten graph's bytes (a library call that wants bytes, not a file)."""
         ...
 
+    def sealed(self, path: Path, raw: bytes, spec: Spec, *, lower: bool) -> str | None:
+        """When ``raw`` is provably what rewriting with ``spec`` wrote (so a check has nothing
+        to do), the report's format name; None otherwise, or where the format keeps no seal.
+        Cheaper than a rewrite: ``--check`` asks it first."""
+        ...
+
     def analyse(self, path: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
         """The sites as found; with a spec, also the in-memory rewrite and what it changed."""
         ...
@@ -138,6 +144,9 @@ class SingleFile:
         from optrewrite.fileio import check_writable  # noqa: PLC0415
 
         check_writable(out)
+
+    def sealed(self, path: Path, raw: bytes, spec: Spec, *, lower: bool) -> str | None:
+        return None
 
 
 def format_for(path: Path) -> Format:

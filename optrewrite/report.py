@@ -36,6 +36,7 @@ class Report:
     nodes_added: int = 0
     nodes_changed: int = 0
     verified: str | None = None  # what --verify ran, when asked
+    sealed: bool = False  # a check answered by the graph's seal: nothing searched, no sites listed
 
     def counts(self) -> dict[str, int]:
         """The sites found, the sites each counted pass acted on, and the skipped updates."""
@@ -53,6 +54,9 @@ class Report:
     def summary(self) -> str:
         """A few lines for a terminal; every name and path in them :func:`printable`."""
         p = printable
+        if self.sealed:
+            return (f"optrewrite: {p(self.input)} ({p(self.format)}): sealed by a rewrite with this spec "
+                    f"(updates not searched)\n  {self.mode}: rewriting would not change the graph")
         c = self.counts()
         # the per-site passes first, then those over the whole step
         counted = sorted((k for k in PASSES if k.count is not None and k.summary), key=lambda k: k.scope != "site")

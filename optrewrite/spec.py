@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextvars
 import fnmatch
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -174,6 +176,27 @@ class UpdateSiteSpec:
     updated: str
     state: tuple[tuple[str, str], ...]
     line: int | None
+
+
+_NOT_MEANING = ("source", "line", "counters_line")  # where a rule was written, not what it asks
+
+
+def fingerprint(spec: Spec) -> str:
+    """A digest of what ``spec`` asks: every rule and option, but not the file it came from,
+    its line numbers, comments or layout (two specs with one fingerprint rewrite any graph
+    alike). Patterns count as written: two spellings that select the same variables differ."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Pattern):
+            return value.text
+        if hasattr(value, "__dataclass_fields__"):
+            return {name: plain(getattr(value, name)) for name in value.__dataclass_fields__
+                    if name not in _NOT_MEANING and not name.startswith("_")}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+
+    return hashlib.sha256(json.dumps(plain(spec), sort_keys=True, allow_nan=True).encode()).hexdigest()
 
 
 class UnmatchedSelector(SpecError):

@@ -84,6 +84,9 @@ class TensorFlowFormat(SingleFile):
         ``.graphdef`` a GraphDef."""
         from optrewrite.tf import io  # noqa: PLC0415
 
+        from optrewrite.tf.rewrite import mark_for_seal  # noqa: PLC0415
+        from optrewrite.tf.seal import seal  # noqa: PLC0415
+
         loaded = getattr(outcome.graph, "loaded", None)
         if loaded is None:
             return self.serialize(outcome)
@@ -99,11 +102,26 @@ class TensorFlowFormat(SingleFile):
                     else loaded.encoding)
         if encoding == loaded.encoding:
             return self.serialize(outcome)
+        mark_for_seal(outcome.graph, binary=encoding == io.BINARY)
         if encoding == io.TEXT:
             from google.protobuf import text_format  # noqa: PLC0415
 
             return text_format.MessageToString(loaded.message).encode("utf-8")
-        return loaded.message.SerializeToString(deterministic=True)
+        raw = loaded.message.SerializeToString(deterministic=True)
+        return raw if outcome.graph.editor is None else seal(raw, outcome.graph.seal_key)
+
+    def sealed(self, path: Path, raw: bytes, spec: Spec, *, lower: bool) -> str | None:
+        """The report's format name when ``raw`` is a binary graph that this spec's rewrite
+        wrote, by its seal (:mod:`optrewrite.tf.seal`; nothing is parsed but the plan
+        node); None otherwise."""
+        from optrewrite.tf import io  # noqa: PLC0415
+        from optrewrite.tf.rewrite import seal_key  # noqa: PLC0415
+        from optrewrite.tf.seal import is_sealed  # noqa: PLC0415
+
+        if lower or io.looks_like_text(raw) or not is_sealed(raw, seal_key(spec)):
+            return None
+        container = io.METAGRAPH if path.suffix.lower() == ".meta" else io.GRAPHDEF
+        return f"{container} ({io.BINARY})"
 
     def analyse(self, path: Path, raw: bytes, spec: Spec | None, *, lower: bool) -> Analysis:
         self.check_request(path, spec, lower=lower)

@@ -49,7 +49,7 @@ def _fail(path: Path, what: str) -> InputError:
     return InputError(f"{path}: {what}")
 
 
-def _looks_like_text(raw: bytes) -> bool:
+def looks_like_text(raw: bytes) -> bool:
     head = raw[:4096].lstrip()
     if not head:
         return False
@@ -116,7 +116,7 @@ def load(path: Path, raw: bytes) -> TfGraphFile:
     if not raw:
         raise _fail(path, "the file is empty")
     ext = path.suffix.lower()
-    textual = _looks_like_text(raw)
+    textual = looks_like_text(raw)
     if ext in TEXT_SUFFIXES:
         encodings = [TEXT]
     elif ext in (".pb", ".graphdef", ".meta"):

@@ -6,7 +6,9 @@ The update's original consumers are rewired at the end to wait for the last inse
 
 The applied plan (:func:`optrewrite.passes.plan_digest`) is recorded on a NoOp
 ``optrewrite/plan``. Rewriting a graph that carries a plan with the same spec changes
-nothing; with a different spec it is an input error, since actions do not stack.
+nothing; with a different spec it is an input error, since actions do not stack. A binary
+output also carries a seal on that node (:mod:`optrewrite.tf.seal`), which lets ``--check``
+answer for a file it wrote without searching it.
 
 Nothing here serializes: the outcome holds the edited graph, which
 :func:`optrewrite.tf.io.serialize` writes when the caller saves it.
@@ -19,11 +21,12 @@ from optrewrite import passes
 from optrewrite.core import Outcome
 from optrewrite.errors import InputError
 from optrewrite.report import Report, SiteEntry
-from optrewrite.spec import Spec
+from optrewrite.spec import Spec, fingerprint
 from optrewrite.tf import io
 from optrewrite.tf.graph import TAG_ATTR, GraphEditor, Placement
 from optrewrite.tf.passes import REGISTRY
 from optrewrite.tf.passes.state import SiteState
+from optrewrite.tf.seal import PLACEHOLDER, SEAL_ATTR, seal
 from optrewrite.tf.sites import Discovery, UpdateSite, find_update_sites
 
 PLAN_NODE = "optrewrite/plan"
@@ -37,6 +40,8 @@ class Rewritten:
 
     loaded: io.TfGraphFile
     editor: GraphEditor | None = None  # None: the graph is the input, unchanged
+    seal_key: bytes = b""  # what a binary output's seal binds it to (optrewrite.tf.seal)
+    plan_node: str = ""  # the node that records the plan (and, in binary output, the seal)
 
 
 def discover(loaded: io.TfGraphFile, g: GraphEditor) -> Discovery:
@@ -96,8 +101,8 @@ def rewrite_tf(loaded: io.TfGraphFile, spec: Spec, *,
     for consumer, mapping in rewire.items():
         g.reroute_controls(consumer, mapping)
 
-    g.add(PLAN_NODE, "NoOp", placement=Placement(device=""), tag=PLAN_TAG)
-    g.node(PLAN_NODE).attr[PLAN_ATTR].s = digest.encode()
+    plan_node = g.add(PLAN_NODE, "NoOp", placement=Placement(device=""), tag=PLAN_TAG)
+    g.node(plan_node).attr[PLAN_ATTR].s = digest.encode()
     g.lint()
 
     report.sites = [_entry(site, done.inserted.get(site.key, []), done.state.get(site.key, [])) for site in sites]
@@ -106,15 +111,35 @@ def rewrite_tf(loaded: io.TfGraphFile, spec: Spec, *,
     report.nodes_added = len(g.graph.node) - g.first_new
     report.nodes_changed = len(g.changed)
     return Outcome(report=report, changed=frozenset(g.graph.node[i].name for i in g.changed),
-                   graph=Rewritten(loaded, g))
+                   graph=Rewritten(loaded, g, seal_key(spec), plan_node))
+
+
+def seal_key(spec: Spec) -> bytes:
+    return fingerprint(spec).encode()
 
 
 def serialize(rewritten: Rewritten) -> bytes:
-    """The output bytes: the input's own when nothing changed."""
+    """The output bytes: the input's own when nothing changed; a binary output sealed."""
     g = rewritten.editor
     if g is None:
         return rewritten.loaded.raw
-    return io.serialize(rewritten.loaded, g.changed, g.first_new)
+    binary = rewritten.loaded.encoding == io.BINARY
+    mark_for_seal(rewritten, binary=binary)
+    raw = io.serialize(rewritten.loaded, g.changed, g.first_new)
+    return seal(raw, rewritten.seal_key) if binary else raw
+
+
+def mark_for_seal(rewritten: Rewritten, *, binary: bool) -> None:
+    """Before the rewritten graph is serialized: a binary output's plan node holds the seal's
+    placeholder (:func:`optrewrite.tf.seal.seal` fills it in the bytes); a text output's
+    none (text is not sealed)."""
+    if rewritten.editor is None:
+        return
+    attrs = rewritten.editor.node(rewritten.plan_node).attr
+    if binary:
+        attrs[SEAL_ATTR].s = PLACEHOLDER.encode()
+    elif SEAL_ATTR in attrs:
+        del attrs[SEAL_ATTR]
 
 
 def _entry(site: UpdateSite, actions: list[str], state: list[str] | None = None) -> SiteEntry:

@@ -51,6 +51,9 @@ class SavedModelFormat:
 
         io.check_output(src, out)
 
+    def sealed(self, path: Path, raw: bytes, spec: Spec, *, lower: bool) -> str | None:
+        return None  # a SavedModel keeps no seal: --check searches it
+
     def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
         if lower or (spec is not None and spec.lower):
             raise InputError(f"{path}: lowering applies to ONNX models only")
