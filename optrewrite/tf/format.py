@@ -84,8 +84,8 @@ class TensorFlowFormat(SingleFile):
         ``.graphdef`` a GraphDef."""
         from optrewrite.tf import io  # noqa: PLC0415
 
-        from optrewrite.tf.rewrite import mark_for_seal  # noqa: PLC0415
-        from optrewrite.tf.seal import seal  # noqa: PLC0415
+        from optrewrite import seal  # noqa: PLC0415
+        from optrewrite.tf.rewrite import SEAL_MARKER, mark_for_seal  # noqa: PLC0415
 
         loaded = getattr(outcome.graph, "loaded", None)
         if loaded is None:
@@ -108,17 +108,16 @@ class TensorFlowFormat(SingleFile):
 
             return text_format.MessageToString(loaded.message).encode("utf-8")
         raw = loaded.message.SerializeToString(deterministic=True)
-        return raw if outcome.graph.editor is None else seal(raw, outcome.graph.seal_key)
+        return raw if outcome.graph.editor is None else seal.fill(raw, SEAL_MARKER, outcome.graph.seal_key)
 
     def sealed(self, path: Path, raw: bytes, spec: Spec, *, lower: bool) -> str | None:
         """The report's format name when ``raw`` is a binary graph that this spec's rewrite
-        wrote, by its seal (:mod:`optrewrite.tf.seal`; nothing is parsed but the plan
-        node); None otherwise."""
+        wrote, by its seal (:mod:`optrewrite.seal`; nothing is parsed); None otherwise."""
+        from optrewrite import seal  # noqa: PLC0415
         from optrewrite.tf import io  # noqa: PLC0415
-        from optrewrite.tf.rewrite import seal_key  # noqa: PLC0415
-        from optrewrite.tf.seal import is_sealed  # noqa: PLC0415
+        from optrewrite.tf.rewrite import SEAL_MARKER, seal_key  # noqa: PLC0415
 
-        if lower or io.looks_like_text(raw) or not is_sealed(raw, seal_key(spec)):
+        if lower or io.looks_like_text(raw) or not seal.holds(raw, SEAL_MARKER, seal_key(spec)):
             return None
         container = io.METAGRAPH if path.suffix.lower() == ".meta" else io.GRAPHDEF
         return f"{container} ({io.BINARY})"

@@ -7,7 +7,7 @@ The update's original consumers are rewired at the end to wait for the last inse
 The applied plan (:func:`optrewrite.passes.plan_digest`) is recorded on a NoOp
 ``optrewrite/plan``. Rewriting a graph that carries a plan with the same spec changes
 nothing; with a different spec it is an input error, since actions do not stack. A binary
-output also carries a seal on that node (:mod:`optrewrite.tf.seal`), which lets ``--check``
+output also carries a seal on that node (:mod:`optrewrite.seal`), which lets ``--check``
 answer for a file it wrote without searching it.
 
 Nothing here serializes: the outcome holds the edited graph, which
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optrewrite import passes
+from optrewrite import passes, seal
 from optrewrite.core import Outcome
 from optrewrite.errors import InputError
 from optrewrite.report import Report, SiteEntry
@@ -26,12 +26,15 @@ from optrewrite.tf import io
 from optrewrite.tf.graph import TAG_ATTR, GraphEditor, Placement
 from optrewrite.tf.passes import REGISTRY
 from optrewrite.tf.passes.state import SiteState
-from optrewrite.tf.seal import PLACEHOLDER, SEAL_ATTR, seal
 from optrewrite.tf.sites import Discovery, UpdateSite, find_update_sites
 
 PLAN_NODE = "optrewrite/plan"
 PLAN_ATTR = "_optrewrite_plan"
 PLAN_TAG = "plan"
+SEAL_ATTR = "_optrewrite_seal"
+# where a binary output's seal lies (optrewrite.seal): the plan node's attr entry for it,
+# serialized deterministically (key, then an AttrValue whose ``s`` is the 64-digit seal)
+SEAL_MARKER = b"\x0a\x10" + SEAL_ATTR.encode() + b"\x12\x42\x12\x40"
 
 
 @dataclass
@@ -40,7 +43,7 @@ class Rewritten:
 
     loaded: io.TfGraphFile
     editor: GraphEditor | None = None  # None: the graph is the input, unchanged
-    seal_key: bytes = b""  # what a binary output's seal binds it to (optrewrite.tf.seal)
+    seal_key: bytes = b""  # what a binary output's seal binds it to (optrewrite.seal)
     plan_node: str = ""  # the node that records the plan (and, in binary output, the seal)
 
 
@@ -126,18 +129,18 @@ def serialize(rewritten: Rewritten) -> bytes:
     binary = rewritten.loaded.encoding == io.BINARY
     mark_for_seal(rewritten, binary=binary)
     raw = io.serialize(rewritten.loaded, g.changed, g.first_new)
-    return seal(raw, rewritten.seal_key) if binary else raw
+    return seal.fill(raw, SEAL_MARKER, rewritten.seal_key) if binary else raw
 
 
 def mark_for_seal(rewritten: Rewritten, *, binary: bool) -> None:
     """Before the rewritten graph is serialized: a binary output's plan node holds the seal's
-    placeholder (:func:`optrewrite.tf.seal.seal` fills it in the bytes); a text output's
-    none (text is not sealed)."""
+    placeholder (:func:`optrewrite.seal.fill` fills it in the bytes); a text output's none
+    (text is not sealed)."""
     if rewritten.editor is None:
         return
     attrs = rewritten.editor.node(rewritten.plan_node).attr
     if binary:
-        attrs[SEAL_ATTR].s = PLACEHOLDER.encode()
+        attrs[SEAL_ATTR].s = seal.PLACEHOLDER
     elif SEAL_ATTR in attrs:
         del attrs[SEAL_ATTR]
 

@@ -20,7 +20,6 @@ Nothing here serializes; :func:`serialize` splices the output bytes (optrewrite.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 
 from optrewrite import passes
@@ -66,7 +65,7 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
     library = LibraryEditor(loaded.meta.graph_def.library.function)
     # A Keras SavedModel holds its training step twice (the signature's trace and the
     # object's), equal but for the custom-gradient name of its IdentityN: a body seen before,
-    # with its inputs bound the same way, has the same sites (bodies are digested only when
+    # with its inputs bound the same way, has the same sites (bodies are compared only when
     # their node counts and bindings agree).
     done: dict[tuple[object, ...], list[_Seen]] = {}
     accumulates: dict[tuple[str, int], bool] = {}  # (branch, input position) -> writes that input into a variable
@@ -77,10 +76,7 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
             continue
         key = (len(fn.node_def), tuple((a.name, a.type) for a in fn.signature.input_arg),
                tuple(sorted((arg, v.node_id if v else -1) for arg, v in local.items())))
-        same, digest = None, None
-        if key in done:
-            digest = _body_digest(fn)
-            same = next((seen for seen in done[key] if seen.digest() == digest), None)
+        same = next((seen for seen in done.get(key, ()) if _same_body(seen.fn, fn)), None)
         if same is not None:
             first = same.fn.signature.name
             found = [replace(site, function=name) for site in same.found]
@@ -88,7 +84,7 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
                        else skip for skip in same.skipped]
         else:
             found, skipped = find_sites(fn, local)
-            done.setdefault(key, []).append(_Seen(fn, found, skipped, digest))
+            done.setdefault(key, []).append(_Seen(fn, found, skipped))
         for site in found:
             accumulated = _accumulated_in(library, site, accumulates)
             if accumulated:
@@ -103,33 +99,34 @@ def discover(loaded: io.SavedModelFile) -> Discovery:
 
 @dataclass
 class _Seen:
-    """A body whose sites were found, and its digest once another body needs it."""
+    """A body whose sites were found."""
 
     fn: proto.FunctionDef
     found: list[FunctionSite]
     skipped: list[Skip]
-    _digest: bytes | None = None
-
-    def digest(self) -> bytes:
-        if self._digest is None:
-            self._digest = _body_digest(self.fn)
-        return self._digest
 
 
 _UNIQUE_ATTRS = ("_gradient_op_type",)  # names TensorFlow makes unique per trace; no site depends on them
 
 
-def _body_digest(fn: proto.FunctionDef) -> bytes:
-    """A digest of the function's nodes, the attrs of :data:`_UNIQUE_ATTRS` left out."""
-    h = hashlib.sha256()
-    for node in fn.node_def:
-        if any(a in node.attr for a in _UNIQUE_ATTRS):
-            node = proto.NodeDef.FromString(node.SerializeToString())
-            for a in _UNIQUE_ATTRS:
-                if a in node.attr:
-                    del node.attr[a]
-        h.update(node.SerializeToString(deterministic=True))
-    return h.digest()
+def _same_body(a: proto.FunctionDef, b: proto.FunctionDef) -> bool:
+    """Whether two bodies have equal nodes in the same order, the attrs of
+    :data:`_UNIQUE_ATTRS` left out."""
+    if len(a.node_def) != len(b.node_def):
+        return False
+    for x, y in zip(a.node_def, b.node_def):
+        if x == y:
+            continue
+        if not any(k in x.attr or k in y.attr for k in _UNIQUE_ATTRS):
+            return False
+        x, y = proto.NodeDef.FromString(x.SerializeToString()), proto.NodeDef.FromString(y.SerializeToString())
+        for node in (x, y):
+            for k in _UNIQUE_ATTRS:
+                if k in node.attr:
+                    del node.attr[k]
+        if x != y:
+            return False
+    return True
 
 
 def _accumulated_in(library: LibraryEditor, site: FunctionSite, accumulates: dict[tuple[str, int], bool]) -> str | None:

@@ -1,7 +1,7 @@
 """The seal of a binary TensorFlow output: ``--check`` answers from it, and only when it holds.
 
-A seal is the SHA-256 of the file without its plan node, bound to the spec's meaning
-(optrewrite/tf/seal.py); every case here compares the sealed answer with the full check's.
+A seal is the SHA-256 of the file without the seal itself, bound to the spec's meaning
+(optrewrite/seal.py); every case here compares the sealed answer with the full check's.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from optrewrite.api import rewrite_file
 from optrewrite.cli import main
 from optrewrite.errors import InputError
 from optrewrite.tf import io, proto
-from optrewrite.tf.seal import PLACEHOLDER, SEAL_ATTR
+from optrewrite.seal import PLACEHOLDER
+from optrewrite.tf.rewrite import SEAL_ATTR
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 
@@ -38,7 +39,7 @@ def test_check_of_a_sealed_output_searches_nothing_and_agrees(dense: tuple[Path,
     src, spec = dense
     out = tmp_path / "out.pb"
     rewrite_file(src, spec, output=out)
-    seal = _plan_node(out).attr[SEAL_ATTR].s.decode()
+    seal = _plan_node(out).attr[SEAL_ATTR].s
     assert len(seal) == 64 and seal != PLACEHOLDER
     quick = rewrite_file(out, spec, mode="check")
     assert quick.sealed and not quick.changed and quick.sites == []
@@ -115,7 +116,7 @@ def test_text_output_carries_no_seal_and_meta_graphs_do(dense: tuple[Path, Path]
     rewrite_file(meta_src, meta_spec, output=meta_out)
     report = rewrite_file(meta_out, meta_spec, mode="check")
     assert report.sealed and report.format == "MetaGraphDef (binary)"
-    assert PLACEHOLDER.encode() not in meta_out.read_bytes()
+    assert PLACEHOLDER not in meta_out.read_bytes()
 
 
 def test_sealed_output_is_reproducible(dense: tuple[Path, Path], tmp_path: Path) -> None:
