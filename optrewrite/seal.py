@@ -23,8 +23,15 @@ from __future__ import annotations
 
 import hashlib
 
+from optrewrite.spec import Spec, fingerprint
+
 PLACEHOLDER = b"-" * 64
 _MAX_CANDIDATES = 16  # a file need not be searched whole: the seal is written near its end
+
+
+def spec_key(spec: Spec) -> bytes:
+    """The KEY of a seal for ``spec``."""
+    return fingerprint(spec).encode()
 
 
 def _digest(raw: bytes, at: int, key: bytes) -> bytes:

@@ -115,9 +115,9 @@ class TensorFlowFormat(SingleFile):
         wrote, by its seal (:mod:`optrewrite.seal`; nothing is parsed); None otherwise."""
         from optrewrite import seal  # noqa: PLC0415
         from optrewrite.tf import io  # noqa: PLC0415
-        from optrewrite.tf.rewrite import SEAL_MARKER, seal_key  # noqa: PLC0415
+        from optrewrite.tf.rewrite import SEAL_MARKER  # noqa: PLC0415
 
-        if lower or io.looks_like_text(raw) or not seal.holds(raw, SEAL_MARKER, seal_key(spec)):
+        if lower or io.looks_like_text(raw) or not seal.holds(raw, SEAL_MARKER, seal.spec_key(spec)):
             return None
         container = io.METAGRAPH if path.suffix.lower() == ".meta" else io.GRAPHDEF
         return f"{container} ({io.BINARY})"

@@ -21,7 +21,7 @@ from optrewrite import passes, seal
 from optrewrite.core import Outcome
 from optrewrite.errors import InputError
 from optrewrite.report import Report, SiteEntry
-from optrewrite.spec import Spec, fingerprint
+from optrewrite.spec import Spec
 from optrewrite.tf import io
 from optrewrite.tf.graph import TAG_ATTR, GraphEditor, Placement
 from optrewrite.tf.passes import REGISTRY
@@ -114,11 +114,7 @@ def rewrite_tf(loaded: io.TfGraphFile, spec: Spec, *,
     report.nodes_added = len(g.graph.node) - g.first_new
     report.nodes_changed = len(g.changed)
     return Outcome(report=report, changed=frozenset(g.graph.node[i].name for i in g.changed),
-                   graph=Rewritten(loaded, g, seal_key(spec), plan_node))
-
-
-def seal_key(spec: Spec) -> bytes:
-    return fingerprint(spec).encode()
+                   graph=Rewritten(loaded, g, seal.spec_key(spec), plan_node))
 
 
 def serialize(rewritten: Rewritten) -> bytes:

@@ -52,7 +52,13 @@ class SavedModelFormat:
         io.check_output(src, out)
 
     def sealed(self, path: Path, raw: bytes, spec: Spec, *, lower: bool) -> str | None:
-        return None  # a SavedModel keeps no seal: --check searches it
+        """The report's format name when ``raw`` (a ``saved_model.pb``) is what this spec's
+        rewrite wrote, by its seal (:mod:`optrewrite.seal`; nothing is parsed); None otherwise.
+        The seal covers ``saved_model.pb``, where the rewrite lies, not ``variables/``."""
+        from optrewrite import seal  # noqa: PLC0415
+        from optrewrite.tf2.rewrite import FORMAT_NAME, SEAL_MARKER  # noqa: PLC0415
+
+        return FORMAT_NAME if not lower and seal.holds(raw, SEAL_MARKER, seal.spec_key(spec)) else None
 
     def check_request(self, path: Path, spec: Spec | None, *, lower: bool) -> None:
         if lower or (spec is not None and spec.lower):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from optrewrite import passes
+from optrewrite import passes, seal
 from optrewrite.core import Outcome, Skip
 from optrewrite.errors import InputError
 from optrewrite.report import Report, SiteEntry
@@ -35,6 +35,10 @@ from optrewrite.tf2.passes.state import SiteState
 from optrewrite.tf2.sites import WRITES, Body, FunctionSite, bindings, find_sites
 
 PLAN_COLLECTION = "optrewrite_plan"
+SEAL_COLLECTION = "optrewrite_seal"
+# where the output's seal lies (optrewrite.seal): the collection_def map entry for it, as
+# io.serialize writes it (key, then a CollectionDef whose bytes_list holds the 64 digits)
+SEAL_MARKER = b"\x0a\x0f" + SEAL_COLLECTION.encode() + b"\x12\x44\x12\x42\x0a\x40"
 FORMAT_NAME = "TensorFlow SavedModel"
 
 
@@ -51,6 +55,7 @@ class Rewritten:
     loaded: io.SavedModelFile
     editors: dict[str, FunctionEditor] = field(default_factory=dict)
     plan: str | None = None  # the digest to record; None: nothing changed
+    seal_key: bytes = b""  # what the output's seal binds it to (optrewrite.seal)
 
     @property
     def changed_functions(self) -> set[str]:
@@ -197,7 +202,7 @@ def rewrite_savedmodel(loaded: io.SavedModelFile, spec: Spec) -> Outcome:
     states = [SiteState.start(sel, library.function(sel.site.function)) for sel in selections]
     done = passes.run_pipeline(REGISTRY, library, states)
     editors = library.editors
-    rewritten = Rewritten(loaded, editors, plan=digest)
+    rewritten = Rewritten(loaded, editors, plan=digest, seal_key=seal.spec_key(spec))
     report.sites = [_entry(group, done.inserted) for group in by_variable(sites)]
     report.skipped = merge_skips([*report.skipped, *done.skipped])
     report.changed = True
@@ -217,8 +222,12 @@ def serialize(rewritten: Rewritten) -> bytes:
         return rewritten.loaded.raw
     record = proto.CollectionDef()
     record.bytes_list.value.append(rewritten.plan.encode())
-    return io.serialize(rewritten.loaded, rewritten.changed_functions,
-                        {PLAN_COLLECTION: record.SerializeToString(deterministic=True)})
+    placeholder = proto.CollectionDef()
+    placeholder.bytes_list.value.append(seal.PLACEHOLDER)
+    raw = io.serialize(rewritten.loaded, rewritten.changed_functions,
+                       {PLAN_COLLECTION: record.SerializeToString(deterministic=True),
+                        SEAL_COLLECTION: placeholder.SerializeToString(deterministic=True)})
+    return seal.fill(raw, SEAL_MARKER, rewritten.seal_key)
 
 
 def by_variable(sites: list[FunctionSite]) -> list[list[FunctionSite]]:

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from optrewrite.cli import main
+from optrewrite.errors import InputError
 from optrewrite.tf import proto
 from optrewrite.tf.io import top_level_fields
 from optrewrite.tf2 import io
@@ -177,6 +178,29 @@ def test_fingerprint_without_importing_tensorflow(models: dict[str, Path], tmp_p
     ours, theirs = done.stdout.split()[-2:]
     assert int(ours) == tf.saved_model.experimental.read_fingerprint(str(out)).saved_model_checksum
     assert int(theirs) > 0
+
+
+def test_check_of_a_sealed_savedmodel_searches_nothing(models: dict[str, Path], tmp_path: Path) -> None:
+    from optrewrite.api import rewrite_file
+    from optrewrite.tf2.rewrite import SEAL_MARKER
+
+    spec = _spec(tmp_path, CLIP_A)
+    out = tmp_path / "out"
+    assert _rewrite(models["adam"], spec, out) == 0
+    quick = rewrite_file(out, spec, mode="check")
+    assert quick.sealed and not quick.changed and quick.sites == []
+    full = rewrite_file(out, spec, mode="check", report_path=tmp_path / "r.json")  # a report: always searched
+    assert not full.sealed and not full.changed and full.sites
+    other = _spec(tmp_path, GUARD_B, "other.yaml")
+    with pytest.raises(InputError, match="different spec"):
+        rewrite_file(out, other, mode="check")
+    # one digit of the seal changed: not trusted, searched, and still nothing to do
+    pb = out / "saved_model.pb"
+    raw = pb.read_bytes()
+    at = raw.rfind(SEAL_MARKER) + len(SEAL_MARKER)
+    pb.write_bytes(raw[:at] + (b"1" if raw[at:at + 1] == b"0" else b"0") + raw[at + 1:])
+    report = rewrite_file(out, spec, mode="check")
+    assert not report.sealed and not report.changed and report.sites
 
 
 def test_rerun_is_reproducible_and_idempotent(models: dict[str, Path], tmp_path: Path) -> None:
