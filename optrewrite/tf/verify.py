@@ -25,9 +25,11 @@ without a step imports the nodes of allowed ops whose inputs are too.
 **In the child.** The checked graph is imported into a fresh ``tf.Graph`` and run in a
 single-threaded CPU ``tf.compat.v1.Session``. Every variable the step reads or writes
 (``VariableV2``, ``Variable``, ``VarHandleOp``) is given generated values by assign ops
-added to the imported graph (the graph's own initializers, and so its lookup tables, are
-not run), and is read before and after the step; the summary counts those that changed.
-Every ``Placeholder`` the step needs is fed. The session's deadline is what is left of
+added to the GraphDef before it is imported (the graph's own initializers, and so its
+lookup tables, are not run), and is read before and after the step; the summary counts
+those that changed. Every ``Placeholder`` the step needs is fed. A graph of more than
+:data:`OPTIMIZE_UP_TO` nodes runs with grappler and the graph optimizer off (the summary
+says so): on large graphs they cost several times the step itself. The session's deadline is what is left of
 ``timeout_s``, so a step waiting on an empty queue fails with a message saying so. Errors
 name the node and op (when the graph has them), the error's class and a fixed phrase
 (:data:`_PHRASES`), never the runtime's text.
@@ -69,6 +71,10 @@ if TYPE_CHECKING:
     from optrewrite.tf import proto
 
 UNKNOWN_DIM = 2  # the size of a dimension of unknown size (-1)
+# Graphs of up to this many nodes (as imported) run as TensorFlow runs them by default, with
+# grappler and the graph optimizer; larger ones without (on a 50k-node training graph they
+# take three quarters of a verification), and the summary says so.
+OPTIMIZE_UP_TO = 20_000
 # Ops that write files (checkpoints, event files, debug dumps), besides every *Summary op;
 # the step ends before them. (Whether an op may run at all is ALLOWED_OPS's call.)
 _WRITING_OPS = frozenset(
@@ -468,6 +474,46 @@ def run_step(request: dict[str, Any]) -> str:
     names = {n.name: n.op for n in graph_def.node}
     for function in graph_def.library.function:
         names.update((n.name, n.op) for n in function.node_def)
+    rng = np.random.default_rng(request["seed"])
+    # The ops that set and read the variables are added to the GraphDef before it is imported
+    # (as NodeDefs: thousands of variables would cost seconds through the Python API), wired
+    # so that one Session.run sets them, runs the step and reads them: every run with other
+    # fetches prunes the whole graph again, which on a large graph costs more than the step.
+    # Every node that takes a variable directly (and so everything that reads or writes one)
+    # waits for ``assign_all``; each read waits for ``step``, which waits for the targets.
+    prefix = "optrewrite_verify"
+    while any(n == prefix or n.startswith(prefix + "/") for n in names):
+        prefix += "_"
+    init_feed: dict[str, np.ndarray] = {}
+    reads: list[str] = []
+    before: list[np.ndarray] = []
+    if request["targets"]:
+        variables = {v[0] for v in request["variables"]}
+        for node in graph_def.node:
+            if any((i[1:] if i[0] == "^" else i.partition(":")[0]) in variables for i in node.input):
+                node.input.append(f"^{prefix}/assign_all")
+        assign_all = graph_def.node.add(name=f"{prefix}/assign_all", op="NoOp")
+        graph_def.node.add(name=f"{prefix}/step", op="NoOp", input=[f"^{t}" for t in request["targets"]])
+        for k, (name, resource, dtype_enum, shape) in enumerate(request["variables"]):
+            dtype = tf.as_dtype(dtype_enum).base_dtype
+            value = generate(rng, tuple(shape), np.dtype(dtype.as_numpy_dtype)) if dtype.is_numpy_compatible else None
+            if value is None:
+                raise failed(f"variable {quoted(name)}: cannot generate values of type {dtype.name}")
+            ph = graph_def.node.add(name=f"{prefix}/value_{k}", op="Const")
+            ph.attr["dtype"].type = dtype.as_datatype_enum
+            ph.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+            before.append(value)
+            assign = graph_def.node.add(name=f"{prefix}/assign_{k}", input=[name, ph.name])
+            read = graph_def.node.add(name=f"{prefix}/read_{k}", input=[name, f"^{prefix}/step"])
+            if resource:
+                assign.op, read.op = "AssignVariableOp", "ReadVariableOp"
+                assign.attr["dtype"].type = read.attr["dtype"].type = dtype.as_datatype_enum
+            else:
+                assign.op, read.op = "Assign", "Identity"
+                assign.attr["T"].type = read.attr["T"].type = dtype.as_datatype_enum
+                assign.attr["validate_shape"].b = False
+            assign_all.input.append(f"^{assign.name}")
+            reads.append(f"{read.name}:0")
     graph = tf.Graph()
     with graph.as_default():
         try:
@@ -476,24 +522,6 @@ def run_step(request: dict[str, Any]) -> str:
             raise _error(f"{runtime} cannot import the graph", exc, names) from None
         if not request["targets"]:
             return f"loaded in {runtime}; {request['why_nothing']}, nothing run"
-        rng = np.random.default_rng(request["seed"])
-        init_feed: dict[Any, np.ndarray] = {}
-        assigns, reads = [], []
-        with tf.name_scope("optrewrite_verify"):
-            for name, resource, dtype_enum, shape in request["variables"]:
-                dtype = tf.as_dtype(dtype_enum)
-                value = generate(rng, tuple(shape), np.dtype(dtype.as_numpy_dtype)) if dtype.is_numpy_compatible else None
-                if value is None:
-                    raise failed(f"variable {quoted(name)}: cannot generate values of type {dtype.name}")
-                handle = graph.get_tensor_by_name(f"{name}:0")
-                ph = tf.compat.v1.placeholder(dtype, shape)
-                init_feed[ph] = value
-                if resource:
-                    assigns.append(tf.raw_ops.AssignVariableOp(resource=handle, value=ph))
-                    reads.append(tf.raw_ops.ReadVariableOp(resource=handle, dtype=dtype))
-                else:
-                    assigns.append(tf.compat.v1.assign(handle, ph, validate_shape=False))
-                    reads.append(tf.identity(handle))
         feed: dict[str, np.ndarray] = {}
         for name, dtype_enum, shape in request["placeholders"]:
             dtype = tf.as_dtype(dtype_enum)
@@ -506,6 +534,10 @@ def run_step(request: dict[str, Any]) -> str:
         intra_op_parallelism_threads=1, inter_op_parallelism_threads=1,
         allow_soft_placement=True, device_count={"GPU": 0},
     )  # fmt: skip
+    optimized = len(graph_def.node) <= OPTIMIZE_UP_TO
+    if not optimized:  # grappler and the graph optimizer cost far more than the step on a large graph
+        config.graph_options.rewrite_options.disable_meta_optimizer = True
+        config.graph_options.optimizer_options.opt_level = -1  # L0
 
     def options() -> Any:  # the session's deadline: what is left of timeout_s
         left = timeout_s - (time.monotonic() - start)
@@ -516,24 +548,16 @@ def run_step(request: dict[str, Any]) -> str:
 
     with tf.compat.v1.Session(graph=graph, config=config) as session:
         try:
-            session.run(assigns, feed_dict=init_feed, options=options())
-            before = [np.array(v, copy=True) for v in session.run(reads, options=options())]
+            done = session.run({"after": reads, "step": targets}, feed_dict={**init_feed, **feed}, options=options())
         except tf.errors.DeadlineExceededError:
             raise late() from None
         except Exception as exc:  # noqa: BLE001
-            raise _error(f"{runtime} cannot set the variables", exc, names) from None
-        try:
-            session.run(targets, feed_dict=feed, options=options())
-        except tf.errors.DeadlineExceededError:
-            raise late() from None
-        except Exception as exc:  # noqa: BLE001
-            raise _error(f"{runtime} step failed", exc, names) from None
-        try:
-            after = [np.array(v, copy=True) for v in session.run(reads, options=options())]
-        except tf.errors.DeadlineExceededError:
-            raise late() from None
-        except Exception as exc:  # noqa: BLE001
-            raise _error(f"{runtime} cannot read the variables after the step", exc, names) from None
+            failing = getattr(getattr(exc, "node_def", None), "name", "") or getattr(getattr(exc, "op", None), "name", "")
+            what = ("cannot set the variables" if failing.startswith(f"{prefix}/assign_") else
+                    "cannot read the variables after the step" if failing.startswith(f"{prefix}/read_") else
+                    "step failed")
+            raise _error(f"{runtime} {what}", exc, names) from None
+        after = [np.array(v, copy=True) for v in done["after"]]
     changed = sum(not same(a, b) for a, b in zip(before, after))
     finite, total = count_finite(after)
     main = next((t for t in request["targets"] if graph.get_operation_by_name(t).type not in _READ_OPS),
@@ -542,4 +566,6 @@ def run_step(request: dict[str, Any]) -> str:
     summary = f"ran one step ({shown}) in {runtime}: {changed} of {total} variables changed"
     if finite < total:
         summary += f", {total - finite} not finite"
+    if not optimized:
+        summary += f" (graph optimizations off: {len(graph_def.node):,} nodes)"
     return summary
