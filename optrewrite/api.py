@@ -36,6 +36,7 @@ def rewrite_file(
     mode: str = "write",
     verify: bool = False,
     progress: Callable[[str], None] | None = None,
+    trust_seal: bool = True,
 ) -> Report:
     """Rewrite ``input_path`` by the spec at ``spec_path``; write the output atomically.
 
@@ -52,9 +53,10 @@ def rewrite_file(
 
     ``mode`` "dry-run" and "check" rewrite in memory and write nothing but the report (the
     rewritten graph is never serialized); ``report.changed`` then says whether writing would
-    change the graph; a "check" that writes no report first asks the format whether the graph
-    carries its seal for this spec (:meth:`~optrewrite.formats.Format.sealed`), and then
-    searches nothing: the report says ``sealed`` and lists no sites. ``verify`` loads the written graph in its runtime (TensorFlow,
+    change the graph; a "check" that writes no report (and ``trust_seal``) first asks the
+    format whether the graph carries its seal for this spec
+    (:meth:`~optrewrite.formats.Format.sealed`), and then searches nothing: the report says
+    ``sealed`` and lists no sites. ``verify`` loads the written graph in its runtime (TensorFlow,
     onnxruntime) and runs one step on generated data before it replaces anything (see
     :mod:`optrewrite.verify`). ``progress``, when given, is told each long stage as a line
     (the command line prints them when stderr is a terminal).
@@ -78,7 +80,7 @@ def rewrite_file(
         spec = load_spec(spec_file, read=read_spec)
         raw = read_graph(src)
         fmt = format_for(src)
-        if mode == "check" and report_file is None:
+        if mode == "check" and report_file is None and trust_seal:
             fmt.check_request(src, spec, lower=lower)
             format_name = fmt.sealed(src, raw, spec, lower=lower)
             if format_name is not None:

@@ -198,7 +198,8 @@ def _rewrite_one(job: Job, mode: str, verify: bool, keep_report: bool) -> _Done:
     from optrewrite.api import rewrite_file  # noqa: PLC0415
 
     try:
-        report = rewrite_file(job.input, job.spec, output=job.output, lower=job.lower, mode=mode, verify=verify)
+        report = rewrite_file(job.input, job.spec, output=job.output, lower=job.lower, mode=mode, verify=verify,
+                              trust_seal=not keep_report)  # a report (the combined one) lists the sites
     except InputError as exc:
         return _Done(job.input, error=str(exc), exit_code=exc.exit_code, spec=job.spec)
     return _Done.of(job.input, report, mode, job.spec, keep_report=keep_report)

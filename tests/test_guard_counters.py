@@ -67,6 +67,35 @@ def test_tensorflow_counts_each_reason(tmp_path: Path, tf_config: object, granul
     assert 0 < min(want.values()) and max(want.values()) < len(steps)
 
 
+def test_tensorflow_counters_start_themselves_without_the_init_op(tmp_path: Path, tf_config: object) -> None:
+    """A session that restores the model from a checkpoint runs no init op: the model's
+    variables get their values (here their own initializers), the counters none; the first
+    step starts each at 0, and the counts are the reference's."""
+    import tensorflow as tf
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text())
+    out = tmp_path / "out.pb"
+    rewrite_file(tf1_graph(tmp_path), spec, output=out)
+    steps = schedule(nonfinite=True)
+    want = expected(steps, list(INIT))
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(tf.compat.v1.GraphDef.FromString(out.read_bytes()), name="")
+        reads = {n: tf.raw_ops.ReadVariableOp(resource=graph.get_tensor_by_name(f"{n}:0"), dtype=tf.int64)
+                 for n in want}
+        is_set = {n: tf.raw_ops.VarIsInitializedOp(resource=graph.get_tensor_by_name(f"{n}:0")) for n in want}
+    with tf.compat.v1.Session(graph=graph, config=tf_config) as sess:
+        sess.run([graph.get_operation_by_name(f"{name}/Assign") for name in INIT])
+        assert not any(sess.run(is_set).values())
+        for s in steps:
+            sess.run(graph.get_operation_by_name("train"), {"gw:0": s.w, "gbig:0": s.big,
+                                                            "emb_values:0": s.emb_values,
+                                                            "emb_indices:0": s.emb_indices})
+        got = {k: int(v) for k, v in sess.run(reads).items()}
+    assert got == want
+
+
 @pytest.mark.parametrize("lower", [True, False], ids=["lowered", "preview"])
 def test_onnx_counts_each_reason_as_state(tmp_path: Path, lower: bool) -> None:
     spec = tmp_path / "s.yaml"

@@ -129,3 +129,20 @@ def test_sealed_output_is_reproducible(dense: tuple[Path, Path], tmp_path: Path)
     three = tmp_path / "three.pb"
     rewrite_file(one, spec, output=three)
     assert three.read_bytes() == one.read_bytes()
+
+
+def test_many_inputs_check_trusts_seals_unless_a_report_is_written(dense: tuple[Path, Path], tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    src, spec = dense
+    one, two = tmp_path / "one.pb", tmp_path / "two.pb"
+    rewrite_file(src, spec, output=one)
+    rewrite_file(src, spec, output=two)
+    capsys.readouterr()
+    assert main([str(one), str(two), "--spec", str(spec), "--check"]) == 0
+    assert capsys.readouterr().err.count("sealed by a rewrite with this spec") == 2
+    combined = tmp_path / "all.json"
+    assert main([str(one), str(two), "--spec", str(spec), "--check", "--report", str(combined), "-q"]) == 0
+    runs = json.loads(combined.read_text())["runs"]
+    assert [r["sealed"] for r in runs] == [False, False] and all(r["sites"] for r in runs)

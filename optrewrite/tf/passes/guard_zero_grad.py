@@ -122,7 +122,16 @@ def combined(g: GraphEditor, scope: str, passed: dict[str, str], at: Placement) 
 def count(g: GraphEditor, state: SiteState, passed: dict[str, str], scope: str) -> None:
     """``guard.counters``: per reason, an int64 resource variable beside the variable, set to
     0 by the init op, incremented on each step whose test for that reason failed; the
-    increments run before the update counts as done (``state.after``)."""
+    increments run before the update counts as done (``state.after``).
+
+    A counter also starts itself at 0 when a step finds it uninitialized: a session that
+    restores the model from a checkpoint runs no init op, and the counters are in no Saver
+    (a checkpoint written before the rewrite must still restore)::
+
+        ready = Merge(Identity(Switch(0, VarIsInitializedOp(c))[false], ^AssignVariableOp(c, <that 0>)),
+                      Identity(Switch(...)[true]))
+        AssignAddVariableOp(c, Cast(LogicalNot(test)), ^ready)
+    """
     site = state.site
     assert state.init_op is not None
     var_device = g.node(site.variable).device
@@ -142,11 +151,29 @@ def count(g: GraphEditor, state: SiteState, passed: dict[str, str], scope: str) 
         one = g.add(f"{scope}/skipped_{reason}/as_int", "Cast", [skipped],
                     attrs={"SrcT": g.type_attr(proto.DT_BOOL), "DstT": i64, "Truncate": g.bool_attr(False)},
                     placement=state.placement, tag=TAG)
+        at = Placement(device=var_device, colocate_with=name)
+        ready = _initialized(g, f"{scope}/count_{reason}", handle, zero, at)
         increments.append(g.add(f"{scope}/count_{reason}", "AssignAddVariableOp", [handle, one], attrs={"dtype": i64},
-                                placement=Placement(device=var_device, colocate_with=name), colocate=True, tag=TAG))
+                                placement=at, colocate=True, tag=TAG, control=[ready]))
         state.counters.append(name)
     state.after = [g.add(f"{scope}/counted", "NoOp", control=[*state.after, *increments], placement=state.placement,
                          tag=TAG)]
+
+
+def _initialized(g: GraphEditor, scope: str, handle: str, zero: str, at: Placement) -> str:
+    """A node that is done once the int64 resource ``handle`` holds a value: its own, or 0
+    assigned here when it had none (a v1 cond: the assignment runs only on the false branch)."""
+    i64 = g.type_attr(proto.DT_INT64)
+    is_set = g.add(f"{scope}/is_set", "VarIsInitializedOp", [handle], placement=at, colocate=True, tag=TAG)
+    switch = g.add(f"{scope}/switch", "Switch", [zero, is_set], attrs={"T": i64}, placement=at, colocate=True, tag=TAG)
+    start = g.add(f"{scope}/start", "AssignVariableOp", [handle, f"{switch}:0"], attrs={"dtype": i64},
+                  placement=at, colocate=True, tag=TAG)
+    unset = g.add(f"{scope}/unset", "Identity", [f"{switch}:0"], attrs={"T": i64}, placement=at, colocate=True,
+                  tag=TAG, control=[start])
+    already = g.add(f"{scope}/already", "Identity", [f"{switch}:1"], attrs={"T": i64}, placement=at, colocate=True,
+                    tag=TAG)
+    return g.add(f"{scope}/ready", "Merge", [unset, already], attrs={"T": i64, "N": g.int_attr(2)},
+                 placement=at, colocate=True, tag=TAG)
 
 
 def reason_tests(g: GraphEditor, scope: str, gradient: str, dtype: int, when: str, at: Placement,
