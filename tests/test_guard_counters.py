@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -39,10 +40,31 @@ def spec_text(extra: str = "") -> str:
     return "version: 1\nguard:\n  when: zero_or_nonfinite\n  counters: true\n" + extra
 
 
-@pytest.mark.parametrize("granularity", ["tensor", "element"])
-def test_tensorflow_counts_each_reason(tmp_path: Path, tf_config: object, granularity: str) -> None:
+def _count(out: Path, names: list[str], steps: list[Step], config: object,
+           initialize: Callable[[Any, Any], None]) -> tuple[dict[str, int | None], dict[str, int]]:
+    """Run the rewritten TF graph ``out`` over ``steps`` after ``initialize(session, graph)``:
+    each counter's value before the first step (None: it had none) and after the last."""
     import tensorflow as tf
 
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(tf.compat.v1.GraphDef.FromString(out.read_bytes()), name="")
+        handles = {n: graph.get_tensor_by_name(f"{n}:0") for n in names}
+        reads = {n: tf.raw_ops.ReadVariableOp(resource=h, dtype=tf.int64) for n, h in handles.items()}
+        is_set = {n: tf.raw_ops.VarIsInitializedOp(resource=h) for n, h in handles.items()}
+    with tf.compat.v1.Session(graph=graph, config=config) as sess:
+        initialize(sess, graph)
+        before = {n: int(sess.run(reads[n])) if set_ else None for n, set_ in sess.run(is_set).items()}
+        for s in steps:
+            sess.run(graph.get_operation_by_name("train"), {"gw:0": s.w, "gbig:0": s.big,
+                                                            "emb_values:0": s.emb_values,
+                                                            "emb_indices:0": s.emb_indices})
+        after = {k: int(v) for k, v in sess.run(reads).items()}
+    return before, after
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "element"])
+def test_tensorflow_counts_each_reason(tmp_path: Path, tf_config: object, granularity: str) -> None:
     spec = tmp_path / "s.yaml"
     spec.write_text(spec_text(f"  granularity: {granularity}\n"))
     out = tmp_path / "out.pb"
@@ -50,19 +72,9 @@ def test_tensorflow_counts_each_reason(tmp_path: Path, tf_config: object, granul
     steps = schedule(nonfinite=True)
     want = expected(steps, list(INIT))
     assert sorted(n for s in report.sites for n in s.state) == sorted(want)
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(tf.compat.v1.GraphDef.FromString(out.read_bytes()), name="")
-        reads = {n: tf.raw_ops.ReadVariableOp(resource=graph.get_tensor_by_name(f"{n}:0"), dtype=tf.int64)
-                 for n in want}
-    with tf.compat.v1.Session(graph=graph, config=tf_config) as sess:
-        sess.run(graph.get_operation_by_name("init"))
-        assert all(v == 0 for v in sess.run(reads).values())  # the init op sets them
-        for s in steps:
-            sess.run(graph.get_operation_by_name("train"), {"gw:0": s.w, "gbig:0": s.big,
-                                                            "emb_values:0": s.emb_values,
-                                                            "emb_indices:0": s.emb_indices})
-        got = {k: int(v) for k, v in sess.run(reads).items()}
+    before, got = _count(out, list(want), steps, tf_config,
+                         lambda sess, graph: sess.run(graph.get_operation_by_name("init")))
+    assert set(before.values()) == {0}  # the init op sets them
     assert got == want
     assert 0 < min(want.values()) and max(want.values()) < len(steps)
 
@@ -71,28 +83,15 @@ def test_tensorflow_counters_start_themselves_without_the_init_op(tmp_path: Path
     """A session that restores the model from a checkpoint runs no init op: the model's
     variables get their values (here their own initializers), the counters none; the first
     step starts each at 0, and the counts are the reference's."""
-    import tensorflow as tf
-
     spec = tmp_path / "s.yaml"
     spec.write_text(spec_text())
     out = tmp_path / "out.pb"
     rewrite_file(tf1_graph(tmp_path), spec, output=out)
     steps = schedule(nonfinite=True)
     want = expected(steps, list(INIT))
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.compat.v1.import_graph_def(tf.compat.v1.GraphDef.FromString(out.read_bytes()), name="")
-        reads = {n: tf.raw_ops.ReadVariableOp(resource=graph.get_tensor_by_name(f"{n}:0"), dtype=tf.int64)
-                 for n in want}
-        is_set = {n: tf.raw_ops.VarIsInitializedOp(resource=graph.get_tensor_by_name(f"{n}:0")) for n in want}
-    with tf.compat.v1.Session(graph=graph, config=tf_config) as sess:
-        sess.run([graph.get_operation_by_name(f"{name}/Assign") for name in INIT])
-        assert not any(sess.run(is_set).values())
-        for s in steps:
-            sess.run(graph.get_operation_by_name("train"), {"gw:0": s.w, "gbig:0": s.big,
-                                                            "emb_values:0": s.emb_values,
-                                                            "emb_indices:0": s.emb_indices})
-        got = {k: int(v) for k, v in sess.run(reads).items()}
+    before, got = _count(out, list(want), steps, tf_config,
+                         lambda sess, graph: sess.run([graph.get_operation_by_name(f"{n}/Assign") for n in INIT]))
+    assert set(before.values()) == {None}
     assert got == want
 
 
