@@ -82,9 +82,8 @@ class TensorFlowFormat(SingleFile):
         names; the input's encoding otherwise (a text graph named ``.pb`` stays text). The
         container must read back as it is: a ``.meta`` holds a MetaGraphDef, a ``.pb`` or
         ``.graphdef`` a GraphDef."""
-        from optrewrite.tf import io  # noqa: PLC0415
-
         from optrewrite import seal  # noqa: PLC0415
+        from optrewrite.tf import io  # noqa: PLC0415
         from optrewrite.tf.rewrite import SEAL_MARKER, mark_for_seal  # noqa: PLC0415
 
         loaded = getattr(outcome.graph, "loaded", None)

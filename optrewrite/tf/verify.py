@@ -26,11 +26,11 @@ without a step imports the nodes of allowed ops whose inputs are too.
 single-threaded CPU ``tf.compat.v1.Session``. Every variable the step reads or writes
 (``VariableV2``, ``Variable``, ``VarHandleOp``) is given generated values by assign ops
 added to the GraphDef before it is imported (the graph's own initializers, and so its
-lookup tables, are not run), and is read before and after the step; the summary counts
-those that changed. Every ``Placeholder`` the step needs is fed. A graph of more than
+lookup tables, are not run), and is read after the step; the summary counts those that
+changed. Every ``Placeholder`` the step needs is fed. A graph of more than
 :data:`OPTIMIZE_UP_TO` nodes runs with grappler and the graph optimizer off (the summary
-says so): on large graphs they cost several times the step itself. The session's deadline is what is left of
-``timeout_s``, so a step waiting on an empty queue fails with a message saying so. Errors
+says so): on large graphs they cost several times the step. The session's deadline is what
+is left of ``timeout_s``, so a step waiting on an empty queue fails with a message saying so. Errors
 name the node and op (when the graph has them), the error's class and a fixed phrase
 (:data:`_PHRASES`), never the runtime's text.
 
@@ -484,9 +484,8 @@ def run_step(request: dict[str, Any]) -> str:
     prefix = "optrewrite_verify"
     while any(n == prefix or n.startswith(prefix + "/") for n in names):
         prefix += "_"
-    init_feed: dict[str, np.ndarray] = {}
     reads: list[str] = []
-    before: list[np.ndarray] = []
+    before: list[np.ndarray] = []  # the values assigned
     if request["targets"]:
         variables = {v[0] for v in request["variables"]}
         for node in graph_def.node:
@@ -499,11 +498,11 @@ def run_step(request: dict[str, Any]) -> str:
             value = generate(rng, tuple(shape), np.dtype(dtype.as_numpy_dtype)) if dtype.is_numpy_compatible else None
             if value is None:
                 raise failed(f"variable {quoted(name)}: cannot generate values of type {dtype.name}")
-            ph = graph_def.node.add(name=f"{prefix}/value_{k}", op="Const")
-            ph.attr["dtype"].type = dtype.as_datatype_enum
-            ph.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+            const = graph_def.node.add(name=f"{prefix}/value_{k}", op="Const")
+            const.attr["dtype"].type = dtype.as_datatype_enum
+            const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
             before.append(value)
-            assign = graph_def.node.add(name=f"{prefix}/assign_{k}", input=[name, ph.name])
+            assign = graph_def.node.add(name=f"{prefix}/assign_{k}", input=[name, const.name])
             read = graph_def.node.add(name=f"{prefix}/read_{k}", input=[name, f"^{prefix}/step"])
             if resource:
                 assign.op, read.op = "AssignVariableOp", "ReadVariableOp"
@@ -548,7 +547,7 @@ def run_step(request: dict[str, Any]) -> str:
 
     with tf.compat.v1.Session(graph=graph, config=config) as session:
         try:
-            done = session.run({"after": reads, "step": targets}, feed_dict={**init_feed, **feed}, options=options())
+            done = session.run({"after": reads, "step": targets}, feed_dict=feed, options=options())
         except tf.errors.DeadlineExceededError:
             raise late() from None
         except Exception as exc:  # noqa: BLE001

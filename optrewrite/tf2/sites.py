@@ -250,19 +250,13 @@ class Body:
     @classmethod
     def of(cls, fn: proto.FunctionDef) -> Body:
         nodes = {n.name: n for n in fn.node_def}
-        # each node's inputs once, as (input string, the node or arg it names); a node whose
-        # inputs all come before it (nearly every node of a traced body) is placed at once,
-        # the others by a depth-first walk from them, which places their inputs first
-        edges: dict[str, list[tuple[str, str]]] = {}
+        # each node's inputs once, as (input string, the node or arg it names)
+        edges = {name: [(inp, inp[1:] if inp[0] == "^" else inp.split(":", 1)[0]) for inp in n.input]
+                 for name, n in nodes.items()}
         order: list[str] = []
         state: dict[str, int] = {}
-        for root, node in nodes.items():
+        for root in nodes:
             if root in state:
-                continue
-            pairs = edges[root] = [(inp, inp[1:] if inp[0] == "^" else inp.partition(":")[0]) for inp in node.input]
-            if all(state.get(src) == 2 or src not in nodes for _, src in pairs):
-                state[root] = 2
-                order.append(root)
                 continue
             stack = [(root, False)]
             while stack:
@@ -275,11 +269,7 @@ class Body:
                     continue
                 state[name] = 1
                 stack.append((name, True))
-                below = edges.get(name)
-                if below is None:
-                    below = edges[name] = [(inp, inp[1:] if inp[0] == "^" else inp.partition(":")[0])
-                                           for inp in nodes[name].input]
-                stack.extend((src, False) for _, src in below if src in nodes and not state.get(src))
+                stack.extend((src, False) for _, src in edges[name] if src in nodes and not state.get(src))
         consumers: dict[str, list[tuple[str, str]]] = {}
         by_ref: dict[str, list[str]] = {}
         out_refs: dict[str, list[str]] = {}
