@@ -37,6 +37,7 @@ def rewrite_file(
     verify: bool = False,
     progress: Callable[[str], None] | None = None,
     trust_seal: bool = True,
+    verify_timeout_s: float | None = None,
 ) -> Report:
     """Rewrite ``input_path`` by the spec at ``spec_path``; write the output atomically.
 
@@ -58,7 +59,8 @@ def rewrite_file(
     (:meth:`~optrewrite.formats.Format.sealed`), and then searches nothing: the report says
     ``sealed`` and lists no sites. ``verify`` loads the written graph in its runtime (TensorFlow,
     onnxruntime) and runs one step on generated data before it replaces anything (see
-    :mod:`optrewrite.verify`). ``progress``, when given, is told each long stage as a line
+    :mod:`optrewrite.verify`), stopped after ``verify_timeout_s`` (default
+    :data:`optrewrite.verify.STEP_TIMEOUT_S`). ``progress``, when given, is told each long stage as a line
     (the command line prints them when stderr is a terminal).
     """
     if mode not in MODES:
@@ -93,7 +95,7 @@ def rewrite_file(
         report.mode = mode
         if out is not None:
             report.output = str(out)
-            check = _runtime_check(src, out, report, progress) if verify else None
+            check = _runtime_check(src, out, report, progress, verify_timeout_s) if verify else None
             fmt.save(outcome, out, check=check, plan=plan)
         if report_file is not None:
             plan.stage(report_file, report.to_json().encode())
@@ -101,22 +103,23 @@ def rewrite_file(
     return report
 
 
-def _runtime_check(src: Path, out: Path, report: Report,
-                   progress: Callable[[str], None] | None = None) -> Callable[[Path], None]:
+def _runtime_check(src: Path, out: Path, report: Report, progress: Callable[[str], None] | None = None,
+                   timeout_s: float | None = None) -> Callable[[Path], None]:
     """Run one step of the temporary output; blame the input when it fails there too."""
 
     def run(tmp: Path) -> None:
-        from optrewrite.verify import TooLargeToVerify, VerificationFailed, verify_file  # noqa: PLC0415
+        from optrewrite.verify import STEP_TIMEOUT_S, TooLargeToVerify, VerificationFailed, verify_file  # noqa: PLC0415
 
+        limit = STEP_TIMEOUT_S if timeout_s is None else timeout_s
         if progress is not None:
             progress(f"{out}: verifying: one step of the rewritten graph in its runtime, in a child process")
         try:
-            report.verified = verify_file(tmp, like=out)
+            report.verified = verify_file(tmp, like=out, timeout_s=limit)
         except TooLargeToVerify as exc:
             raise InputError(_line(f"{src}: --verify cannot run this graph (rewrite without --verify): ", str(exc))) from None
         except VerificationFailed as exc:
             try:
-                verify_file(src)
+                verify_file(src, timeout_s=limit)
             except VerificationFailed as bad_input:
                 raise InputError(_line(f"{src}: the input graph does not run either: ", str(bad_input))) from None
             raise AssertionError(_line("the rewritten graph fails to run though its input runs: ", str(exc))) from None

@@ -76,6 +76,9 @@ def _rewrite_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="before replacing the output, load it in TensorFlow or onnxruntime and run one step "
                    "on generated data")
+    p.add_argument("--verify-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="with --verify: stop the step after this many seconds, loading the graph included "
+                   "(default 120)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no summary on stderr (--check still names each graph that would change)")
     p.add_argument("-j", "--jobs", type=_jobs, default=1, metavar="N",
@@ -105,7 +108,8 @@ def _rewrite(argv: Sequence[str]) -> int:
         jobs = [Job(input=src, spec=args.spec, output=args.output, lower=args.lower) for src in args.input]
     if len(jobs) == 1 and args.manifest is None:
         report = rewrite_file(jobs[0].input, jobs[0].spec, output=jobs[0].output, report_path=args.report,
-                              lower=jobs[0].lower, mode=mode, verify=args.verify, progress=_progress(args))
+                              lower=jobs[0].lower, mode=mode, verify=args.verify, progress=_progress(args),
+                              verify_timeout_s=args.verify_timeout)
         return _show(_Done.of(jobs[0].input, report, mode, keep_report=False), args)
     from optrewrite.manifest import check_jobs  # noqa: PLC0415
 
@@ -130,7 +134,7 @@ def _run_jobs(jobs: Sequence[Job], workers: int, mode: str, args: argparse.Names
         progress(f"{len(jobs)} jobs in {workers} worker{'s' if workers > 1 else ''}")
     if workers == 1:
         for job in jobs:
-            done.append(_rewrite_one(job, mode, args.verify, args.report is not None))
+            done.append(_rewrite_one(job, mode, args.verify, args.report is not None, args.verify_timeout))
             _show(done[-1], args)
         return done
     import concurrent.futures  # noqa: PLC0415
@@ -139,7 +143,8 @@ def _run_jobs(jobs: Sequence[Job], workers: int, mode: str, args: argparse.Names
     # forked workers inherit the signal handlers: SIGTERM/SIGHUP/SIGINT clean up their writes
     pool = concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"))
     try:
-        futures = [pool.submit(_rewrite_one, job, mode, args.verify, args.report is not None) for job in jobs]
+        futures = [pool.submit(_rewrite_one, job, mode, args.verify, args.report is not None, args.verify_timeout)
+                   for job in jobs]
         for future in futures:
             done.append(future.result())
             _show(done[-1], args)
@@ -170,6 +175,16 @@ def _combined_report(done: Sequence[_Done], worst: int) -> str:
                       sort_keys=True) + "\n"
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value <= 86_400:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds from 1 to 86400, got {text!r}")
+    return value
+
+
 def _jobs(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 256:
         raise argparse.ArgumentTypeError(f"expected a number of workers from 1 to 256, got {text!r}")
@@ -194,11 +209,12 @@ class _Done:
                    report=report.to_json() if keep_report else "", spec=spec)  # type: ignore[attr-defined]
 
 
-def _rewrite_one(job: Job, mode: str, verify: bool, keep_report: bool) -> _Done:
+def _rewrite_one(job: Job, mode: str, verify: bool, keep_report: bool, verify_timeout_s: float | None = None) -> _Done:
     from optrewrite.api import rewrite_file  # noqa: PLC0415
 
     try:
         report = rewrite_file(job.input, job.spec, output=job.output, lower=job.lower, mode=mode, verify=verify,
+                              verify_timeout_s=verify_timeout_s,
                               trust_seal=not keep_report)  # a report (the combined one) lists the sites
     except InputError as exc:
         return _Done(job.input, error=str(exc), exit_code=exc.exit_code, spec=job.spec)

@@ -661,6 +661,30 @@ def test_a_step_that_never_ends_is_stopped(tmp_path: Path, monkeypatch: pytest.M
     assert not isinstance(exc.value, NotVerifiable)  # the input is run too: maybe the rewrite is to blame
 
 
+def test_the_cli_sets_the_step_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from optrewrite.cli import main
+
+    def build(tf: Any) -> None:
+        i = tf.compat.v1.while_loop(lambda i: tf.constant(True), lambda i: i + 1, [tf.constant(0)])
+        _train_after(tf, i)
+
+    path = _tf_graph(tmp_path, build)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("version: 1\nguard: {}\n")
+    out = tmp_path / "out.pb"
+    verify_file(_input(FIXTURES / "momentum_ref_dense"))  # the verification process is up
+    monkeypatch.setattr(verify, "KILL_GRACE_S", 0.5)
+    assert main([str(path), "--spec", str(spec), "-o", str(out), "--verify", "--verify-timeout", "1.5", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "the input graph does not run either" in err and "did not finish in 1.5 s" in err, err
+    assert not out.exists()
+    for bad in ("0", "-3", "nan", "soon"):
+        assert main([str(path), "--spec", str(spec), "--verify", "--verify-timeout", bad]) == 2
+        assert "--verify-timeout: expected a number of seconds from 1 to 86400" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_a_step_past_the_memory_limit_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def build(tf: Any) -> None:
         _train_after(tf, scale=tf.reduce_sum(tf.fill(tf.constant([2**30], tf.int64), 1.0)))  # 4 GiB

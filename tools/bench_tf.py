@@ -373,6 +373,20 @@ def bench(label: str, graph: Path, blocks: int, expect_nodes: int, work: Path) -
                _median(floors), _median(rewrites), _median(explains), _median(dry_runs), _median(checks))  # fmt: skip
 
 
+def verify(graph: Path, row: Row, work: Path) -> None:
+    """One rewrite with ``--verify`` (its child process included) against the row's rewrite."""
+    out = work / "out.pb"
+    sample = run_measured(
+        [sys.executable, "-m", "optrewrite", str(graph), "--spec", str(work / "spec.yaml"), "-o", str(out),
+         "--verify", "--verify-timeout", "1200", "-q"],
+        work / "verify.log",
+    )  # fmt: skip
+    out.unlink()
+    print(f"
+--verify, {row.label} size: {sample.wall_s:.1f} s ({sample.wall_s / row.rewrite.wall_s:.1f}× the "
+          f"rewrite), peak RSS {sample.peak_rss_mb:.0f} MB (the largest process, the verification child included)")
+
+
 def profile(graph: Path, work: Path, top: int = 25) -> None:
     """cProfile one rewrite in a fresh process and print the top functions by own time."""
     import pstats  # noqa: PLC0415
@@ -418,6 +432,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wide", action="store_true",
                         help="also measure the graphs with one NoOp waiting for every update")
     parser.add_argument("--profile", action="store_true", help="also cProfile one rewrite of the largest graph")
+    parser.add_argument("--verify", action="store_true",
+                        help="also time one rewrite with --verify of the largest graph (minutes at full size)")
     args = parser.parse_args(argv)
 
     cache = GraphCache(args.graph)
@@ -446,6 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"python {sys.version.split()[0]}, protobuf {_protobuf()}, {os.cpu_count()} CPUs\n"
         )
         print(table(rows))
+        if args.verify:
+            verify(cache.graph(blk, sizes[-1][1], wide=args.wide, full=sizes[-1][1] == full), rows[-1], work)
         if args.profile:
             profile(cache.graph(blk, sizes[-1][1], wide=args.wide, full=sizes[-1][1] == full), work)
     return 0

@@ -202,7 +202,7 @@ class LibraryEditor:
             table: dict[str, dict[str, None]] = {}
             for fn in self.functions.values():
                 for node in fn.node_def:
-                    names = branches(node)
+                    names = branches(node) if node.op in BRANCH_OPS else ()
                     for b in names:
                         table.setdefault(b, {}).update(dict.fromkeys(x for x in names if x != b))
             self._alternatives = {b: [x for x in alts if x in self.functions] for b, alts in table.items()}
