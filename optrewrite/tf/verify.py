@@ -207,11 +207,14 @@ def _plan(graph: proto.GraphDef, topology: Any) -> _Plan:
 
     updating = _functions_where(graph.library, _is_update)
     writing = _functions_where(graph.library, _writes_files)
-    updates = [i for i, n in enumerate(nodes) if _is_update(n) or any(f in updating for f in _node_funcs(n))]
+    def calls(node: Any, functions: set[str]) -> bool:  # a graph without a library skips the attr scan
+        return bool(functions) and any(f in functions for f in _node_funcs(node))
+
+    updates = [i for i, n in enumerate(nodes) if _is_update(n) or calls(n, updating)]
     # The step: the last nodes after an update that no file write precedes; their consumers
     # are all after a file write (or there are none).
     runnable = downstream(updates) - downstream(
-        i for i, n in enumerate(nodes) if _writes_files(n) or any(f in writing for f in _node_funcs(n))
+        i for i, n in enumerate(nodes) if _writes_files(n) or calls(n, writing)
     )
     targets = [
         i for i in sorted(runnable)
