@@ -401,6 +401,16 @@ def test_an_output_index_beyond_int32_is_an_input_error() -> None:
         refused(run(graph.SerializeToString(), ".pb", GUARD), "whose output index is no int32")
 
 
+def test_a_next_iteration_outside_a_while_loop_is_an_input_error() -> None:
+    """Was exit 3: the input ran, the guarded graph's step crashed TensorFlow's executor
+    (SIGSEGV), so --verify blamed the rewrite (seed 3, case 767: wrong_op + drop_input)."""
+    graph = tf_graph()
+    node(graph, "gradients/mul_grad/tuple/control_dependency_1").op = "NextIteration"
+    refused(run(graph.SerializeToString(), ".pb", GUARD),
+            "node 'gradients/mul_grad/tuple/control_dependency_1' (NextIteration) feeds "
+            "'gradients/Sum_grad/Reshape' (Reshape), not the Merge of a while loop")
+
+
 def test_a_training_node_of_another_preview_domain_version_is_an_input_error() -> None:
     """Lowered, the model kept importing ai.onnx.preview.training version 12, which onnxruntime refuses."""
     model = onnx_model("momentum_preview_guarded")

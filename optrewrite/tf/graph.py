@@ -56,19 +56,24 @@ class GraphError(ValueError):
     """The graph itself is malformed (duplicate names, dangling inputs, a cycle)."""
 
 
-LOOP_BACK_EDGES = frozenset({"NextIteration"})  # while-loop back edges: their consumers do not wait
+LOOP_BACK_EDGES = frozenset({"NextIteration", "RefNextIteration"})  # while-loop back edges: their consumers do not wait
+LOOP_MERGES = frozenset({"Merge", "RefMerge"})  # what a back edge feeds
 
 
 def build_topology(graph: proto.GraphDef) -> Topology:
     """Index and consumer tables; raises GraphError unless every node has a unique name and an
-    op, every input names a node (data inputs first, output indices int32), and the graph has
-    no cycle but loops."""
+    op, every input names a node (data inputs first, output indices int32), the graph has no
+    cycle but loops, and every ``NextIteration`` feeds only a ``Merge`` (the back edge of a
+    while loop: TensorFlow's executor crashes on one that feeds anything else)."""
     index: dict[str, int] = {}
+    back_edges: list[str] = []
     for i, node in enumerate(graph.node):
         if not node.name or not node.op:
             raise GraphError("a node has no name or op")
         if index.setdefault(node.name, i) != i:
             raise GraphError(f"duplicate node name {quoted(node.name)}")
+        if node.op in LOOP_BACK_EDGES:
+            back_edges.append(node.name)
     data: dict[str, list[int]] = {}
     control: dict[str, list[int]] = {}
     ordered = True  # every input comes from an earlier node: no cycle is possible
@@ -98,6 +103,11 @@ def build_topology(graph: proto.GraphDef) -> Topology:
                 table[src] = [i]
             elif lst[-1] != i:
                 lst.append(i)
+    for name in back_edges:
+        for j in data.get(name, ()):
+            if graph.node[j].op not in LOOP_MERGES:
+                raise GraphError(f"node {quoted(name)} (NextIteration) feeds {quoted(graph.node[j].name)} "
+                                 f"({graph.node[j].op}), not the Merge of a while loop")
     topology = Topology(index=index, data_consumers=data, control_consumers=control)
     if not ordered:
         _check_acyclic(graph, topology)
