@@ -473,7 +473,7 @@ def run_step(request: dict[str, Any]) -> str:
     timeout_s = float(request["timeout_s"])
     tf = _import_tf()
     runtime = f"TensorFlow {tf.__version__}"
-    graph_def = tf.compat.v1.GraphDef.FromString(request["graph"])
+    graph_def = tf.compat.v1.GraphDef.FromString(request.pop("graph"))
     names = {n.name: n.op for n in graph_def.node}
     for function in graph_def.library.function:
         names.update((n.name, n.op) for n in function.node_def)
@@ -522,6 +522,8 @@ def run_step(request: dict[str, Any]) -> str:
             tf.compat.v1.import_graph_def(graph_def, name="")
         except Exception as exc:  # noqa: BLE001 - whatever the runtime rejects is the finding
             raise _error(f"{runtime} cannot import the graph", exc, names) from None
+        node_count = len(graph_def.node)
+        del graph_def  # the imported graph holds the nodes now; the run needs the memory
         if not request["targets"]:
             return f"loaded in {runtime}; {request['why_nothing']}, nothing run"
         feed: dict[str, np.ndarray] = {}
@@ -536,7 +538,7 @@ def run_step(request: dict[str, Any]) -> str:
         intra_op_parallelism_threads=1, inter_op_parallelism_threads=1,
         allow_soft_placement=True, device_count={"GPU": 0},
     )  # fmt: skip
-    optimized = len(graph_def.node) <= OPTIMIZE_UP_TO
+    optimized = node_count <= OPTIMIZE_UP_TO
     if not optimized:  # grappler and the graph optimizer cost far more than the step on a large graph
         config.graph_options.rewrite_options.disable_meta_optimizer = True
         config.graph_options.optimizer_options.opt_level = -1  # L0
@@ -569,5 +571,5 @@ def run_step(request: dict[str, Any]) -> str:
     if finite < total:
         summary += f", {total - finite} not finite"
     if not optimized:
-        summary += f" (graph optimizations off: {len(graph_def.node):,} nodes)"
+        summary += f" (graph optimizations off: {node_count:,} nodes)"
     return summary
