@@ -58,7 +58,7 @@ def verify_savedmodel(path: Path, raw: bytes, *, seed: int, timeout_s: float) ->
     names = {n.name: n.op for n in meta.graph_def.node}
     for function in library.function:
         names.update((n.name, n.op) for n in function.node_def)
-    request = {"dir": str(loaded.root), "signatures": signatures, "names": names, "seed": seed}
+    request = {"dir": str(loaded.root.resolve()), "signatures": signatures, "names": names, "seed": seed}
     return str(run_isolated(__name__, "run_signatures", request, timeout_s=timeout_s))
 
 

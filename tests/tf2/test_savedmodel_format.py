@@ -504,6 +504,15 @@ def test_verify_runs_the_training_signature(models: dict[str, Path], tmp_path: P
     assert verified.endswith("variables changed"), verified
 
 
+def test_verify_with_relative_paths(models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verification runs in a child with a working directory of its own: a relative
+    output (staged as a relative temporary directory) once made the load fail there."""
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(tmp_path, GUARD_B)
+    assert main([os.path.relpath(models["sgdm"]), "--spec", "spec.yaml", "-o", "out", "--verify", "-q"]) == 0
+    assert (tmp_path / "out" / "saved_model.pb").is_file() and spec.is_file()
+
+
 def _build_step(out: Path, body: Any) -> Path:
     """A one-variable SGD step whose ``train`` signature also runs ``body(loss)``."""
     keras.utils.set_random_seed(0)
