@@ -30,9 +30,9 @@ lookup tables, are not run), and is read after the step; the summary counts thos
 changed. Every ``Placeholder`` the step needs is fed. A graph of more than
 :data:`OPTIMIZE_UP_TO` nodes runs with grappler and the graph optimizer off (the summary
 says so): on large graphs they cost several times the step. The session's deadline is what
-is left of ``timeout_s``, so a step waiting on an empty queue fails with a message saying so. Errors
-name the node and op (when the graph has them), the error's class and a fixed phrase
-(:data:`_PHRASES`), never the runtime's text.
+is left of ``timeout_s``, so a step waiting on an empty queue fails with a message saying
+so. Errors name the node and op (when the graph has them), the error's class and a fixed
+phrase (:data:`_PHRASES`), never the runtime's text.
 
 Values are generated as :mod:`optrewrite.verify` describes; an unknown dimension is
 :data:`UNKNOWN_DIM`. TensorFlow is imported only in the verification process.
