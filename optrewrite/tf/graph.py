@@ -106,7 +106,7 @@ def build_topology(graph: proto.GraphDef) -> Topology:
     for name in back_edges:
         for j in data.get(name, ()):
             if graph.node[j].op not in LOOP_MERGES:
-                raise GraphError(f"node {quoted(name)} (NextIteration) feeds {quoted(graph.node[j].name)} "
+                raise GraphError(f"node {quoted(name)} ({graph.node[index[name]].op}) feeds {quoted(graph.node[j].name)} "
                                  f"({graph.node[j].op}), not the Merge of a while loop")
     topology = Topology(index=index, data_consumers=data, control_consumers=control)
     if not ordered:
