@@ -270,7 +270,8 @@ def test_a_failing_verify_leaves_nothing_not_even_copied_data(
     out.mkdir()
     seen = []
 
-    def failing(src: Path, out: Path, report: object, progress: object = None):  # type: ignore[no-untyped-def]
+    def failing(src: Path, out: Path, report: object, progress: object = None,  # type: ignore[no-untyped-def]
+                timeout_s: object = None):
         def run(tmp: Path) -> None:
             seen.append(sorted(p.name for p in tmp.parent.iterdir()))
             raise AssertionError("the rewritten graph fails to run")
