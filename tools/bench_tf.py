@@ -382,8 +382,7 @@ def verify(graph: Path, row: Row, work: Path) -> None:
         work / "verify.log",
     )  # fmt: skip
     out.unlink()
-    print(f"
---verify, {row.label} size: {sample.wall_s:.1f} s ({sample.wall_s / row.rewrite.wall_s:.1f}× the "
+    print(f"\n--verify, {row.label} size: {sample.wall_s:.1f} s ({sample.wall_s / row.rewrite.wall_s:.1f}× the "
           f"rewrite), peak RSS {sample.peak_rss_mb:.0f} MB (the largest process, the verification child included)")
 
 

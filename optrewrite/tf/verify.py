@@ -27,10 +27,10 @@ single-threaded CPU ``tf.compat.v1.Session``. Every variable the step reads or w
 (``VariableV2``, ``Variable``, ``VarHandleOp``) is given generated values by assign ops
 added to the GraphDef before it is imported (the graph's own initializers, and so its
 lookup tables, are not run), and is read after the step; the summary counts those that
-changed. Every ``Placeholder`` the step needs is fed. A graph of more than
-:data:`OPTIMIZE_UP_TO` nodes runs with grappler and the graph optimizer off (the summary
-says so): on large graphs they cost several times the step. The session's deadline is what
-is left of ``timeout_s``, so a step waiting on an empty queue fails with a message saying
+changed. Every ``Placeholder`` the step needs is fed. The graph runs as TensorFlow runs it
+by default, grappler included (with grappler off, a clipped step of the benchmark graph
+fails where TensorFlow's own run succeeds). The session's deadline is what is left of
+``timeout_s``, so a step waiting on an empty queue fails with a message saying
 so. Errors name the node and op (when the graph has them), the error's class and a fixed
 phrase (:data:`_PHRASES`), never the runtime's text.
 
@@ -71,10 +71,6 @@ if TYPE_CHECKING:
     from optrewrite.tf import proto
 
 UNKNOWN_DIM = 2  # the size of a dimension of unknown size (-1)
-# Graphs of up to this many nodes (as imported) run as TensorFlow runs them by default, with
-# grappler and the graph optimizer; larger ones without (on a 50k-node training graph they
-# take three quarters of a verification), and the summary says so.
-OPTIMIZE_UP_TO = 20_000
 # Ops that write files (checkpoints, event files, debug dumps), besides every *Summary op;
 # the step ends before them. (Whether an op may run at all is ALLOWED_OPS's call.)
 _WRITING_OPS = frozenset(
@@ -522,7 +518,6 @@ def run_step(request: dict[str, Any]) -> str:
             tf.compat.v1.import_graph_def(graph_def, name="")
         except Exception as exc:  # noqa: BLE001 - whatever the runtime rejects is the finding
             raise _error(f"{runtime} cannot import the graph", exc, names) from None
-        node_count = len(graph_def.node)
         del graph_def  # the imported graph holds the nodes now; the run needs the memory
         if not request["targets"]:
             return f"loaded in {runtime}; {request['why_nothing']}, nothing run"
@@ -538,10 +533,6 @@ def run_step(request: dict[str, Any]) -> str:
         intra_op_parallelism_threads=1, inter_op_parallelism_threads=1,
         allow_soft_placement=True, device_count={"GPU": 0},
     )  # fmt: skip
-    optimized = node_count <= OPTIMIZE_UP_TO
-    if not optimized:  # grappler and the graph optimizer cost far more than the step on a large graph
-        config.graph_options.rewrite_options.disable_meta_optimizer = True
-        config.graph_options.optimizer_options.opt_level = -1  # L0
 
     def options() -> Any:  # the session's deadline: what is left of timeout_s
         left = timeout_s - (time.monotonic() - start)
@@ -570,6 +561,4 @@ def run_step(request: dict[str, Any]) -> str:
     summary = f"ran one step ({shown}) in {runtime}: {changed} of {total} variables changed"
     if finite < total:
         summary += f", {total - finite} not finite"
-    if not optimized:
-        summary += f" (graph optimizations off: {node_count:,} nodes)"
     return summary
