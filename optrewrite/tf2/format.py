@@ -100,7 +100,7 @@ class SavedModelFormat:
             plan.write(out, "the output graph", check=False)
             tmp = plan.stage_dir(out)
             try:
-                fingerprinted = io.fill_savedmodel(loaded.root, tmp, self.serialize(outcome))
+                fingerprinted = io.fill_savedmodel(loaded.root, tmp, self.serialize(outcome), outcome.graph.edit)
             except OSError as exc:
                 raise InputError(f"{out}: cannot write: {exc.strerror or exc}") from None
             if not fingerprinted:

@@ -49,6 +49,9 @@ class FunctionEditor:
     added: list[str] = field(default_factory=list)
     changed: set[str] = field(default_factory=set)
     control_outputs: list[str] = field(default_factory=list)
+    # state the rewrite adds (a counter variable) -> the input arg that brings its resource
+    # handle into the body; :func:`optrewrite.tf2.state_vars.thread` appends the args
+    captures: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.index = {n.name: i for i, n in enumerate(self.fn.node_def)}
@@ -62,7 +65,7 @@ class FunctionEditor:
 
     @property
     def touched(self) -> bool:
-        return bool(self.added or self.changed or self.control_outputs)
+        return bool(self.added or self.changed or self.control_outputs or self.captures)
 
     def node(self, name: str) -> proto.NodeDef:
         return self.fn.node_def[self.index[name]]
@@ -77,6 +80,27 @@ class FunctionEditor:
         while taken(f"{name}_{k}"):
             k += 1
         return f"{name}_{k}"
+
+    def capture(self, key: str) -> str:
+        """The input arg that carries the resource handle of ``key``, a variable the rewrite
+        adds; its name is reserved here, the arg itself is appended when the library is
+        threaded (every caller passes the handle on)."""
+        arg = self.captures.get(key)
+        if arg is None:
+            arg = self.unique_name("optrewrite_state")
+            self.args.add(arg)
+            self.captures[key] = arg
+        return arg
+
+    def add_inputs(self, name: str, refs: Sequence[str]) -> None:
+        """Append data inputs to node ``name`` (before its control inputs)."""
+        node = self.node(name)
+        inputs = list(node.input)
+        at = next((k for k, i in enumerate(inputs) if i.startswith("^")), len(inputs))
+        del node.input[:]
+        node.input.extend([*inputs[:at], *refs, *inputs[at:]])
+        self._used(name, refs)
+        self._mark(name)
 
     def add(self, name: str, op: str, inputs: Sequence[str] = (), *,
             attrs: dict[str, proto.AttrValue] | None = None, placement: Placement | None = None,

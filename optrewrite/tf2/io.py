@@ -25,6 +25,7 @@ extensions.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -33,6 +34,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from google.protobuf import message as pb_message
 from google.protobuf import unknown_fields
@@ -40,6 +42,9 @@ from google.protobuf import unknown_fields
 from optrewrite.errors import InputError
 from optrewrite.tf import proto
 from optrewrite.tf.io import _length_delimited, top_level_fields
+
+if TYPE_CHECKING:
+    from optrewrite.tf2.state_vars import MetaEdit
 
 SAVED_MODEL_PB = "saved_model.pb"
 FINGERPRINT_PB = "fingerprint.pb"
@@ -125,51 +130,111 @@ def load(path: Path, raw: bytes) -> SavedModelFile:
 # ------------------------------------------------------------------------- saving
 
 
-def _splice_library(raw: bytes, library: proto.FunctionDefLibrary, changed: set[str]) -> bytes:
-    parts = []
-    for number, start, payload, end in top_level_fields(raw):
-        if number == _LIBRARY_FUNCTION:
-            fn = proto.FunctionDef.FromString(raw[payload:end])
-            name = fn.signature.name
-            if name in changed:
-                new = next(f for f in library.function if f.signature.name == name)
-                parts.append(_length_delimited(number, new.SerializeToString(deterministic=True)))
-                continue
-        parts.append(raw[start:end])
-    return b"".join(parts)
+_GRAPH_NODE = 1  # GraphDef.node
+_META_SIGNATURES = 5  # MetaGraphDef.signature_def
+_META_OBJECT_GRAPH = 7  # MetaGraphDef.object_graph_def
+_OBJECT_NODES = 1  # SavedObjectGraph.nodes
+_OBJECT_CONCRETE = 2  # SavedObjectGraph.concrete_functions
 
 
-def _splice_graph(raw: bytes, library: proto.FunctionDefLibrary, changed: set[str]) -> bytes:
-    parts = []
-    for number, start, payload, end in top_level_fields(raw):
-        if number == _GRAPH_LIBRARY and changed:
-            parts.append(_length_delimited(number, _splice_library(raw[payload:end], library, changed)))
+def _entry(key: str, value: bytes) -> bytes:
+    """A map<string, message> entry."""
+    return _length_delimited(1, key.encode()) + _length_delimited(2, value)
+
+
+def _entry_key(payload: bytes) -> str:
+    for number, _s, p, e in top_level_fields(payload):
+        if number == 1:
+            return payload[p:e].decode(errors="replace")
+    return ""
+
+
+def _splice(raw: bytes, *, items: dict[int, tuple[dict[int, bytes], list[bytes]]] | None = None,
+            entries: dict[int, dict[str, bytes]] | None = None,
+            nested: dict[int, Callable[[bytes], bytes]] | None = None) -> bytes:
+    """``raw`` (a serialized message) with some fields replaced, every other byte kept.
+
+    ``items``: per repeated message field, the payloads replacing occurrences (by index) and
+    the payloads appended after its last occurrence (at the end when it has none);
+    ``entries``: per map<string, message> field, the values replacing the entries of those
+    keys, or appended at the end for keys it does not have; ``nested``: per singular message
+    field, a function of its payload giving the new payload.
+    """
+    items, entries, nested = items or {}, entries or {}, nested or {}
+    parts: list[bytes] = []
+    seen: dict[int, int] = {}
+    after: dict[int, int] = {}  # field -> index in parts after its last occurrence
+    keys: set[tuple[int, str]] = set()
+    for number, s, p, e in top_level_fields(raw):
+        if number in items:
+            k = seen.get(number, 0)
+            seen[number] = k + 1
+            replaced = items[number][0].get(k)
+            parts.append(raw[s:e] if replaced is None else _length_delimited(number, replaced))
+            after[number] = len(parts)
+        elif number in entries:
+            key = _entry_key(raw[p:e])
+            keys.add((number, key))
+            value = entries[number].get(key)
+            parts.append(raw[s:e] if value is None else _length_delimited(number, _entry(key, value)))
+        elif number in nested:
+            parts.append(_length_delimited(number, nested[number](raw[p:e])))
         else:
-            parts.append(raw[start:end])
+            parts.append(raw[s:e])
+    for number in sorted(items, key=lambda n: after.get(n, len(parts)), reverse=True):
+        added = [_length_delimited(number, payload) for payload in items[number][1]]
+        at = after.get(number, len(parts))
+        parts[at:at] = added
+    for number, values in entries.items():
+        parts += [_length_delimited(number, _entry(k, v)) for k, v in sorted(values.items()) if (number, k) not in keys]
     return b"".join(parts)
 
 
-def serialize(loaded: SavedModelFile, changed: set[str], extra_collections: dict[str, bytes]) -> bytes:
-    """The rewritten ``saved_model.pb``: functions in ``changed`` re-serialized, the collection
-    entries ``extra_collections`` (name -> serialized CollectionDef) appended, the rest as it was."""
-    if not changed and not extra_collections:
+def _payloads(messages: Sequence[pb_message.Message], indices: Iterable[int]) -> dict[int, bytes]:
+    return {i: messages[i].SerializeToString(deterministic=True) for i in indices}
+
+
+def serialize(loaded: SavedModelFile, edit: MetaEdit, extra_collections: dict[str, bytes]) -> bytes:
+    """The rewritten ``saved_model.pb``: what ``edit`` names re-serialized from ``loaded.meta``
+    (functions, graph nodes, object graph nodes and concrete functions; appended ones after
+    their kind), the collection entries ``extra_collections`` (name -> serialized
+    CollectionDef) appended, every other byte as it was."""
+    meta = loaded.meta
+    graph, library, objects = meta.graph_def, meta.graph_def.library.function, meta.object_graph_def
+    if not (edit.functions or edit.new_functions or edit.nodes or edit.new_nodes or edit.objects
+            or edit.new_objects or edit.concrete or edit.signatures or extra_collections):
         return loaded.raw
+    first_fn = len(library) - edit.new_functions
+    functions = {i: library[i].SerializeToString(deterministic=True)
+                 for i in range(first_fn) if library[i].signature.name in edit.functions}
+    new_functions = [f.SerializeToString(deterministic=True) for f in library[first_fn:]]
+    first_node = len(graph.node) - edit.new_nodes
+    first_object = len(objects.nodes) - edit.new_objects
+
+    def library_of(payload: bytes) -> bytes:
+        return _splice(payload, items={_LIBRARY_FUNCTION: (functions, new_functions)})
+
+    def graph_of(payload: bytes) -> bytes:
+        nodes = (_payloads(graph.node, edit.nodes), [n.SerializeToString(deterministic=True)
+                                                      for n in graph.node[first_node:]])
+        return _splice(payload, items={_GRAPH_NODE: nodes} if edit.nodes or edit.new_nodes else None,
+                       nested={_GRAPH_LIBRARY: library_of} if functions or new_functions else None)
+
+    def objects_of(payload: bytes) -> bytes:
+        nodes = (_payloads(objects.nodes, edit.objects), [n.SerializeToString(deterministic=True)
+                                                           for n in objects.nodes[first_object:]])
+        concrete = {k: objects.concrete_functions[k].SerializeToString(deterministic=True) for k in edit.concrete}
+        return _splice(payload, items={_OBJECT_NODES: nodes}, entries={_OBJECT_CONCRETE: concrete})
+
     start, end = loaded.meta_span
-    meta_raw = loaded.raw[start:end]
-    parts = []
-    for number, s, p, e in top_level_fields(meta_raw):
-        if number == _META_GRAPH_DEF:
-            parts.append(_length_delimited(number, _splice_graph(meta_raw[p:e], loaded.meta.graph_def.library, changed)))
-        else:
-            parts.append(meta_raw[s:e])
-    for key in sorted(extra_collections):
-        entry = _length_delimited(1, key.encode()) + _length_delimited(2, extra_collections[key])
-        parts.append(_length_delimited(_META_COLLECTION, entry))
-    new_meta = b"".join(parts)
-    out = []
-    for number, s, p, e in top_level_fields(loaded.raw):
-        out.append(_length_delimited(number, new_meta) if number == _META_GRAPHS else loaded.raw[s:e])
-    return b"".join(out)
+    nested: dict[int, Callable[[bytes], bytes]] = {_META_GRAPH_DEF: graph_of}
+    if edit.objects or edit.new_objects or edit.concrete:
+        nested[_META_OBJECT_GRAPH] = objects_of
+    signatures = {k: meta.signature_def[k].SerializeToString(deterministic=True) for k in edit.signatures}
+    new_meta = _splice(loaded.raw[start:end], nested=nested, entries={_META_SIGNATURES: signatures})
+    new_meta += b"".join(_length_delimited(_META_COLLECTION, _entry(key, extra_collections[key]))
+                         for key in sorted(extra_collections))
+    return _splice(loaded.raw, nested={_META_GRAPHS: lambda _payload: new_meta})
 
 
 _PYWRAP = "tensorflow.python.saved_model.pywrap_saved_model"
@@ -211,19 +276,27 @@ def _fingerprinting():  # noqa: ANN202 - TensorFlow's pybind11 submodule, or Non
     return fingerprinting
 
 
-def fingerprint(directory: Path) -> bytes | None:
-    """TensorFlow's FingerprintDef of the SavedModel in ``directory``; None without TensorFlow."""
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Loading TensorFlow's libraries: its C++ logging writes to fd 2 on loading, whatever the
+    log level; the CLI's stderr is for optrewrite's own lines."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    saved = os.dup(2)  # TensorFlow's C++ logging writes to fd 2 on loading, whatever the log level
+    saved = os.dup(2)
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 2)
             try:
-                fingerprinting = _fingerprinting()
+                yield
             finally:
                 os.dup2(saved, 2)
     finally:
         os.close(saved)
+
+
+def fingerprint(directory: Path) -> bytes | None:
+    """TensorFlow's FingerprintDef of the SavedModel in ``directory``; None without TensorFlow."""
+    with quiet_stderr():
+        fingerprinting = _fingerprinting()
     if fingerprinting is None:
         return None
     raw = bytes(fingerprinting.CreateFingerprintDef(str(directory)))
@@ -278,11 +351,13 @@ def data_reads(path: Path, raw: bytes | None = None, outcome: object = None) -> 
     return found
 
 
-def fill_savedmodel(src_root: Path, tmp: Path, pb: bytes) -> bool:
+def fill_savedmodel(src_root: Path, tmp: Path, pb: bytes, edit: MetaEdit | None = None) -> bool:
     """Fill the empty directory ``tmp`` with the output SavedModel: ``pb`` as its
     ``saved_model.pb``, every other file of ``src_root`` copied (bytes and permission bits;
-    never linked, so writing one never writes the input), a fresh ``fingerprint.pb``.
-    Returns whether the fingerprint was written (False: TensorFlow is not importable)."""
+    never linked, so writing one never writes the input), ``variables/`` rewritten when
+    ``edit`` adds variables (:func:`optrewrite.tf2.state_vars.write_checkpoint`), a fresh
+    ``fingerprint.pb``. Returns whether the fingerprint was written (False: TensorFlow is
+    not importable)."""
     for entry, _ in data_reads(src_root):
         rel = entry.relative_to(src_root)
         if rel.as_posix() in (SAVED_MODEL_PB, FINGERPRINT_PB):
@@ -291,6 +366,10 @@ def fill_savedmodel(src_root: Path, tmp: Path, pb: bytes) -> bool:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(entry, target)
         shutil.copymode(entry, target)
+    if edit is not None and edit.variables:
+        from optrewrite.tf2.state_vars import write_checkpoint  # noqa: PLC0415
+
+        write_checkpoint(src_root, tmp, edit)
     (tmp / SAVED_MODEL_PB).write_bytes(pb)
     fp = fingerprint(tmp)
     if fp is not None:

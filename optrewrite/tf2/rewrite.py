@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 
 from optrewrite import passes, seal
 from optrewrite.core import Outcome, Skip
-from optrewrite.errors import InputError
+from optrewrite.errors import InputError, SpecError
 from optrewrite.report import Report, SiteEntry
 from optrewrite.spec import Spec
 from optrewrite.tf import proto
@@ -33,6 +33,7 @@ from optrewrite.tf2.functions import FunctionEditor, LibraryEditor
 from optrewrite.tf2.passes import REGISTRY
 from optrewrite.tf2.passes.state import SiteState
 from optrewrite.tf2.sites import WRITES, Body, FunctionSite, bindings, find_sites
+from optrewrite.tf2.state_vars import MetaEdit, thread
 
 PLAN_COLLECTION = "optrewrite_plan"
 SEAL_COLLECTION = "optrewrite_seal"
@@ -56,6 +57,7 @@ class Rewritten:
     editors: dict[str, FunctionEditor] = field(default_factory=dict)
     plan: str | None = None  # the digest to record; None: nothing changed
     seal_key: bytes = b""  # what the output's seal binds it to (optrewrite.seal)
+    edit: MetaEdit = field(default_factory=MetaEdit)  # what changed beyond function bodies (new variables)
 
     @property
     def changed_functions(self) -> set[str]:
@@ -185,6 +187,10 @@ def rewrite_savedmodel(loaded: io.SavedModelFile, spec: Spec) -> Outcome:
         dtypes[s.var.path] = proto.FLOAT_NAMES[s.var.dtype]
     spec.bind(ranks, {s.variable: s.reason for s in found.skips if s.variable and s.variable not in ranks}, dtypes)
     rules = passes.rules(spec)
+    for rule in rules:
+        if getattr(rule.options, "init_op", None) is not None:
+            raise SpecError(rule.source, "guard.init_op", "names a TensorFlow graph's init op; a SavedModel's "
+                            "counters are restored from its checkpoint", rule.options.counters_line)
     selections = [passes.select(site, site.var.path, rules) for site in sites]
     digest = passes.plan_digest(selections, spec)
 
@@ -201,13 +207,15 @@ def rewrite_savedmodel(loaded: io.SavedModelFile, spec: Spec) -> Outcome:
     library = LibraryEditor(loaded.meta.graph_def.library.function)
     states = [SiteState.start(sel, library.function(sel.site.function)) for sel in selections]
     done = passes.run_pipeline(REGISTRY, library, states)
+    counters = list(dict.fromkeys(name for sel in selections for name in done.state.get(sel.site.key, [])))
+    edit = thread(loaded.meta, library, counters)
     editors = library.editors
-    rewritten = Rewritten(loaded, editors, plan=digest, seal_key=seal.spec_key(spec))
-    report.sites = [_entry(group, done.inserted) for group in by_variable(sites)]
+    rewritten = Rewritten(loaded, editors, plan=digest, seal_key=seal.spec_key(spec), edit=edit)
+    report.sites = [_entry(group, done.inserted, done.state) for group in by_variable(sites)]
     report.skipped = merge_skips([*report.skipped, *done.skipped])
     report.changed = True
-    report.nodes_added = sum(len(e.added) for e in editors.values())
-    report.nodes_changed = sum(len(e.changed) for e in editors.values())
+    report.nodes_added = sum(len(e.added) for e in editors.values()) + edit.new_nodes
+    report.nodes_changed = sum(len(e.changed) for e in editors.values()) + len(edit.nodes)
     changed = frozenset(f"{name}/{n}" for name, e in editors.items() for n in e.changed)
     return Outcome(report=report, changed=changed, graph=rewritten)
 
@@ -224,7 +232,8 @@ def serialize(rewritten: Rewritten) -> bytes:
     record.bytes_list.value.append(rewritten.plan.encode())
     placeholder = proto.CollectionDef()
     placeholder.bytes_list.value.append(seal.PLACEHOLDER)
-    raw = io.serialize(rewritten.loaded, rewritten.changed_functions,
+    edit = replace(rewritten.edit, functions=rewritten.edit.functions | rewritten.changed_functions)
+    raw = io.serialize(rewritten.loaded, edit,
                        {PLAN_COLLECTION: record.SerializeToString(deterministic=True),
                         SEAL_COLLECTION: placeholder.SerializeToString(deterministic=True)})
     return seal.fill(raw, SEAL_MARKER, rewritten.seal_key)
@@ -258,12 +267,14 @@ def merge_skips(skips: list[Skip]) -> list[Skip]:
             for (variable, reason, _), updates in merged.items()]
 
 
-def _entry(group: list[FunctionSite], inserted: dict[str, list[str]]) -> SiteEntry:
+def _entry(group: list[FunctionSite], inserted: dict[str, list[str]],
+           state: dict[str, list[str]] | None = None) -> SiteEntry:
     actions: list[str] = []
     for site in group:
         for label in inserted.get(site.key, []):
             if label not in actions:
                 actions.append(label)
+    added = list(dict.fromkeys(name for site in group for name in (state or {}).get(site.key, [])))
     first = group[0]
     return SiteEntry(variable=first.var.path, update=update_name(group), kind=kind_of(group),
-                     sparse=any(s.sparse for s in group), device="", inserted=actions)
+                     sparse=any(s.sparse for s in group), device="", inserted=actions, state=added)

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from optrewrite.errors import InputError, SpecError
+from optrewrite.errors import InputError
 from optrewrite.passes import Pass, PassResult
 from optrewrite.spec import GuardSpec
 from optrewrite.tf import proto
@@ -72,10 +72,6 @@ class GuardZeroGrad(Pass):
     def prepare(self, editor: object, states: Sequence[SiteState]) -> None:
         """``scope: step``: per function (a step is one function, as for the global-norm
         clip), one test that every selected gradient in it is finite."""
-        (rule,) = states[0].selection.of(TAG)
-        if rule.options.counters:
-            raise SpecError(rule.source, "guard.counters", "not available for SavedModels yet: a counter is a new "
-                            "variable, which needs a new checkpoint in variables/", rule.options.counters_line)
         if _options(states[0]).scope != "step":
             return
         by_fn: dict[str, list[SiteState]] = {}
@@ -96,39 +92,48 @@ class GuardZeroGrad(Pass):
     def run(self, editor: object, states: Sequence[SiteState]) -> PassResult:
         for state in states:
             guard(state.editor, state)
-        return PassResult(inserted={st.site.key: [TAG] for st in states})
+        return PassResult(inserted={st.site.key: [TAG] for st in states},
+                          state={st.site.key: list(st.counters) for st in states if st.counters})
 
 
 def apply_of(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: str, when: str = "zero",
              finite: str | None = None) -> str:
     """The scalar bool "run the update" for ``gradient`` under the rule ``when`` (see above);
     ``finite``, when given, is the non-finite test to use (``scope: step``)."""
+    tests = list(reason_tests(g, scope, gradient, dtype, tag=tag, when=when, finite=finite).values())
+    if len(tests) == 1:
+        return tests[0]
+    return g.add(f"{scope}/apply", "LogicalAnd", tests, tag=tag)
+
+
+def reason_tests(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: str, when: str,
+                 finite: str | None = None) -> dict[str, str]:
+    """Per reason of ``when`` (``zero``, ``nonfinite``), the scalar bool that passes it:
+    some element non-zero; every element finite (or ``finite``, the step-wide test)."""
     T = g.type_attr
     shape = g.const(f"{scope}/flat/shape", [-1], proto.DT_INT32, tag=tag)
     flat = g.add(f"{scope}/flat", "Reshape", [gradient, shape],
                  attrs={"T": T(dtype), "Tshape": T(proto.DT_INT32)}, tag=tag)
-    tests = []
+    tests: dict[str, str] = {}
     if when in ("zero", "zero_or_nonfinite"):
         as_bool = g.add(f"{scope}/as_bool", "Cast", [flat],
                         attrs={"SrcT": T(dtype), "DstT": T(proto.DT_BOOL), "Truncate": g.bool_attr(False)}, tag=tag)
         axis = g.const(f"{scope}/nonzero/axis", [0], proto.DT_INT32, tag=tag)
-        tests.append(g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
-                           attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, tag=tag))
+        tests["zero"] = g.add(f"{scope}/nonzero", "Any", [as_bool, axis],
+                              attrs={"keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, tag=tag)
     if when in ("nonfinite", "zero_or_nonfinite") and finite is not None:
-        tests.append(finite)
+        tests["nonfinite"] = finite
     elif when in ("nonfinite", "zero_or_nonfinite"):
         nan_if_not = g.add(f"{scope}/finite/sub", "Sub", [flat, flat], attrs={"T": T(dtype)}, tag=tag)
         axis = g.const(f"{scope}/finite/axis", [0], proto.DT_INT32, tag=tag)
         total = g.add(f"{scope}/finite/sum", "Sum", [nan_if_not, axis],
                       attrs={"T": T(dtype), "keep_dims": g.bool_attr(False), "Tidx": T(proto.DT_INT32)}, tag=tag)
         zero = g.const(f"{scope}/finite/zero", 0.0, dtype, tag=tag)
-        tests.append(g.add(f"{scope}/finite", "Equal", [total, zero],
-                           attrs={"T": T(dtype), "incompatible_shape_error": g.bool_attr(True)}, tag=tag))
+        tests["nonfinite"] = g.add(f"{scope}/finite", "Equal", [total, zero],
+                                   attrs={"T": T(dtype), "incompatible_shape_error": g.bool_attr(True)}, tag=tag)
     if not tests:
         raise AssertionError(f"guard.when {when!r}")
-    if len(tests) == 1:
-        return tests[0]
-    return g.add(f"{scope}/apply", "LogicalAnd", tests, tag=tag)
+    return tests
 
 
 def _options(state: SiteState) -> GuardSpec:
@@ -142,10 +147,17 @@ def guard(g: FunctionEditor, state: SiteState) -> None:
     options = _options(state)
     masks = None
     if options.granularity == "tensor":
-        nonzero = apply_of(g, scope, state.gradient, site.var.dtype, tag=TAG, when=options.when,
-                           finite=state.step_finite)
+        passed = reason_tests(g, scope, state.gradient, site.var.dtype, tag=TAG, when=options.when,
+                              finite=state.step_finite)
+        tests = list(passed.values())
+        nonzero = tests[0] if len(tests) == 1 else g.add(f"{scope}/apply", "LogicalAnd", tests, tag=TAG)
         state.applied = nonzero
+        if options.counters:
+            count(g, state, passed, scope)
     else:
+        if options.counters:
+            count(g, state, reason_tests(g, f"{scope}/count", state.gradient, site.var.dtype, tag=TAG,
+                                         when=options.when, finite=state.step_finite), scope)
         masks = Masks(g, state, options, scope)
         if site.fused and site.sparse:
             guard_fused_rows(g, state, masks, scope)
@@ -183,6 +195,24 @@ def guard(g: FunctionEditor, state: SiteState) -> None:
             mask = masks.values(node.input[1])
         gated = g.add(f"{here}/select", "SelectV2", [mask, value, keep], attrs=T, tag=TAG)
         g.set_input(write, pos, gated)
+
+
+def count(g: FunctionEditor, state: SiteState, passed: dict[str, str], scope: str) -> None:
+    """``guard.counters``: per reason, ``AssignAddVariableOp(counter, Cast(LogicalNot(test)))``
+    on the counter ``<variable>/optrewrite_skipped_<reason>``, a variable the rewrite adds to
+    the SavedModel (:mod:`optrewrite.tf2.state_vars`: object graph, checkpoint, the handle
+    passed down to this body as an input arg). The increment is a control output of the
+    function, so it runs every step; nothing waits for it."""
+    i64 = g.type_attr(proto.DT_INT64)
+    for reason, test in passed.items():
+        name = f"{state.site.var.path}/optrewrite_skipped_{reason}"
+        handle = g.capture(name)
+        skipped = g.add(f"{scope}/skipped_{reason}", "LogicalNot", [test], tag=TAG)
+        one = g.add(f"{scope}/skipped_{reason}/as_int", "Cast", [skipped],
+                    attrs={"SrcT": g.type_attr(proto.DT_BOOL), "DstT": i64, "Truncate": g.bool_attr(False)}, tag=TAG)
+        g.add_control_output(g.add(f"{scope}/count_{reason}", "AssignAddVariableOp", [handle, one],
+                                   attrs={"dtype": i64}, tag=TAG))
+        state.counters.append(name)
 
 
 class Masks:

@@ -25,6 +25,7 @@ class SiteState:
     after: list[str] = field(default_factory=list)
     applied: str | None = None  # the guard's scalar bool: the update ran this step
     step_finite: str | None = None  # guard scope step: every selected gradient of the step is finite
+    counters: list[str] = field(default_factory=list)  # guard.counters: the counter variables it increments
 
     @classmethod
     def start(cls, selection: Selection[FunctionSite], editor: FunctionEditor) -> SiteState:
