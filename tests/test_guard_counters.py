@@ -2,8 +2,10 @@
 test for that reason fired, as state the rewritten graph carries.
 
 TensorFlow graphs get an int64 resource variable ``<variable>/optrewrite_skipped_<reason>``,
-set to 0 by the init op; ONNX steps a state input of that name and its next value, the output
-``<name>/new``, which the training loop feeds back. The reference counts in numpy: ``zero``
+set to 0 by the init op; SavedModels a variable of that name in the object graph and the
+checkpoint (at 0), read through the ``optrewrite_counters`` signature; ONNX steps a state
+input of that name and its next value, the output ``<name>/new``, which the training loop
+feeds back. The reference counts in numpy: ``zero``
 when no element of the gradient is non-zero (NaN is non-zero), ``nonfinite`` when some
 element is NaN or infinite, per variable, over the 16 steps of tests/fed_step.py with NaN and
 infinities in some. With ``granularity: element`` the counters count the same tensor-level
@@ -23,7 +25,8 @@ from onnx.reference import ReferenceEvaluator
 from optrewrite.api import rewrite_file
 from optrewrite.cli import main
 from optrewrite.errors import SpecError
-from tests.fed_step import DENSE, INIT, LR, Step, keras_savedmodel, onnx_step, schedule, tf1_graph
+from tests.fed_step import (DENSE, INIT, LR, Step, assert_bitwise, keras_savedmodel, onnx_step, run_tf2, schedule,
+                             tf1_graph)
 
 REASONS = ("zero", "nonfinite")
 
@@ -160,9 +163,83 @@ def test_counters_need_an_init_op(tmp_path: Path) -> None:
     assert report.sites[0].state == ["v/optrewrite_skipped_zero", "v/optrewrite_skipped_nonfinite"]
 
 
-def test_savedmodels_refuse_counters(tmp_path: Path) -> None:
+def _savedmodel_counts(out: Path, steps: list[Step]) -> tuple[dict[str, int], dict[str, int], list[dict[str, Any]]]:
+    """Load the rewritten SavedModel ``out``, train it over ``steps`` through its ``train``
+    signature: the ``optrewrite_counters`` signature's values before and after, and the
+    state after each step."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(out))
+    read = loaded.signatures["optrewrite_counters"]
+    before = {k: int(v) for k, v in read().items()}
+    states = []
+    for s in steps:
+        loaded.signatures["train"](gw=tf.constant(s.w), gbig=tf.constant(s.big), values=tf.constant(s.emb_values),
+                                   indices=tf.constant(s.emb_indices))
+        states.append({k: v.numpy() for k, v in loaded.signatures["state"]().items()})
+    after = {k: int(v) for k, v in read().items()}
+    by_object = {k: int(loaded.optrewrite_counters[k].numpy()) for k in after}
+    assert by_object == after
+    return before, after, states
+
+
+@pytest.fixture(scope="module")
+def keras_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return keras_savedmodel(tmp_path_factory.mktemp("counted") / "saved")
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "element"])
+def test_savedmodel_counts_each_reason(keras_export: Path, tmp_path: Path, granularity: str) -> None:
+    """Counters in a SavedModel are variables of it: 0 as loaded, then the reference's counts;
+    training moves every other variable exactly as the same spec without counters does."""
+    steps = schedule(nonfinite=True)
+    want = expected(steps, list(INIT))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text(f"  granularity: {granularity}\n"))
+    report = rewrite_file(keras_export, spec, output=tmp_path / "out")
+    assert sorted(n for s in report.sites for n in s.state) == sorted(want)
+    before, got, states = _savedmodel_counts(tmp_path / "out", steps)
+    assert before == dict.fromkeys(want, 0)
+    assert got == want
+    assert 0 < min(want.values()) and max(want.values()) < len(steps)
+    spec.write_text(spec_text(f"  granularity: {granularity}\n").replace("  counters: true\n", ""))
+    rewrite_file(keras_export, spec, output=tmp_path / "plain")
+    assert_bitwise(states, run_tf2(tmp_path / "plain", steps), "with counters against without")
+
+
+def test_savedmodel_counters_checkpoint_and_rerun(keras_export: Path, tmp_path: Path) -> None:
+    """``variables/`` holds every tensor it had, bit for bit, each counter at 0 under its
+    object-graph key; a rerun writes the same bytes; the output is up to date and a rewrite of
+    it has nothing to do."""
+    import tensorflow as tf
+
     spec = tmp_path / "s.yaml"
     spec.write_text(spec_text())
-    with pytest.raises(SpecError, match=r"s.yaml:4: guard.counters: not available for SavedModels yet"):
-        rewrite_file(keras_savedmodel(tmp_path / "saved"), spec, output=tmp_path / "out")
+    rewrite_file(keras_export, spec, output=tmp_path / "a")
+    rewrite_file(keras_export, spec, output=tmp_path / "b")
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert [str(p) for p in files] == ["fingerprint.pb", "saved_model.pb", "variables/variables.data-00000-of-00001",
+                                       "variables/variables.index"]
+    for rel in files:
+        assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
+    old = tf.train.load_checkpoint(str(keras_export / "variables" / "variables"))
+    new = tf.train.load_checkpoint(str(tmp_path / "a" / "variables" / "variables"))
+    old_keys, new_keys = set(old.get_variable_to_dtype_map()), set(new.get_variable_to_dtype_map())
+    for key in old_keys - {"_CHECKPOINTABLE_OBJECT_GRAPH"}:
+        assert new.get_tensor(key).tobytes() == old.get_tensor(key).tobytes(), key
+    added = sorted(new_keys - old_keys)
+    assert added == sorted(f"optrewrite_counters/{n}.Soptrewrite_skipped_{r}/.ATTRIBUTES/VARIABLE_VALUE"
+                           for n in INIT for r in REASONS)
+    assert {int(new.get_tensor(k)) for k in added} == {0}
+    check = rewrite_file(tmp_path / "a", spec, mode="check")
+    assert not check.changed
+    again = rewrite_file(tmp_path / "a", spec, output=tmp_path / "c")
+    assert again.note == "already rewritten with this spec: nothing to do"
+
+
+def test_savedmodels_take_no_init_op(keras_export: Path, tmp_path: Path) -> None:
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text("  init_op: init\n"))
+    with pytest.raises(SpecError, match=r"s.yaml:4: guard.init_op: names a TensorFlow graph's init op"):
+        rewrite_file(keras_export, spec, output=tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -181,3 +181,26 @@ def test_the_options_beyond_the_seed_convert_and_train_as_in_tensorflow(saved: d
             np.testing.assert_allclose(got[t][k], expected[t][k], rtol=1e-5, atol=1e-6, err_msg=f"after step {t}: {k}")
     for t in (t for t, w in enumerate(WEIGHTS) if w == 0.0):
         assert [k for k in names if k != "v4" and not np.array_equal(got[t + 1][k], got[t][k])] == [], t
+
+
+def test_counters_convert_and_count_in_tflite(saved: dict[str, Any], tmp_path: Path) -> None:
+    """Counters are variables of the TFLite model too, read by the ``optrewrite_counters``
+    signature: 0 before the first step (the converter takes them from the SavedModel's init
+    op), then one per step whose loss weight was 0 (every gradient all zero)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("version: 1\nguard:\n  counters: true\n")
+    out = tmp_path / "out"
+    assert main([str(saved["src"]), "--spec", str(spec), "-o", str(out), "-q"]) == 0
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(out), signature_keys=[*SIGNATURES, "optrewrite_counters"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.experimental_enable_resource_variables = True
+    interpreter = tf.lite.Interpreter(model_content=bytes(converter.convert()))
+    read = interpreter.get_signature_runner("optrewrite_counters")
+    names = {f"{v}/optrewrite_skipped_zero" for v in ("dense/kernel", "dense/bias", "head/kernel", "head/bias")}
+    assert read() == dict.fromkeys(names, 0)
+    start = tf.saved_model.load(str(out)).signatures["state"]()
+    interpreter.get_signature_runner("restore")(**{k: v.numpy() for k, v in start.items()})
+    x, y = _inputs()
+    for w in WEIGHTS:
+        interpreter.get_signature_runner("train")(x=x, y=y, w=np.float32(w))
+    assert read() == dict.fromkeys(names, sum(w == 0.0 for w in WEIGHTS))
