@@ -4,8 +4,9 @@ Claims a directory that holds ``saved_model.pb``, or a path named ``saved_model.
 own input (:meth:`SavedModelFormat.read`: the ``saved_model.pb`` bytes, after checking the
 directory is a SavedModel) and writes a whole SavedModel directory (:mod:`optrewrite.tf2.io`).
 Rewriting imports no TensorFlow; saving loads TensorFlow's fingerprinting extension (not the
-whole package) to regenerate ``fingerprint.pb``, and
-``verify`` runs the output in TensorFlow.
+whole package) to regenerate ``fingerprint.pb`` — and imports TensorFlow to write a new
+checkpoint when the rewrite adds variables (``guard.counters``) — and ``verify`` runs the
+output in TensorFlow.
 """
 from __future__ import annotations
 

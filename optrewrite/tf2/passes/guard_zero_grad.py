@@ -47,6 +47,12 @@ as ``[rows, 1, ...]`` per row; each gated value and each fused op's restore sele
 elementwise, a scatter's values with the mask of the gradient's values, a dense write with
 the mask scattered onto the variable's rows (``UnsortedSegmentMax``).
 
+With ``counters``, per reason of ``when`` the tensor-level test (``zero``: some element
+non-zero; ``nonfinite``: every element finite, or the step-wide test) feeds
+``AssignAddVariableOp(<variable>/optrewrite_skipped_<reason>, Cast(LogicalNot(test)))``, a
+control output of the function; the counter is a variable the rewrite adds to the SavedModel,
+its handle a new input arg of the body (:mod:`optrewrite.tf2.state_vars`).
+
 A skipped step thus leaves the variable and its slots bit for bit; shared state (the iteration
 counter, learning rates, loss scales) is not among the site's writes and advances. ``Select``
 keeps every stateful op where it was: grappler drops nothing and TFLite converts it, where
