@@ -110,6 +110,12 @@ def test_onnx_counts_each_reason_as_state(tmp_path: Path, lower: bool) -> None:
     assert sorted(n for s in report.sites for n in s.state) == sorted(want)
     model = onnx.load(str(out))
     assert {f"{n}/new" for n in want} <= {o.name for o in model.graph.output}
+    assert _count_onnx(out, steps, list(want), lower=lower) == want
+
+
+def _count_onnx(out: Path, steps: list[Step], counters: list[str], *, lower: bool) -> dict[str, int]:
+    """Run the ONNX step ``out`` over ``steps``, feeding every state back: the counters after."""
+    model = onnx.load(str(out))
     if lower:
         import onnxruntime as ort
 
@@ -118,13 +124,13 @@ def test_onnx_counts_each_reason_as_state(tmp_path: Path, lower: bool) -> None:
         run = ReferenceEvaluator(model).run
     names = [o.name for o in model.graph.output]
     state = {**{n: INIT[n].copy() for n in DENSE}, **{f"v_{n}": np.zeros_like(INIT[n]) for n in DENSE},
-             **{n: np.array(0, np.int64) for n in want}}
+             **{n: np.array(0, np.int64) for n in counters}}
     with np.errstate(invalid="ignore", over="ignore"):  # the reference evaluator computes skipped NaN updates too
         for k, s in enumerate(steps):
             feed = {"R": np.array(LR, np.float32), "T": np.array(k + 1, np.int64), "g_w": s.w, "g_big": s.big, **state}
             results = dict(zip(names, run(None, feed)))
             state = {n.removesuffix("/new").removesuffix("_new"): v for n, v in results.items()}
-    assert {n: int(state[n]) for n in want} == want
+    return {n: int(state[n]) for n in counters}
 
 
 def test_explain_and_the_report_name_the_counters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -242,4 +248,42 @@ def test_savedmodels_take_no_init_op(keras_export: Path, tmp_path: Path) -> None
     spec.write_text(spec_text("  init_op: init\n"))
     with pytest.raises(SpecError, match=r"s.yaml:4: guard.init_op: names a TensorFlow graph's init op"):
         rewrite_file(keras_export, spec, output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_spec_counts_the_same_on_every_format(keras_export: Path, tmp_path: Path, tf_config: object) -> None:
+    """The same spec and the same fed steps: a TensorFlow graph, a SavedModel and an ONNX step
+    (lowered) count the same skipped steps for ``w`` and ``big``."""
+    steps = schedule(nonfinite=True)
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text("  granularity: element\n"))
+    names = [f"{n}/optrewrite_skipped_{r}" for n in DENSE for r in REASONS]
+    rewrite_file(tf1_graph(tmp_path), spec, output=tmp_path / "tf1.pb")
+    rewrite_file(keras_export, spec, output=tmp_path / "tf2")
+    rewrite_file(onnx_step(tmp_path), spec, output=tmp_path / "step.onnx", lower=True)
+    _, tf1 = _count(tmp_path / "tf1.pb", names, steps, tf_config,
+                    lambda sess, graph: sess.run(graph.get_operation_by_name("init")))
+    _, all_tf2, _ = _savedmodel_counts(tmp_path / "tf2", steps)
+    tf2 = {n: all_tf2[n] for n in names}
+    ox = _count_onnx(tmp_path / "step.onnx", steps, names, lower=True)
+    assert tf1 == tf2 == ox, (tf1, tf2, ox)
+    assert len(set(tf1.values())) > 1
+
+
+@pytest.mark.parametrize("part", ["variables.index", "variables.data-00000-of-00001"])
+def test_savedmodel_counters_with_an_unreadable_checkpoint(keras_export: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str], part: str) -> None:
+    """A new checkpoint is written from the old one's tensors: a corrupt one is a one-line
+    error (exit 2), and no output appears."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(keras_export, src)
+    target = src / "variables" / part
+    target.write_bytes(target.read_bytes()[: len(target.read_bytes()) // 2])
+    spec = tmp_path / "s.yaml"
+    spec.write_text(spec_text())
+    assert main([str(src), "--spec", str(spec), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint" in err[0], err
     assert not (tmp_path / "out").exists()

@@ -38,6 +38,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from optrewrite.errors import InputError
 from optrewrite.tf import proto
 from optrewrite.tf.graph import TAG_ATTR
@@ -157,6 +159,9 @@ def thread(meta: proto.MetaGraphDef, library: LibraryEditor, keys: list[str]) ->
 
     # 2. object graph: the container and the counters, bound to the concrete functions
     graph = meta.object_graph_def
+    if not graph.nodes:
+        raise InputError("guard.counters: the SavedModel's object graph is empty: there is no root to hold the "
+                         "counters")
     root = graph.nodes[0]
     taken = {c.local_name for c in root.children}
     local = CONTAINER
@@ -357,6 +362,11 @@ def _reading_signature(meta: proto.MetaGraphDef, library: LibraryEditor, edit: M
     edit.signatures.add(SIGNATURE)
 
 
+def _first_line(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
 def write_checkpoint(src: Path, dst: Path, edit: MetaEdit) -> None:
     """Write ``dst/variables/`` (``dst`` being the output directory, whose ``variables/`` was
     copied from ``src``): every tensor of ``src/variables/variables`` as it was, each new
@@ -369,13 +379,18 @@ def write_checkpoint(src: Path, dst: Path, edit: MetaEdit) -> None:
     prefix = str(src / "variables" / "variables")
     try:
         reader = tf.train.load_checkpoint(prefix)
-    except (tf.errors.OpError, ValueError) as exc:
-        raise InputError(f"{src}: cannot read its checkpoint variables/variables: {exc}") from None
+    except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as exc:
+        raise InputError(f"{src}: cannot read its checkpoint variables/variables: {_first_line(exc)}") from None
     dtypes = reader.get_variable_to_dtype_map()
     if _OBJECT_GRAPH_KEY not in dtypes:
         raise InputError(f"{src}: its checkpoint has no object graph ({_OBJECT_GRAPH_KEY}); a counter could not be "
                          "restored by name")
-    graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+    try:
+        graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(reader.get_tensor(_OBJECT_GRAPH_KEY))
+    except (DecodeError, TypeError, ValueError, IndexError, RuntimeError, tf.errors.OpError):
+        graph = None
+    if graph is None or not graph.nodes:
+        raise InputError(f"{src}: its checkpoint's object graph ({_OBJECT_GRAPH_KEY}) is not readable")
     first = len(graph.nodes)
     container = graph.nodes.add()
     container.has_checkpoint_values.value = True
@@ -392,7 +407,10 @@ def write_checkpoint(src: Path, dst: Path, edit: MetaEdit) -> None:
         tensors[v.checkpoint_key] = tf.constant(0, tf.int64)
     for name in dtypes:
         if name != _OBJECT_GRAPH_KEY:
-            tensors[name] = tf.constant(reader.get_tensor(name), dtypes[name])
+            try:
+                tensors[name] = tf.constant(reader.get_tensor(name), dtypes[name])
+            except (tf.errors.OpError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+                raise InputError(f"{src}: cannot read {name!r} from its checkpoint: {_first_line(exc)}") from None
     tensors[_OBJECT_GRAPH_KEY] = tf.constant(graph.SerializeToString(deterministic=True))
     out = dst / "variables"
     for old in out.iterdir():
