@@ -197,7 +197,7 @@ def _negative_dim(nodes: dict[str, Any]) -> None:
     ("edit", "expected"),
     [
         (_unknown_op, "op 'NoSuchOp' (node 'MatMul') is not on the list of ops that verification runs"),
-        (_rejected_attr, "cannot import the graph at node 'MatMul' (MatMul): ValueError: an attr value the op"),
+        (_rejected_attr, "cannot import the graph at node 'MatMul' (MatMul): InvalidArgumentError: an attr value the op"),
         (_unknown_rank, "step failed at node 'MatMul' (MatMul): InvalidArgumentError: the operands' shapes do not"),
         (_huge_dim, "placeholder 'x': shape [1099511627776, 3] has 3298534883328 elements"),
         (_negative_dim, "placeholder 'x': invalid dimension -7"),
