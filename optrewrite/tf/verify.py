@@ -22,14 +22,15 @@ the graph is refused with :class:`optrewrite.verify.OpNotAllowed` naming the op 
 Only those nodes and functions are imported (devices and colocation cleared); a graph
 without a step imports the nodes of allowed ops whose inputs are too.
 
-**In the child.** The checked graph is imported into a fresh ``tf.Graph`` and run in a
-single-threaded CPU ``tf.compat.v1.Session``. Every variable the step reads or writes
-(``VariableV2``, ``Variable``, ``VarHandleOp``) is given generated values by assign ops
-added to the GraphDef before it is imported (the graph's own initializers, and so its
-lookup tables, are not run), and is read after the step; the summary counts those that
-changed. Every ``Placeholder`` the step needs is fed. The graph runs as TensorFlow runs it
-by default, grappler included (with grappler off, a clipped step of the benchmark graph
-fails where TensorFlow's own run succeeds). The session's deadline is what is left of
+**In the child.** The checked graph is imported into a fresh ``tf.Graph`` (through
+TensorFlow's C import: no Python object per node) and run in a single-threaded CPU
+``tf.compat.v1.Session``. Every variable the step reads or writes (``VariableV2``,
+``Variable``, ``VarHandleOp``) is given generated values by assign ops added to the GraphDef
+before it is imported (the graph's own initializers, and so its lookup tables, are not
+run), and is read by a second run after the step's; the summary counts those that changed.
+Every ``Placeholder`` the step needs is fed. The graph runs as TensorFlow runs it by
+default, grappler included (grappler costs most of a large graph's run, and turning it off
+changes the numbers of the benchmark graph's step). The session's deadline, for each run, is what is left of
 ``timeout_s``, so a step waiting on an empty queue fails with a message saying
 so. Errors name the node and op (when the graph has them), the error's class and a fixed
 phrase (:data:`_PHRASES`), never the runtime's text.
@@ -506,11 +507,11 @@ def run_step(request: dict[str, Any]) -> str:
         names.update((n.name, n.op) for n in function.node_def)
     rng = np.random.default_rng(request["seed"])
     # The ops that set and read the variables are added to the GraphDef before it is imported
-    # (as NodeDefs: thousands of variables would cost seconds through the Python API), wired
-    # so that one Session.run sets them, runs the step and reads them: every run with other
-    # fetches prunes the whole graph again, which on a large graph costs more than the step.
-    # Every node that takes a variable directly (and so everything that reads or writes one)
-    # waits for ``assign_all``; each read waits for ``step``, which waits for the targets.
+    # (as NodeDefs: thousands of variables would cost seconds through the Python API). Every
+    # node that takes a variable directly (and so everything that reads or writes one) waits
+    # for ``assign_all``, so the run of the targets sets them first; a second run reads them.
+    # (Reads that waited for the targets in the same run would die with any target that a
+    # v1 cond leaves dead — a branch not taken — and a dead fetch fails the run.)
     prefix = "optrewrite_verify"
     while any(n == prefix or n.startswith(prefix + "/") for n in names):
         prefix += "_"
@@ -522,7 +523,6 @@ def run_step(request: dict[str, Any]) -> str:
             if any((i[1:] if i[0] == "^" else i.partition(":")[0]) in variables for i in node.input):
                 node.input.append(f"^{prefix}/assign_all")
         assign_all = graph_def.node.add(name=f"{prefix}/assign_all", op="NoOp")
-        graph_def.node.add(name=f"{prefix}/step", op="NoOp", input=[f"^{t}" for t in request["targets"]])
         for k, (name, resource, dtype_enum, shape) in enumerate(request["variables"]):
             dtype = tf.as_dtype(dtype_enum).base_dtype
             value = generate(rng, tuple(shape), np.dtype(dtype.as_numpy_dtype)) if dtype.is_numpy_compatible else None
@@ -533,7 +533,7 @@ def run_step(request: dict[str, Any]) -> str:
             const.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
             before.append(value)
             assign = graph_def.node.add(name=f"{prefix}/assign_{k}", input=[name, const.name])
-            read = graph_def.node.add(name=f"{prefix}/read_{k}", input=[name, f"^{prefix}/step"])
+            read = graph_def.node.add(name=f"{prefix}/read_{k}", input=[name])
             if resource:
                 assign.op, read.op = "AssignVariableOp", "ReadVariableOp"
                 assign.attr["dtype"].type = read.attr["dtype"].type = dtype.as_datatype_enum
@@ -574,7 +574,8 @@ def run_step(request: dict[str, Any]) -> str:
 
     with tf.compat.v1.Session(graph=graph, config=config) as session:
         try:
-            done = session.run({"after": read_tensors, "step": targets}, feed_dict=feed, options=options())
+            session.run(targets, feed_dict=feed, options=options())
+            done = {"after": session.run(read_tensors, options=options())}
         except tf.errors.DeadlineExceededError:
             raise late() from None
         except Exception as exc:  # noqa: BLE001
