@@ -60,7 +60,7 @@ def rewrite_file(
     ``sealed`` and lists no sites. ``verify`` loads the written graph in its runtime (TensorFlow,
     onnxruntime) and runs one step on generated data before it replaces anything (see
     :mod:`optrewrite.verify`), stopped after ``verify_timeout_s`` (default
-    :data:`optrewrite.verify.STEP_TIMEOUT_S`). ``progress``, when given, is told each long stage as a line
+    :func:`optrewrite.verify.default_timeout`: 120 s plus 10 s per MB of the graph). ``progress``, when given, is told each long stage as a line
     (the command line prints them when stderr is a terminal).
     """
     if mode not in MODES:
@@ -108,18 +108,17 @@ def _runtime_check(src: Path, out: Path, report: Report, progress: Callable[[str
     """Run one step of the temporary output; blame the input when it fails there too."""
 
     def run(tmp: Path) -> None:
-        from optrewrite.verify import STEP_TIMEOUT_S, TooLargeToVerify, VerificationFailed, verify_file  # noqa: PLC0415
+        from optrewrite.verify import TooLargeToVerify, VerificationFailed, verify_file  # noqa: PLC0415
 
-        limit = STEP_TIMEOUT_S if timeout_s is None else timeout_s
         if progress is not None:
             progress(f"{out}: verifying: one step of the rewritten graph in its runtime, in a child process")
         try:
-            report.verified = verify_file(tmp, like=out, timeout_s=limit)
+            report.verified = verify_file(tmp, like=out, timeout_s=timeout_s)
         except TooLargeToVerify as exc:
             raise InputError(_line(f"{src}: --verify cannot run this graph (rewrite without --verify): ", str(exc))) from None
         except VerificationFailed as exc:
             try:
-                verify_file(src, timeout_s=limit)
+                verify_file(src, timeout_s=timeout_s)
             except VerificationFailed as bad_input:
                 raise InputError(_line(f"{src}: the input graph does not run either: ", str(bad_input))) from None
             raise AssertionError(_line("the rewritten graph fails to run though its input runs: ", str(exc))) from None

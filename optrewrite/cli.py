@@ -78,7 +78,7 @@ def _rewrite_parser() -> argparse.ArgumentParser:
                    "on generated data")
     p.add_argument("--verify-timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="with --verify: stop the step after this many seconds, loading the graph included "
-                   "(default 120)")
+                   "(default 120, plus 10 per MB of the graph)")
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no summary on stderr (--check still names each graph that would change)")
     p.add_argument("-j", "--jobs", type=_jobs, default=1, metavar="N",

@@ -38,8 +38,10 @@ step runs in a child forked from the worker, which has
 
 - at most :data:`MEMORY_LIMIT_BYTES` (16 GiB; at most the machine's memory) of address
   space beyond what the worker holds (``RLIMIT_AS``): a larger allocation fails;
-- ``timeout_s`` (default :data:`STEP_TIMEOUT_S`, 120 s) from the fork — loading the graph
-  included — after which the runtime's own deadline fails the step, and
+- ``timeout_s`` (default :func:`default_timeout`: 120 s plus 10 s per MB of the graph file,
+  a SavedModel's ``saved_model.pb``; 570 s for the 45 MB TensorFlow benchmark graph, whose
+  step takes 320 s) from the fork — loading the graph included — after which the runtime's
+  own deadline fails the step, and
   :data:`KILL_GRACE_S` (5 s) more after which the child is killed; a CPU time limit
   (``RLIMIT_CPU``) of twice that as a backstop;
 - no file it may write a byte to (``RLIMIT_FSIZE`` 0; writes fail, they do not kill), no
@@ -103,7 +105,8 @@ from optrewrite.formats import format_for
 
 MAX_ELEMENTS = 2**27  # one generated tensor (512 MiB of float32)
 MAX_TOTAL_ELEMENTS = 2**28  # all generated tensors of one run
-STEP_TIMEOUT_S = 120.0  # a step's child still running after this is stopped (loading the graph included)
+STEP_TIMEOUT_S = 120.0  # a step's child still running after this is stopped (loading the graph included) ...
+TIMEOUT_S_PER_MB = 10.0  # ... plus this per MB of the graph file: a large graph takes long to load and optimize
 MEMORY_LIMIT_BYTES = 16 << 30  # address space a step's child may add; at most the machine's memory
 STARTUP_TIMEOUT_S = 300.0  # starting the worker: one Python start and one import of the runtime
 KILL_GRACE_S = 5.0  # a child past timeout_s this long is killed (the runtime's own deadline comes first)
@@ -139,12 +142,13 @@ def verify_file(
     *,
     like: Path | str | None = None,
     seed: int = 0,
-    timeout_s: float = STEP_TIMEOUT_S,
+    timeout_s: float | None = None,
 ) -> str:
     """Load the graph at ``path`` in its runtime and run one step on generated data.
 
     ``like`` names the format (its suffix and, for TensorFlow, the content decide, as for
-    the input of a rewrite); without it ``path``'s name does. Returns a one-line summary.
+    the input of a rewrite); without it ``path``'s name does. ``timeout_s`` (default:
+    :func:`default_timeout` of the graph's size) bounds the child. Returns a one-line summary.
     Raises VerificationFailed when the graph cannot be loaded or run, and InputError when
     the runtime is not installed. Nothing is written.
     """
@@ -157,7 +161,14 @@ def verify_file(
         raise VerificationFailed(one_line(str(exc))) from None
     except OSError as exc:
         raise VerificationFailed(f"cannot read {path}: {exc.strerror or exc}") from None
-    return fmt.verify(path, like, raw, seed=seed, timeout_s=timeout_s)
+    return fmt.verify(path, like, raw, seed=seed, timeout_s=default_timeout(len(raw)) if timeout_s is None else timeout_s)
+
+
+def default_timeout(graph_bytes: int) -> float:
+    """How long a step's child may run by default: :data:`STEP_TIMEOUT_S` plus
+    :data:`TIMEOUT_S_PER_MB` per MB of the graph file (loading and optimizing a graph grow
+    with its size)."""
+    return STEP_TIMEOUT_S + TIMEOUT_S_PER_MB * graph_bytes / 1e6
 
 
 # ------------------------------------------------------------------------ shared by the formats

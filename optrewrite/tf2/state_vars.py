@@ -79,8 +79,7 @@ class MetaEdit:
     concrete: set[str] = field(default_factory=set)  # concrete_functions entries re-serialized or added
     signatures: set[str] = field(default_factory=set)  # signature_def entries added
     variables: list[NewVariable] = field(default_factory=list)
-    container_local: str = CONTAINER
-    root_children: int = 0  # how many children the root had before
+    container_local: str = CONTAINER  # the root's child that holds the new variables
 
 
 def _escape(local_name: str) -> str:
@@ -169,7 +168,6 @@ def thread(meta: proto.MetaGraphDef, library: LibraryEditor, keys: list[str]) ->
     while local in taken:
         local, k = f"{CONTAINER}_{k}", k + 1
     edit.container_local = local
-    edit.root_children = len(root.children)
     first = len(graph.nodes)
     container = graph.nodes.add()
     container.user_object.identifier = "trackable_dict_wrapper"
