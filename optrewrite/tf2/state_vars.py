@@ -282,10 +282,14 @@ def _reading_signature(meta: proto.MetaGraphDef, library: LibraryEditor, edit: M
     """The ``optrewrite_counters`` signature (module docstring, step 3), where the root has a
     ``signature_map`` child and no signature of that name exists."""
     graph = meta.object_graph_def
-    sig_map = next((graph.nodes[c.node_id] for c in graph.nodes[0].children if c.local_name == "signatures"
-                    and graph.nodes[c.node_id].WhichOneof("kind") == "user_object"
-                    and graph.nodes[c.node_id].user_object.identifier == "signature_map"), None)
-    if sig_map is None or SIGNATURE in meta.signature_def or any(c.local_name == SIGNATURE for c in sig_map.children):
+    at = next((c.node_id for c in graph.nodes[0].children if c.local_name == "signatures"
+               and 0 <= c.node_id < len(graph.nodes)
+               and graph.nodes[c.node_id].WhichOneof("kind") == "user_object"
+               and graph.nodes[c.node_id].user_object.identifier == "signature_map"), None)
+    if at is None:
+        return
+    sig_map = graph.nodes[at]
+    if SIGNATURE in meta.signature_def or any(c.local_name == SIGNATURE for c in sig_map.children):
         return
     keys = sorted(v.name for v in edit.variables)  # a dict's outputs, flattened in key order
     ids = {v.name: v.node_id for v in edit.variables}
@@ -337,7 +341,7 @@ def _reading_signature(meta: proto.MetaGraphDef, library: LibraryEditor, edit: M
         getattr(value, f"{kind}_value").SetInParent()
     bare.function_spec.input_signature.tuple_value.SetInParent()
     sig_map.children.add(node_id=node_id, local_name=SIGNATURE)
-    edit.objects.add(next(i for i, n in enumerate(graph.nodes) if n is sig_map))
+    edit.objects.add(at)
 
     call = _unique(taken_nodes, "StatefulPartitionedCall")
     node = meta.graph_def.node.add(name=call, op="StatefulPartitionedCall", input=[handles[k] for k in keys])
