@@ -53,6 +53,11 @@ _META_GRAPHS = 2  # SavedModel.meta_graphs
 _META_GRAPH_DEF = 2  # MetaGraphDef.graph_def
 _META_COLLECTION = 4  # MetaGraphDef.collection_def
 _GRAPH_LIBRARY = 2  # GraphDef.library
+_GRAPH_NODE = 1  # GraphDef.node
+_META_SIGNATURES = 5  # MetaGraphDef.signature_def
+_META_OBJECT_GRAPH = 7  # MetaGraphDef.object_graph_def
+_OBJECT_NODES = 1  # SavedObjectGraph.nodes
+_OBJECT_CONCRETE = 2  # SavedObjectGraph.concrete_functions
 _LIBRARY_FUNCTION = 1  # FunctionDefLibrary.function
 
 
@@ -122,19 +127,19 @@ def load(path: Path, raw: bytes) -> SavedModelFile:
         raise _fail(where, "not a SavedModel: its MetaGraphDef holds fields the schema does not know")
     if not meta.HasField("graph_def") or not meta.HasField("object_graph_def"):
         raise _fail(where, "not a TF2 SavedModel: its MetaGraphDef has no graph or no object graph")
-    if sum(1 for f in top_level_fields(raw[start:end]) if f[0] == _META_GRAPH_DEF) != 1:
+    meta_fields = top_level_fields(raw[start:end])
+    graphs = [(p, e) for number, _s, p, e in meta_fields if number == _META_GRAPH_DEF]
+    if len(graphs) != 1:
         raise _fail(where, "the MetaGraphDef holds its graph_def in several pieces; re-export it")
+    if sum(1 for f in meta_fields if f[0] == _META_OBJECT_GRAPH) > 1:
+        raise _fail(where, "the MetaGraphDef holds its object graph in several pieces; re-export it")
+    graph_start = start + graphs[0][0]
+    if sum(1 for f in top_level_fields(raw[graph_start:start + graphs[0][1]]) if f[0] == _GRAPH_LIBRARY) > 1:
+        raise _fail(where, "the graph holds its function library in several pieces; re-export it")
     return SavedModelFile(path=path, root=root, raw=raw, meta=meta, meta_span=(start, end))
 
 
 # ------------------------------------------------------------------------- saving
-
-
-_GRAPH_NODE = 1  # GraphDef.node
-_META_SIGNATURES = 5  # MetaGraphDef.signature_def
-_META_OBJECT_GRAPH = 7  # MetaGraphDef.object_graph_def
-_OBJECT_NODES = 1  # SavedObjectGraph.nodes
-_OBJECT_CONCRETE = 2  # SavedObjectGraph.concrete_functions
 
 
 def _entry(key: str, value: bytes) -> bytes:
@@ -165,7 +170,12 @@ def _splice(raw: bytes, *, items: dict[int, tuple[dict[int, bytes], list[bytes]]
     seen: dict[int, int] = {}
     after: dict[int, int] = {}  # field -> index in parts after its last occurrence
     keys: set[tuple[int, str]] = set()
-    for number, s, p, e in top_level_fields(raw):
+    fields = top_level_fields(raw)
+    if any(sum(1 for f in fields if f[0] == number) > 1 for number in nested):
+        # a parser merges the pieces; edits by position would land in the wrong one
+        raise InputError("the SavedModel holds a message (a graph, its library or its object graph) in several "
+                         "pieces; re-export it")
+    for number, s, p, e in fields:
         if number in items:
             k = seen.get(number, 0)
             seen[number] = k + 1

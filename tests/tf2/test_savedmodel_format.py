@@ -256,6 +256,54 @@ def test_bad_inputs_are_one_line_errors(models: dict[str, Path], tmp_path: Path,
     assert main([str(empty), "--spec", str(spec), "-o", str(tmp_path / "o3")]) == 2
 
 
+def _split(raw: bytes, path: list[int], field: int) -> bytes:
+    """``raw`` with the message at ``path`` (field numbers from the top, each occurring once)
+    written as two pieces, the second holding the later half of its repeated ``field``: a
+    protobuf parser merges them into the same message."""
+    from optrewrite.tf.io import _length_delimited
+
+    head, *rest = path
+    out = []
+    for number, s, p, e in top_level_fields(raw):
+        if number != head:
+            out.append(raw[s:e])
+        elif rest:
+            out.append(_length_delimited(number, _split(raw[p:e], rest, field)))
+        else:
+            body = raw[p:e]
+            inner = top_level_fields(body)
+            items = [body[a:b] for n, a, _q, b in inner if n == field]
+            others = b"".join(body[a:b] for n, a, _q, b in inner if n != field)
+            half = len(items) // 2
+            assert half, "nothing to split"
+            out.append(_length_delimited(number, others + b"".join(items[:half])))
+            out.append(_length_delimited(number, b"".join(items[half:])))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize(("path", "field", "words"), [
+    ([2, 2, 2], 1, "function library in several pieces"),  # SavedModel.meta_graphs/graph_def/library: functions
+    ([2, 7], 1, "object graph in several pieces"),  # SavedModel.meta_graphs/object_graph_def: nodes
+])
+def test_a_message_in_several_pieces_is_refused(models: dict[str, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str], path: list[int], field: int,
+                                                 words: str) -> None:
+    """Parsers merge a message written in pieces; edits by position would land in the wrong
+    piece, so such a SavedModel is refused (exit 2, one line, nothing written)."""
+    src = _copy_tree(models["adam"], tmp_path / "src")
+    pb = src / "saved_model.pb"
+    raw = _split(pb.read_bytes(), path, field)
+    parsed = proto.MetaGraphDef.FromString(next(raw[p:e] for n, _s, p, e in top_level_fields(raw) if n == 2))
+    assert parsed == proto.MetaGraphDef.FromString(
+        next(pb.read_bytes()[p:e] for n, _s, p, e in top_level_fields(pb.read_bytes()) if n == 2))
+    pb.write_bytes(raw)
+    capsys.readouterr()
+    assert _rewrite(src, _spec(tmp_path, GUARD_B), tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def _copy_tree(src: Path, dst: Path) -> Path:
     import shutil
 
