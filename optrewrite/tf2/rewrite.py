@@ -12,7 +12,10 @@
    library order) and its actions once. Skips are merged the same way (same variable, same
    reason). The plan digest still covers every function's site (in library order), so it
    changes when the set of rewritten functions does, and a rerun reproduces it.
-4. Record the plan digest as the MetaGraphDef's ``collection_def["optrewrite_plan"]`` (a
+4. With ``guard.counters``, make the counters the guard asked each body for real variables of
+   the SavedModel (:func:`optrewrite.tf2.state_vars.thread`: input args down the call chain,
+   object graph, graph, a reading signature; the checkpoint is written when saving).
+5. Record the plan digest as the MetaGraphDef's ``collection_def["optrewrite_plan"]`` (a
    bytes list); ``tf.saved_model.load`` ignores collections. A SavedModel that carries the
    record with the same digest is "nothing to do"; with another, the rewrite is refused.
 

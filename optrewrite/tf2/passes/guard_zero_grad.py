@@ -106,10 +106,13 @@ def apply_of(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: s
              finite: str | None = None) -> str:
     """The scalar bool "run the update" for ``gradient`` under the rule ``when`` (see above);
     ``finite``, when given, is the non-finite test to use (``scope: step``)."""
-    tests = list(reason_tests(g, scope, gradient, dtype, tag=tag, when=when, finite=finite).values())
-    if len(tests) == 1:
-        return tests[0]
-    return g.add(f"{scope}/apply", "LogicalAnd", tests, tag=tag)
+    return all_of(g, scope, reason_tests(g, scope, gradient, dtype, tag=tag, when=when, finite=finite), tag=tag)
+
+
+def all_of(g: FunctionEditor, scope: str, passed: dict[str, str], *, tag: str) -> str:
+    """The update runs when every reason's test passes."""
+    tests = list(passed.values())
+    return tests[0] if len(tests) == 1 else g.add(f"{scope}/apply", "LogicalAnd", tests, tag=tag)
 
 
 def reason_tests(g: FunctionEditor, scope: str, gradient: str, dtype: int, *, tag: str, when: str,
@@ -155,8 +158,7 @@ def guard(g: FunctionEditor, state: SiteState) -> None:
     if options.granularity == "tensor":
         passed = reason_tests(g, scope, state.gradient, site.var.dtype, tag=TAG, when=options.when,
                               finite=state.step_finite)
-        tests = list(passed.values())
-        nonzero = tests[0] if len(tests) == 1 else g.add(f"{scope}/apply", "LogicalAnd", tests, tag=TAG)
+        nonzero = all_of(g, scope, passed, tag=TAG)
         state.applied = nonzero
         if options.counters:
             count(g, state, passed, scope)
