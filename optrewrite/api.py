@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from optrewrite.errors import InputError, shorten
+from optrewrite.errors import InputError, shorten_middle
 from optrewrite.fileio import read_spec
 from optrewrite.formats import check_output, format_for, output_for, read_graph
 from optrewrite.report import Report
@@ -127,5 +127,5 @@ def _runtime_check(src: Path, out: Path, report: Report, progress: Callable[[str
 
 
 def _line(prefix: str, detail: str, limit: int = 280) -> str:
-    """``prefix`` + ``detail``, the detail cut so that the line stays short."""
-    return prefix + shorten(detail, max(80, limit - len(prefix)))
+    """``prefix`` + ``detail``, the detail cut in its middle so that the line stays short."""
+    return prefix + shorten_middle(detail, max(80, limit - len(prefix)))

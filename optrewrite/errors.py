@@ -53,6 +53,15 @@ def shorten(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def shorten_middle(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters in its middle: a message's end often says what
+    went wrong, its start where."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 3) * 2 // 3
+    return text[:head] + "..." + text[len(text) - (limit - 3 - head):]
+
+
 def quoted(value: object, limit: int = 60) -> str:
     """``repr(value)`` cut for a one-line message."""
     return shorten(repr(value), limit)

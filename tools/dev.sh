@@ -2,7 +2,7 @@
 # Set-up and entry points for a fresh machine: creates .venv, installs optrewrite with its
 # test extras, then runs the requested job.
 #   bash tools/dev.sh demo   rewrite the bundled example graph and show what changed
-#   bash tools/dev.sh test   run the test suite
+#   bash tools/dev.sh test   run the test suite (in parallel: pytest-xdist, -n auto)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=.venv
@@ -22,7 +22,7 @@ case "${1:-}" in
         ;;
     test)
         shift
-        exec python -m pytest "$@"
+        exec python -m pytest -n auto "$@"  # one pytest-xdist worker per core; -n 0: one process
         ;;
     *)
         echo "usage: bash tools/dev.sh demo|test [args...]" >&2
