@@ -60,11 +60,7 @@ class Rewritten:
     editors: dict[str, FunctionEditor] = field(default_factory=dict)
     plan: str | None = None  # the digest to record; None: nothing changed
     seal_key: bytes = b""  # what the output's seal binds it to (optrewrite.seal)
-    edit: MetaEdit = field(default_factory=MetaEdit)  # what changed beyond function bodies (new variables)
-
-    @property
-    def changed_functions(self) -> set[str]:
-        return {name for name, e in self.editors.items() if e.touched}
+    edit: MetaEdit = field(default_factory=MetaEdit)  # what changed: functions and (new variables) the rest
 
 
 def discover(loaded: io.SavedModelFile) -> Discovery:
@@ -213,6 +209,7 @@ def rewrite_savedmodel(loaded: io.SavedModelFile, spec: Spec) -> Outcome:
     counters = list(dict.fromkeys(name for sel in selections for name in done.state.get(sel.site.key, [])))
     edit = thread(loaded.meta, library, counters)
     editors = library.editors
+    edit.functions = {name for name, e in editors.items() if e.touched}
     rewritten = Rewritten(loaded, editors, plan=digest, seal_key=seal.spec_key(spec), edit=edit)
     report.sites = [_entry(group, done.inserted, done.state) for group in by_variable(sites)]
     report.skipped = merge_skips([*report.skipped, *done.skipped])
@@ -235,8 +232,7 @@ def serialize(rewritten: Rewritten) -> bytes:
     record.bytes_list.value.append(rewritten.plan.encode())
     placeholder = proto.CollectionDef()
     placeholder.bytes_list.value.append(seal.PLACEHOLDER)
-    edit = replace(rewritten.edit, functions=rewritten.edit.functions | rewritten.changed_functions)
-    raw = io.serialize(rewritten.loaded, edit,
+    raw = io.serialize(rewritten.loaded, rewritten.edit,
                        {PLAN_COLLECTION: record.SerializeToString(deterministic=True),
                         SEAL_COLLECTION: placeholder.SerializeToString(deterministic=True)})
     return seal.fill(raw, SEAL_MARKER, rewritten.seal_key)

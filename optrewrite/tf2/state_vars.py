@@ -56,13 +56,12 @@ TAG = "guard"
 
 @dataclass
 class NewVariable:
-    """A variable the rewrite adds: its name (also its key in the container), its SavedObject
-    node, and its checkpoint key."""
+    """A variable the rewrite adds (an int64 scalar): its name (also its key in the
+    container), its SavedObject node, and its checkpoint key."""
 
     name: str
     node_id: int
     checkpoint_key: str
-    dtype: int = proto.DT_INT64
 
 
 @dataclass
@@ -70,7 +69,7 @@ class MetaEdit:
     """What the rewrite changed in the MetaGraphDef, beyond function bodies. The parts
     themselves are read from the (edited) parsed MetaGraphDef when serializing."""
 
-    functions: set[str] = field(default_factory=set)  # library functions re-serialized
+    functions: set[str] = field(default_factory=set)  # library functions re-serialized (the rewrite sets it)
     new_functions: int = 0  # functions appended to the library
     nodes: set[int] = field(default_factory=set)  # graph_def.node indices re-serialized
     new_nodes: int = 0  # nodes appended to graph_def
@@ -228,7 +227,6 @@ def thread(meta: proto.MetaGraphDef, library: LibraryEditor, keys: list[str]) ->
     _reading_signature(meta, library, edit, handles, taken_nodes)
     edit.new_nodes = len(top.node) - first_node
     edit.new_objects = len(graph.nodes) - first
-    edit.functions = {name for name, e in library.editors.items() if e.touched}
     return edit
 
 
