@@ -515,7 +515,7 @@ def run_step(request: dict[str, Any]) -> str:
     prefix = "optrewrite_verify"
     while any(n == prefix or n.startswith(prefix + "/") for n in names):
         prefix += "_"
-    reads: list[str] = []
+    reads: list[str] = []  # the read nodes, one per variable
     before: list[np.ndarray] = []  # the values assigned
     if request["targets"]:
         variables = {v[0] for v in request["variables"]}
@@ -542,8 +542,8 @@ def run_step(request: dict[str, Any]) -> str:
                 assign.attr["T"].type = read.attr["T"].type = dtype.as_datatype_enum
                 assign.attr["validate_shape"].b = False
             assign_all.input.append(f"^{assign.name}")
-            reads.append(f"{read.name}:0")
-    wanted = [*request["targets"], *(r.partition(":")[0] for r in reads), *(p[0] for p in request["placeholders"])]
+            reads.append(read.name)
+    wanted = [*request["targets"], *reads, *(p[0] for p in request["placeholders"])]
     try:
         graph, ops = _import(tf, graph_def.SerializeToString(), wanted)
     except Exception as exc:  # noqa: BLE001 - whatever the runtime rejects is the finding
@@ -559,7 +559,6 @@ def run_step(request: dict[str, Any]) -> str:
             raise failed(f"placeholder {quoted(name)}: cannot generate values of type {dtype.name}")
         feed[ops[name].outputs[0]] = value
     targets = [ops[name] for name in request["targets"]]
-    read_tensors = [ops[r.partition(":")[0]].outputs[0] for r in reads]
     config = tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=1, inter_op_parallelism_threads=1,
         allow_soft_placement=True, device_count={"GPU": 0},
@@ -575,7 +574,7 @@ def run_step(request: dict[str, Any]) -> str:
     with tf.compat.v1.Session(graph=graph, config=config) as session:
         try:
             session.run(targets, feed_dict=feed, options=options())
-            done = {"after": session.run(read_tensors, options=options())}
+            values = session.run([ops[r].outputs[0] for r in reads], options=options())
         except tf.errors.DeadlineExceededError:
             raise late() from None
         except Exception as exc:  # noqa: BLE001
@@ -584,7 +583,7 @@ def run_step(request: dict[str, Any]) -> str:
                     "cannot read the variables after the step" if failing.startswith(f"{prefix}/read_") else
                     "step failed")
             raise _error(f"{runtime} {what}", exc, names) from None
-        after = [np.array(v, copy=True) for v in done["after"]]
+        after = [np.array(v, copy=True) for v in values]
     changed = sum(not same(a, b) for a, b in zip(before, after))
     finite, total = count_finite(after)
     main = next((t for t in request["targets"] if ops[t].type not in _READ_OPS),

@@ -80,8 +80,8 @@ def _build(out: Path) -> Path:
     return out
 
 
-def _convert(path: Path) -> bytes:
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=SIGNATURES)
+def _convert(path: Path, signatures: list[str] = SIGNATURES) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=signatures)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.experimental_enable_resource_variables = True
     return bytes(converter.convert())
@@ -191,10 +191,7 @@ def test_counters_convert_and_count_in_tflite(saved: dict[str, Any], tmp_path: P
     spec.write_text("version: 1\nguard:\n  counters: true\n")
     out = tmp_path / "out"
     assert main([str(saved["src"]), "--spec", str(spec), "-o", str(out), "-q"]) == 0
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(out), signature_keys=[*SIGNATURES, "optrewrite_counters"])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    converter.experimental_enable_resource_variables = True
-    interpreter = tf.lite.Interpreter(model_content=bytes(converter.convert()))
+    interpreter = tf.lite.Interpreter(model_content=_convert(out, [*SIGNATURES, "optrewrite_counters"]))
     read = interpreter.get_signature_runner("optrewrite_counters")
     names = {f"{v}/optrewrite_skipped_zero" for v in ("dense/kernel", "dense/bias", "head/kernel", "head/bias")}
     assert read() == dict.fromkeys(names, 0)
