@@ -66,4 +66,5 @@ except ImportError:  # pragma: no cover - depends on the installation
 FunctionDef = function_pb2.FunctionDef
 FunctionDefLibrary = function_pb2.FunctionDefLibrary
 SavedObjectGraph = saved_object_graph_pb2.SavedObjectGraph
+SavedObject = saved_object_graph_pb2.SavedObject
 CollectionDef = meta_graph_pb2.CollectionDef

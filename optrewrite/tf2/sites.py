@@ -2,9 +2,12 @@
 
 1. **Variables** are the object graph's ``variable`` nodes, named by their path from the root:
    breadth-first over ``children[].local_name``, preferring a path without list indices and
-   not through an optimizer object (one with an ``iterations`` child), each component with
-   one leading underscore stripped (``net/head_a/_kernel`` reads ``net/head_a/kernel``,
-   Keras 3's ``variable.path``).
+   not through an optimizer object (one with an ``iterations`` child or slot variables), each
+   component with one leading underscore stripped (``net/head_a/_kernel`` reads
+   ``net/head_a/kernel``, Keras 3's ``variable.path``). A path through a list index
+   (``net/operations/1/kernel``: a functional or Sequential Keras model) gives way to the
+   variable's saved name where that is a path unique among the variables (Keras 3 saves
+   ``variable.path``, ``conv/kernel``). What an optimizer object holds is optimizer state.
 2. **Bindings**: each concrete function of the object graph binds its last
    ``len(bound_inputs)`` inputs to the objects ``bound_inputs`` lists; calls
    (``StatefulPartitionedCall``, ``PartitionedCall``) pass them on positionally, and so do
@@ -21,6 +24,10 @@
    add between ops on one resource) that every write to V depends on, that has V's dtype and
    shape (rows of V for a scatter), that is no constant, and that depends on no read of a
    non-trainable variable (slots, the iteration counter, the learning rate, a loss scale).
+   Where that finds none because the forward pass reads non-trainable variables too (a
+   dropout layer's seed, batch-norm statistics, a frozen layer), only reads of optimizer
+   state count, and a tensor that feeds state V's writes do not read (another variable's
+   slots: a forward tensor of V's shape) is no candidate.
    Writes that only assign that tensor itself (``AssignVariableOp(V, x)``: a ``restore``
    signature setting V from its input) set V, they do not update it: no site.
    The site's **slot writes** are the writes to non-trainable variables that depend on the
@@ -37,9 +44,9 @@
 from __future__ import annotations
 
 import re
-from collections import deque
-from typing import Iterable
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from typing import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 
 from optrewrite.core import Skip
 from optrewrite.tf import proto
@@ -70,6 +77,7 @@ class Variable:
     trainable: bool
     dtype: int
     shape: tuple[int, ...] | None
+    optimizer_state: bool = False  # held by an optimizer object (a slot, the iteration counter, a loss scale)
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,8 @@ def variables(og: proto.SavedObjectGraph) -> dict[int, Variable]:
     if not nodes:
         return {}
     optimizers = {i for i, n in enumerate(nodes)
-                  if any(c.local_name in ("iterations", "_iterations", "iter") for c in n.children)}
+                  if n.slot_variables or any(c.local_name in ("iterations", "_iterations", "iter") for c in n.children)}
+    owned = _held_by(nodes, optimizers)
     paths: dict[int, list[tuple[tuple[bool, bool, int, int], str]]] = {}
     first: dict[int, tuple[str, bool, bool]] = {0: ("", False, False)}
     queue = deque([0])
@@ -144,6 +153,7 @@ def variables(og: proto.SavedObjectGraph) -> dict[int, Variable]:
                 first[j] = (path, idx, through_opt)
                 queue.append(j)
     out: dict[int, Variable] = {}
+    indexed: set[int] = set()
     for j, found in paths.items():
         path = min(found)[1]
         v = nodes[j].variable
@@ -152,8 +162,40 @@ def variables(og: proto.SavedObjectGraph) -> dict[int, Variable]:
         # a variable reached only through an optimizer object is optimizer state (Nadam's
         # u_product), whatever its trainable flag says
         trainable = v.trainable and not rank[1]
-        out[j] = Variable(j, "/".join(_strip(c) for c in path.split("/")), trainable, v.dtype, shape)
-    return out
+        out[j] = Variable(j, "/".join(_strip(c) for c in path.split("/")), trainable, v.dtype, shape,
+                          j in owned and not trainable)
+        if rank[0]:
+            indexed.add(j)
+    return _saved_names(nodes, out, indexed)
+
+
+def _saved_names(nodes: Sequence[proto.SavedObject], found: dict[int, Variable], indexed: set[int]
+                 ) -> dict[int, Variable]:
+    """Where a variable's object-graph path goes through a list index, name it by its saved
+    name if that is a path unique among the variables: a Keras 3 functional or Sequential model
+    reaches its variables as ``net/operations/1/kernel`` but saves ``variable.path``
+    (``conv/kernel``). Other variables keep their object-graph path."""
+    saved = {j: nodes[j].variable.name for j in found}
+    counts = Counter(saved.values())
+    names = {j: saved[j] if j in indexed and "/" in saved[j] and counts[saved[j]] == 1 else v.path
+             for j, v in found.items()}
+    taken = Counter(names.values())
+    return {j: v if names[j] == v.path else
+            replace(v, path=names[j] if taken[names[j]] == 1 else v.path) for j, v in found.items()}
+
+
+def _held_by(nodes: Sequence[proto.SavedObject], optimizers: set[int]) -> set[int]:
+    """The nodes an optimizer object holds: its children, theirs, and its slot variables."""
+    held: set[int] = set()
+    queue = deque(optimizers)
+    while queue:
+        i = queue.popleft()
+        node = nodes[i]
+        for j in [c.node_id for c in node.children] + [s.slot_variable_node_id for s in node.slot_variables]:
+            if j < len(nodes) and j not in held:
+                held.add(j)
+                queue.append(j)
+    return held
 
 
 # ---------------------------------------------------------------------------- bindings
@@ -433,6 +475,7 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
     target: dict[str, Variable] = {}
     resource_ref: dict[str, str] = {}
     blocked: set[str] = set()  # reads of non-trainable variables
+    optimizer_reads: set[str] = set()  # those of them an optimizer object holds
     trainable_reads: set[str] = set()
     for name in body.order:
         node = body.nodes[name]
@@ -442,6 +485,8 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
             var = _resource(body, node.input[0], local)
             if var is not None and not var.trainable:
                 blocked.add(name)
+                if var.optimizer_state:
+                    optimizer_reads.add(name)
             elif var is not None:
                 trainable_reads.add(name)
         elif node.op in WRITES and node.input:
@@ -455,6 +500,11 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
             fused = _fused_site(fname, body, node, local)
             (skips if isinstance(fused, Skip) else fused_sites).append(fused)  # type: ignore[arg-type]
     tainted = blocked | body.descendants_of(blocked)  # computed from optimizer state
+    # A forward pass that reads non-trainable variables (a dropout layer's seed, a frozen
+    # layer, batch-norm statistics) taints every gradient: where no gradient is found
+    # otherwise, only the reads of the optimizers' own variables count.
+    tainted_by_optimizer = (optimizer_reads | body.descendants_of(optimizer_reads)) if optimizer_reads != blocked \
+        else tainted
     is_arg_input = {a for a, d in args.items() if d.type in proto.FLOAT_TYPES}
 
     state_writes = {w for w, v in target.items() if not v.trainable}
@@ -487,32 +537,12 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
                 continue
             indices = idx.pop()
         others = trainable_writes.difference(ws)
-        grad = _gradient(body, ws, var, tainted, is_arg_input, sparse=bool(scatter), state_writes=state_writes,
-                         other_writes=others)
-        if grad is None:
-            grad = _gradient(body, ws, var, tainted, is_arg_input, sparse=bool(scatter),
-                             state_writes=state_writes, other_writes=others, data_only=True)
-        if not scatter and (grad is None or body.nodes.get(grad[1]) is not None
-                            and body.nodes[grad[1]].op == "UnsortedSegmentSum"):
-            # an IndexedSlices gradient the optimizer densifies (UnsortedSegmentSum) or scatters
-            # into its slots: the site's gradient is the slices' values (as the reference and
-            # the graph passes test them), found as rows of the variable
-            rows = _gradient(body, ws, var, tainted, is_arg_input, sparse=True, state_writes=state_writes,
-                             other_writes=others)
-            if rows is not None and (grad is None or grad[1] in body.tensor_descendants(rows[0])):
-                below = body.tensor_descendants(rows[0])
-                segs = [n for n in body.order if n in below and body.nodes[n].op == "UnsortedSegmentSum"
-                        and body.depends(ws[-1], n) and not _unique_positions(body, body.nodes[n].input[1])]
-                if not segs:
-                    # rows scattered into the slots, the variable written densely from them
-                    # (tf.compat.v1 Adam's sparse update, after summing duplicate rows by the
-                    # positions Unique gives): the slots' scatter gives the row indices
-                    segs = [w for w in body.order if w in below and w in target and not target[w].trainable
-                            and body.nodes[w].op in SCATTER_WRITES and body.depends(ws[-1], w)]
-                if segs:
-                    grad = rows
-                    indices = body.nodes[segs[0]].input[1]
-                    scatter = [segs[0]]
+
+        grad, indices, scatter = _site_gradient(body, ws, var, tainted, is_arg_input, state_writes, others, target,
+                                                indices, scatter)
+        if grad is None and tainted_by_optimizer is not tainted:
+            grad, indices, scatter = _site_gradient(body, ws, var, tainted_by_optimizer, is_arg_input, state_writes,
+                                                    others, target, indices, scatter)
         if grad is None:
             after_reads = body.descendants_of(trainable_reads)
             if any(w in tainted or w in after_reads for w in ws):
@@ -572,6 +602,40 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
         if site.var.node_id in fused_vars:
             skips.append(Skip(site.key, site.var.path, "also updated by a fused op in the same function"))
     return [s for s in sites if s.var.node_id not in fused_vars] + fused_sites, skips
+
+
+def _site_gradient(body: Body, ws: list[str], var: Variable, tainted: set[str], data_args: set[str],
+                   state_writes: set[str], others: set[str], target: dict[str, Variable], indices: str | None,
+                   scatter: list[str]) -> tuple[tuple[str, str] | None, str | None, list[str]]:
+    """The gradient of the variable written by ``ws`` (see :func:`_gradient`), with the indices
+    and scatter writes of its rows where the optimizer densifies or scatters IndexedSlices."""
+    grad = _gradient(body, ws, var, tainted, data_args, sparse=bool(scatter), state_writes=state_writes,
+                     other_writes=others)
+    if grad is None:
+        grad = _gradient(body, ws, var, tainted, data_args, sparse=bool(scatter),
+                         state_writes=state_writes, other_writes=others, data_only=True)
+    if not scatter and (grad is None or body.nodes.get(grad[1]) is not None
+                        and body.nodes[grad[1]].op == "UnsortedSegmentSum"):
+        # an IndexedSlices gradient the optimizer densifies (UnsortedSegmentSum) or scatters
+        # into its slots: the site's gradient is the slices' values (as the reference and
+        # the graph passes test them), found as rows of the variable
+        rows = _gradient(body, ws, var, tainted, data_args, sparse=True, state_writes=state_writes,
+                         other_writes=others)
+        if rows is not None and (grad is None or grad[1] in body.tensor_descendants(rows[0])):
+            below = body.tensor_descendants(rows[0])
+            segs = [n for n in body.order if n in below and body.nodes[n].op == "UnsortedSegmentSum"
+                    and body.depends(ws[-1], n) and not _unique_positions(body, body.nodes[n].input[1])]
+            if not segs:
+                # rows scattered into the slots, the variable written densely from them
+                # (tf.compat.v1 Adam's sparse update, after summing duplicate rows by the
+                # positions Unique gives): the slots' scatter gives the row indices
+                segs = [w for w in body.order if w in below and w in target and not target[w].trainable
+                        and body.nodes[w].op in SCATTER_WRITES and body.depends(ws[-1], w)]
+            if segs:
+                grad = rows
+                indices = body.nodes[segs[0]].input[1]
+                scatter = [segs[0]]
+    return grad, indices, scatter
 
 
 def _fused_site(fname: str, body: Body, node: proto.NodeDef, local: dict[str, Variable | None]) -> FunctionSite | Skip:
@@ -662,6 +726,12 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: set[str], data_
             # of an If branch after every gradient)
             others_below = body.tensor_descendants(ref, data_only=True) if data_only else below
             if last in below and others_below.isdisjoint(other_writes):
+                if data_only and any(not body.depends(last, w) for w in state_writes.intersection(others_below)):
+                    # it feeds state this update does not read (other variables' slots,
+                    # batch-norm statistics): a forward tensor of the variable's shape, which
+                    # reaches no trainable write by data when the optimizer writes the
+                    # variable from its slots' new values (Keras 3 Adam), not a gradient
+                    continue
                 found.append((len(state_writes.intersection(below)), ref, name, below))
                 if len(found) >= _MAX_CANDIDATES:
                     break
