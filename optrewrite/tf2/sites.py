@@ -499,12 +499,16 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
         elif node.op in UPDATE_OPS:
             fused = _fused_site(fname, body, node, local)
             (skips if isinstance(fused, Skip) else fused_sites).append(fused)  # type: ignore[arg-type]
-    tainted = blocked | body.descendants_of(blocked)  # computed from optimizer state
-    # A forward pass that reads non-trainable variables (a dropout layer's seed, a frozen
-    # layer, batch-norm statistics) taints every gradient: where no gradient is found
-    # otherwise, only the reads of the optimizers' own variables count.
-    tainted_by_optimizer = (optimizer_reads | body.descendants_of(optimizer_reads)) if optimizer_reads != blocked \
-        else tainted
+    tainted = blocked | body.descendants_of(blocked)  # computed from a non-trainable variable
+    # A tensor computed from variables alone (``var ** 2`` for a norm, ``2 * l2 * var``) is no
+    # gradient. Nor is one computed from optimizer state: at first, from any non-trainable
+    # variable; where that finds none because the forward pass reads non-trainable variables
+    # too (a dropout layer's seed, batch-norm statistics, a frozen layer), only from the
+    # optimizers' own variables.
+    pure = _from_variables(body, local)
+    not_gradients = [tainted | pure]
+    if optimizer_reads != blocked:
+        not_gradients.append(optimizer_reads | body.descendants_of(optimizer_reads) | pure)
     is_arg_input = {a for a, d in args.items() if d.type in proto.FLOAT_TYPES}
 
     state_writes = {w for w, v in target.items() if not v.trainable}
@@ -538,11 +542,13 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
             indices = idx.pop()
         others = trainable_writes.difference(ws)
 
-        grad, indices, scatter = _site_gradient(body, ws, var, tainted, is_arg_input, state_writes, others, target,
-                                                indices, scatter)
-        if grad is None and tainted_by_optimizer is not tainted:
-            grad, indices, scatter = _site_gradient(body, ws, var, tainted_by_optimizer, is_arg_input, state_writes,
-                                                    others, target, indices, scatter)
+        grad = None
+        for excluded in not_gradients:
+            grad, site_indices, site_scatter = _site_gradient(body, ws, var, excluded, is_arg_input, state_writes,
+                                                              others, target, indices, scatter)
+            if grad is not None:
+                indices, scatter = site_indices, site_scatter
+                break
         if grad is None:
             after_reads = body.descendants_of(trainable_reads)
             if any(w in tainted or w in after_reads for w in ws):
@@ -602,6 +608,17 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
         if site.var.node_id in fused_vars:
             skips.append(Skip(site.key, site.var.path, "also updated by a fused op in the same function"))
     return [s for s in sites if s.var.node_id not in fused_vars] + fused_sites, skips
+
+
+def _from_variables(body: Body, local: dict[str, Variable | None]) -> set[str]:
+    """The body nodes whose every input, data or control, comes from variables and constants
+    alone: no function input that is not a variable handle is upstream of them."""
+    pure: set[str] = set()
+    for name in body.order:
+        sources = (node_of(i) for i in body.nodes[name].input)
+        if all(src in pure if src in body.nodes else local.get(src) is not None for src in sources):
+            pure.add(name)
+    return pure
 
 
 def _site_gradient(body: Body, ws: list[str], var: Variable, tainted: set[str], data_args: set[str],
