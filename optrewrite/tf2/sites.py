@@ -632,13 +632,14 @@ def _site_gradient(body: Body, ws: list[str], var: Variable, tainted: set[str], 
         grad = _gradient(body, ws, var, tainted, data_args, sparse=bool(scatter),
                          state_writes=state_writes, other_writes=others, data_only=True)
     if not scatter and (grad is None or body.nodes.get(grad[1]) is not None
-                        and body.nodes[grad[1]].op == "UnsortedSegmentSum"):
+                        and body.nodes[grad[1]].op == "UnsortedSegmentSum" or _segment_values(body, grad[0], ws[-1])):
         # an IndexedSlices gradient the optimizer densifies (UnsortedSegmentSum) or scatters
         # into its slots: the site's gradient is the slices' values (as the reference and
-        # the graph passes test them), found as rows of the variable
+        # the graph passes test them), found as rows of the variable; also where the values
+        # happen to have the variable's shape (as many looked-up rows as the table has)
         rows = _gradient(body, ws, var, tainted, data_args, sparse=True, state_writes=state_writes,
                          other_writes=others)
-        if rows is not None and (grad is None or grad[1] in body.tensor_descendants(rows[0])):
+        if rows is not None and (grad is None or rows[0] == grad[0] or grad[1] in body.tensor_descendants(rows[0])):
             below = body.tensor_descendants(rows[0])
             segs = [n for n in body.order if n in below and body.nodes[n].op == "UnsortedSegmentSum"
                     and body.depends(ws[-1], n) and not _unique_positions(body, body.nodes[n].input[1])]
@@ -653,6 +654,13 @@ def _site_gradient(body: Body, ws: list[str], var: Variable, tainted: set[str], 
                 indices = body.nodes[segs[0]].input[1]
                 scatter = [segs[0]]
     return grad, indices, scatter
+
+
+def _segment_values(body: Body, ref: str, write: str) -> bool:
+    """Whether ``ref`` is the data an ``UnsortedSegmentSum`` upstream of ``write`` sums: the
+    values of an IndexedSlices gradient the optimizer densifies."""
+    return any(body.nodes[c].op == "UnsortedSegmentSum" and body.split_inputs(c)[0][:1] == [ref]
+               and body.depends(write, c) for c in body.by_ref.get(ref, ()))
 
 
 def _fused_site(fname: str, body: Body, node: proto.NodeDef, local: dict[str, Variable | None]) -> FunctionSite | Skip:

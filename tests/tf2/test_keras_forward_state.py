@@ -153,3 +153,33 @@ def test_guarded_step_trains_like_the_reference(model: tuple[Path, list[str]], t
     seed = next(n for n in names if n.endswith("/seed_generator_state"))
     for n in (seed, "bn/moving_mean"):
         assert all(not np.array_equal(a[n], b[n]) for a, b in zip(rewritten, rewritten[1:])), n
+
+
+@pytest.mark.parametrize("vocab", [7, 8])
+def test_embedding_gradient_is_rows_whatever_the_batch(vocab: int, tmp_path: Path) -> None:
+    """Keras 3 Adam densifies an embedding's IndexedSlices gradient (``UnsortedSegmentSum``);
+    the site's gradient is the slices' values and their indices. With 4 x 2 ids and 8 rows the
+    values have the table's shape, and they are still rows, not a dense gradient."""
+    from optrewrite.tf2 import io
+    from optrewrite.tf2.rewrite import discover
+
+    inp = keras.Input((2,), batch_size=4, dtype="int32")
+    emb = keras.layers.Embedding(vocab, 3, name="emb")(inp)
+    net = keras.Model(inp, keras.layers.Dense(1, name="head")(keras.layers.Flatten()(emb)), name="net")
+    opt = keras.optimizers.Adam(0.05)
+    opt.build(net.trainable_variables)
+    module = tf.Module()
+    module.net, module.opt = net, opt
+
+    @tf.function(input_signature=[tf.TensorSpec([4, 2], tf.int32), tf.TensorSpec([4, 1])])
+    def train(ids: Any, y: Any) -> dict[str, Any]:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean((net(ids) - y) ** 2)
+        opt.apply_gradients(zip(tape.gradient(loss, net.trainable_variables), net.trainable_variables))
+        return {"loss": loss}
+
+    module.train = train
+    tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"train": train.get_concrete_function()})
+    found = discover(io.load(tmp_path / "sm", io.read(tmp_path / "sm")))
+    emb_sites = [s for s in found.sites if s.variable == "emb/embeddings"]
+    assert emb_sites and all(s.sparse and s.indices for s in emb_sites), emb_sites
