@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, deque
-from typing import Iterable, Sequence
+from typing import Container, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from optrewrite.core import Skip
@@ -287,6 +287,7 @@ class Body:
     _split: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict, repr=False)
     _above: dict[str, set[str]] = field(default_factory=dict, repr=False)  # node -> its ancestors
     position: dict[str, int] = field(default_factory=dict)  # node -> its place in ``order``
+    sources: dict[str, list[str]] = field(default_factory=dict)  # node -> the nodes or args its inputs name
     arg_position: dict[str, int] = field(default_factory=dict)  # input arg -> its place in the signature
 
     @classmethod
@@ -326,6 +327,7 @@ class Body:
                     users.append(name)
         return cls(fn, nodes, order, consumers, by_ref, out_refs,
                    position={name: i for i, name in enumerate(order)},
+                   sources={name: [src for _, src in e] for name, e in edges.items()},
                    arg_position={a.name: i for i, a in enumerate(fn.signature.input_arg)})
 
     def tensor_descendants(self, ref: str, *, data_only: bool = False, avoid: str | None = None) -> set[str]:
@@ -506,9 +508,9 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
     # too (a dropout layer's seed, batch-norm statistics, a frozen layer), only from the
     # optimizers' own variables.
     pure = _from_variables(body, local)
-    not_gradients = [tainted | pure]
+    not_gradients = [_AnyOf(tainted, pure)]
     if optimizer_reads != blocked:
-        not_gradients.append(optimizer_reads | body.descendants_of(optimizer_reads) | pure)
+        not_gradients.append(_AnyOf(optimizer_reads, body.descendants_of(optimizer_reads), pure))
     is_arg_input = {a for a, d in args.items() if d.type in proto.FLOAT_TYPES}
 
     state_writes = {w for w, v in target.items() if not v.trainable}
@@ -614,14 +616,24 @@ def _from_variables(body: Body, local: dict[str, Variable | None]) -> set[str]:
     """The body nodes whose every input, data or control, comes from variables and constants
     alone: no function input that is not a variable handle is upstream of them."""
     pure: set[str] = set()
+    nodes, sources = body.nodes, body.sources
     for name in body.order:
-        sources = (node_of(i) for i in body.nodes[name].input)
-        if all(src in pure if src in body.nodes else local.get(src) is not None for src in sources):
+        if all(src in pure if src in nodes else local.get(src) is not None for src in sources[name]):
             pure.add(name)
     return pure
 
 
-def _site_gradient(body: Body, ws: list[str], var: Variable, tainted: set[str], data_args: set[str],
+class _AnyOf:
+    """The union of some sets, without building it."""
+
+    def __init__(self, *sets: set[str]) -> None:
+        self.sets = sets
+
+    def __contains__(self, item: object) -> bool:
+        return any(item in s for s in self.sets)
+
+
+def _site_gradient(body: Body, ws: list[str], var: Variable, tainted: Container[str], data_args: set[str],
                    state_writes: set[str], others: set[str], target: dict[str, Variable], indices: str | None,
                    scatter: list[str]) -> tuple[tuple[str, str] | None, str | None, list[str]]:
     """The gradient of the variable written by ``ws`` (see :func:`_gradient`), with the indices
@@ -715,7 +727,7 @@ def _indices_dtype(body: Body, scatter: list[str]) -> int:
     return value.type if value is not None else proto.DT_INT32
 
 
-def _gradient(body: Body, ws: list[str], var: Variable, blocked: set[str], data_args: set[str],
+def _gradient(body: Body, ws: list[str], var: Variable, blocked: Container[str], data_args: set[str],
               *, sparse: bool, state_writes: set[str], other_writes: set[str],
               data_only: bool = False) -> tuple[str, str] | None:
     """The variable's gradient among the tensors its last write depends on: no constant, the
@@ -800,7 +812,7 @@ def _arg_fits(body: Body, arg: str, var: Variable, sparse: bool) -> bool:
     return shape == var.shape
 
 
-def _candidate(body: Body, node: proto.NodeDef, ref: str, var: Variable, blocked: set[str],
+def _candidate(body: Body, node: proto.NodeDef, ref: str, var: Variable, blocked: Container[str],
                sparse: bool) -> bool:
     """Whether ``ref`` (an output of ``node``, upstream of the variable's last write) may be
     its gradient: no constant, no read or write, nothing computed from optimizer state
