@@ -140,7 +140,7 @@ def variables(og: proto.SavedObjectGraph) -> dict[int, Variable]:
         through_opt = through_opt or i in optimizers
         for child in nodes[i].children:
             j = child.node_id
-            if j >= len(nodes):
+            if not 0 <= j < len(nodes):
                 continue
             name = child.local_name
             path = f"{prefix}/{name}" if prefix else name
@@ -192,7 +192,7 @@ def _held_by(nodes: Sequence[proto.SavedObject], optimizers: set[int]) -> set[in
         i = queue.popleft()
         node = nodes[i]
         for j in [c.node_id for c in node.children] + [s.slot_variable_node_id for s in node.slot_variables]:
-            if j < len(nodes) and j not in held:
+            if 0 <= j < len(nodes) and j not in held:
                 held.add(j)
                 queue.append(j)
     return held
