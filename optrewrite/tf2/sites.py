@@ -11,6 +11,7 @@
 2. **Bindings**: each concrete function of the object graph binds its last
    ``len(bound_inputs)`` inputs to the objects ``bound_inputs`` lists; calls
    (``StatefulPartitionedCall``, ``PartitionedCall``) pass them on positionally, and so do
+   ``While`` / ``StatelessWhile`` to their body and condition (the loop variables), and
    ``If`` / ``StatelessIf`` / ``Case`` / ``StatelessCase`` to every branch (their inputs
    after the predicate or index): the updates inside a branch (a loss-scale optimizer's
    "apply when finite", gradient accumulation) are sites of the branch function, its
@@ -62,6 +63,7 @@ OTHER_WRITES = frozenset({"ResourceScatterMul", "ResourceScatterDiv", "ResourceS
 WRITES = DENSE_WRITES | SCATTER_WRITES | OTHER_WRITES
 READS = frozenset({"ReadVariableOp", "ResourceGather", "ResourceGatherNd", "VariableShape"})
 CALLS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
+LOOPS = frozenset({"While", "StatelessWhile"})
 SKIPPED_FUNCTIONS = re.compile(r"^__inference__traced_(save|restore)_\d+$")
 _PASS_THROUGH = frozenset({"Identity"})
 _MAX_CANDIDATES = 24  # gradient candidates weighed per variable (the gradient is a few ops from the writes)
@@ -260,12 +262,15 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
 def _callees(node: proto.NodeDef) -> list[tuple[str, list[str]]]:
     """The functions ``node`` runs, each with the body inputs its arguments take: a call's
     ``f`` takes all data inputs, an ``If``'s / ``Case``'s branches all but the first (the
-    predicate or branch index)."""
-    if node.op not in CALLS and node.op not in BRANCH_OPS:
+    predicate or branch index), a ``While``'s body and condition all (the loop variables; a
+    variable the body uses is one that it passes on unchanged)."""
+    if node.op not in CALLS and node.op not in BRANCH_OPS and node.op not in LOOPS:
         return []
     data = [i for i in node.input if not i.startswith("^")]
     if node.op in CALLS:
         return [(node.attr["f"].func.name, data)] if "f" in node.attr else []
+    if node.op in LOOPS:
+        return [(node.attr[k].func.name, data) for k in ("body", "cond") if k in node.attr]
     return [(name, data[1:]) for name in branches(node)]
 
 

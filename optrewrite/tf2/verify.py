@@ -2,7 +2,7 @@
 
 **In this process, before anything runs** (no TensorFlow): the SavedModel is parsed
 (:func:`optrewrite.tf2.io.load`) and its **training signatures** are chosen: the
-signatures whose function reaches (through calls and ``If`` / ``Case`` branches) a function
+signatures whose function reaches (through calls, branches and loop bodies) a function
 holding an optimizer update (:func:`optrewrite.tf2.rewrite.discover`). Everything loading
 the SavedModel and calling those signatures may run is then checked against the TensorFlow
 allow-list (:func:`optrewrite.tf.verify.check_ops`): the graph's top-level nodes (the
@@ -64,7 +64,6 @@ def verify_savedmodel(path: Path, raw: bytes, *, seed: int, timeout_s: float) ->
 
 def training_signatures(loaded: Any) -> list[str]:
     """The signatures whose call reaches a function holding an optimizer update, by name."""
-    from optrewrite.tf2.functions import branches  # noqa: PLC0415
     from optrewrite.tf2.rewrite import discover  # noqa: PLC0415
 
     meta = loaded.meta
@@ -74,8 +73,15 @@ def training_signatures(loaded: Any) -> list[str]:
     top = {n.name: n for n in meta.graph_def.node}
 
     def calls(node: proto.NodeDef) -> list[str]:
-        out = [node.attr["f"].func.name] if "f" in node.attr else []
-        return out + branches(node) + ([node.op] if node.op in functions else [])
+        """Every function ``node`` may run: a call, branches, a loop's body and condition, ..."""
+        out = [node.op] if node.op in functions else []
+        for value in node.attr.values():
+            kind = value.WhichOneof("value")
+            if kind == "func":
+                out.append(value.func.name)
+            elif kind == "list":
+                out += [f.name for f in value.list.func]
+        return out
 
     def reaches(start: list[str]) -> bool:
         seen: set[str] = set()
