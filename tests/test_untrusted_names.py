@@ -245,8 +245,8 @@ def test_a_captured_resource_placeholder_is_skipped_naming_tf2_savedmodels(
     _apply(graph).input[0] = "dense/kernel/handle"
     rc, err = _run(graph, tmp_path, capsys)
     assert rc == 0, err
-    assert ("skipped train/update_dense/kernel/ApplyMomentum: the variable input 'dense/kernel/handle' is a "
-            "captured resource placeholder") in err
+    assert ("skipped train/update_dense/kernel/ApplyMomentum (dense/kernel/handle): the variable input "
+            "'dense/kernel/handle' is a captured resource placeholder") in err
     assert "TensorFlow 2 SavedModel" in err
 
 

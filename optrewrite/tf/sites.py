@@ -116,6 +116,16 @@ def _source(g: GraphEditor, tensor: str) -> proto.NodeDef:
     return node
 
 
+def _captured(g: GraphEditor, tensor: str) -> str | None:
+    """The name of the resource placeholder behind ``tensor`` (a TensorFlow 2 function's
+    captured variable, in a GraphDef of the function), or None."""
+    node = _source(g, tensor)
+    value = node.attr.get("dtype") if node.op in _PLACEHOLDERS else None
+    if value is not None and value.WhichOneof("value") == "type" and value.type == proto.DT_RESOURCE:
+        return node.name
+    return None
+
+
 def _update_variable(g: GraphEditor, update: proto.NodeDef, pos: int, what: str) -> proto.NodeDef | str:
     """The variable node behind input ``pos`` of an Apply op, or why the update is skipped;
     InputError when that input comes from an op that holds no variable (module docstring)."""
@@ -214,7 +224,7 @@ def _apply_site(g: GraphEditor, node: proto.NodeDef) -> UpdateSite | Skip:
     indices_dtype = _type_attr(node, "Tindices") if info["indices"] is not None else proto.DT_INT32
     var = _update_variable(g, node, info["var"], "variable")
     if isinstance(var, str):
-        return Skip(node.name, None, f"the {var}")
+        return Skip(node.name, _captured(g, node.input[info["var"]]), f"the {var}")
     why = _not_float(var)
     if why:
         return Skip(node.name, var.name, why)
@@ -341,6 +351,7 @@ def find_update_sites(g: GraphEditor) -> Discovery:
     group_writes: dict[str, list[str]] = {}
     apply_scopes: set[str] = set()
     tagged: list[str] = []
+    captured_writes: dict[str, proto.NodeDef] = {}  # resource placeholder -> its first write
     for node in g.graph.node:
         if TAG_ATTR in node.attr:
             tagged.append(node.name)
@@ -352,6 +363,10 @@ def find_update_sites(g: GraphEditor) -> Discovery:
             scope = _scope_of(node.name)
             if scope and is_update_scope(scope):
                 group_writes.setdefault(scope, []).append(node.name)
+            elif node.input:
+                placeholder = _captured(g, node.input[0])
+                if placeholder is not None:
+                    captured_writes.setdefault(placeholder, node)
     for scope in apply_scopes:
         group_writes.pop(scope, None)
 
@@ -376,6 +391,12 @@ def find_update_sites(g: GraphEditor) -> Discovery:
     found.sort(key=lambda item: item[0])
     sites = [s for _, s in found if isinstance(s, UpdateSite)]
     skips = [s for _, s in found if isinstance(s, Skip)]
+    # A Keras 3 optimizer traced in a function writes its variables with plain assign ops; in
+    # a GraphDef of the function they are captured resource placeholders, and which write
+    # comes from which gradient is found only in the SavedModel's functions (optrewrite.tf2).
+    for placeholder, node in captured_writes.items():
+        skips.append(Skip(node.name, placeholder, f"written by {node.op} through a captured resource placeholder, "
+                          "as in a GraphDef of a TensorFlow 2 function; rewrite the TensorFlow 2 SavedModel instead"))
     for function in g.graph.library.function:
         for node in function.node_def:
             if node.op in UPDATE_OPS:

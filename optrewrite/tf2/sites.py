@@ -27,8 +27,9 @@
    non-trainable variable (slots, the iteration counter, the learning rate, a loss scale).
    Where that finds none because the forward pass reads non-trainable variables too (a
    dropout layer's seed, batch-norm statistics, a frozen layer), only reads of optimizer
-   state count, and a tensor that feeds state V's writes do not read (another variable's
-   slots: a forward tensor of V's shape) is no candidate.
+   state count. Never the gradient: a tensor computed from variables alone (``var ** 2``
+   for a norm), or, where only data edges are followed, one that feeds state V's writes do
+   not read (other variables' slots: a forward tensor of V's shape).
    Writes that only assign that tensor itself (``AssignVariableOp(V, x)``: a ``restore``
    signature setting V from its input) set V, they do not update it: no site.
    The site's **slot writes** are the writes to non-trainable variables that depend on the
@@ -246,6 +247,7 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
         seen.add(fname)
         local = bound[fname]
         for node in fn.node_def:
+            kept = _loop_invariant(node, functions) if node.op in LOOPS else None
             for callee, data in _callees(node):
                 target = functions.get(callee)
                 if target is None or SKIPPED_FUNCTIONS.match(callee):
@@ -253,7 +255,7 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
                 bound.setdefault(callee, {})
                 for pos, arg in enumerate(target.signature.input_arg):
                     if pos < len(data) and ":" not in data[pos] and data[pos] in local:
-                        bind(callee, arg.name, local[data[pos]])
+                        bind(callee, arg.name, local[data[pos]] if kept is None or pos in kept else None)
                 if callee not in seen:
                     visit(callee)
     return bound
@@ -272,6 +274,16 @@ def _callees(node: proto.NodeDef) -> list[tuple[str, list[str]]]:
     if node.op in LOOPS:
         return [(node.attr[k].func.name, data) for k in ("body", "cond") if k in node.attr]
     return [(name, data[1:]) for name in branches(node)]
+
+
+def _loop_invariant(node: proto.NodeDef, functions: dict[str, proto.FunctionDef]) -> set[int]:
+    """The loop variables a ``While``'s body returns unchanged (its output k is its input k):
+    only those hold the same variable in every iteration."""
+    body = functions.get(node.attr["body"].func.name) if "body" in node.attr else None
+    if body is None:
+        return set()
+    args, outs = body.signature.input_arg, body.signature.output_arg
+    return {k for k in range(min(len(args), len(outs))) if body.ret.get(outs[k].name) == args[k].name}
 
 
 # ---------------------------------------------------------------------------- one body
