@@ -305,6 +305,7 @@ class Body:
     _above: dict[str, set[str]] = field(default_factory=dict, repr=False)  # node -> its ancestors
     position: dict[str, int] = field(default_factory=dict)  # node -> its place in ``order``
     sources: dict[str, list[str]] = field(default_factory=dict)  # node -> the nodes or args its inputs name
+    _write_reach: dict[str, frozenset[int]] = field(default_factory=dict, repr=False)  # see index_writes
     arg_position: dict[str, int] = field(default_factory=dict)  # input arg -> its place in the signature
 
     @classmethod
@@ -385,6 +386,46 @@ class Body:
         if len(self._descendants) < _MAX_CACHED:
             self._descendants[key] = seen
         return seen
+
+    def index_writes(self, writes: dict[str, int]) -> None:
+        """Record, for every tensor, up to two of the variables (``writes``: write node ->
+        variable id) whose writes are among its :meth:`tensor_descendants` (data and control
+        edges, an IdentityN output carrying its own input alone): one pass, last node first."""
+        reach: dict[str, frozenset[int]] = {}  # input string -> variables written below it
+        node_reach: dict[str, frozenset[int]] = {}
+        nothing: frozenset[int] = frozenset()
+        grouped = {n for n, node in self.nodes.items() if node.op == "IdentityN"}
+
+        def tensor(ref: str) -> frozenset[int]:
+            found = nothing
+            for c in self.by_ref.get(ref, ()):
+                w = writes.get(c)
+                if w is not None and w not in found:
+                    found = found | {w}
+                if c in grouped and ref[0] != "^":  # this input's own output, and the node's control edge
+                    more = reach.get(f"{c}:output:{self._position(c, ref)}", nothing) | reach.get(f"^{c}", nothing)
+                else:
+                    more = node_reach.get(c, nothing)
+                if more and not more <= found:
+                    found = found | more
+                if len(found) >= 2:  # two variables answer "another one than V?" for every V
+                    break
+            return found
+
+        for name in [*reversed(self.order), *self.arg_position]:
+            acc = nothing
+            for ref in self.out_refs.get(name, ()):
+                found = reach[ref] = tensor(ref)
+                if len(acc) < 2 and found and not found <= acc:
+                    acc = acc | found
+            node_reach[name] = acc
+        self._write_reach = reach
+
+    def writes_other_than(self, ref: str, var: int) -> bool:
+        """Whether a write of a variable other than ``var`` (one :meth:`index_writes` was
+        given) depends on the tensor ``ref``; False before any index."""
+        found = self._write_reach.get(ref)
+        return found is not None and bool(found - {var})
 
     def split_inputs(self, name: str) -> tuple[list[str], list[str]]:
         """A node's data inputs and control inputs."""
@@ -532,6 +573,7 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
 
     state_writes = {w for w, v in target.items() if not v.trainable}
     trainable_writes = {w for w, v in target.items() if v.trainable}
+    body.index_writes({w: target[w].node_id for w in trainable_writes})
     writes_of: dict[int, list[str]] = {}
     for w, v in target.items():
         writes_of.setdefault(v.node_id, []).append(w)
@@ -766,6 +808,10 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: Container[str],
         if ref in seen:
             continue
         seen.add(ref)
+        if not data_only and body.writes_other_than(ref, var.node_id):
+            # another variable's write depends on it, and so on everything upstream of it:
+            # neither it nor what it is computed from is this variable's gradient
+            continue
         name = node_of(ref)
         node = body.nodes.get(name)
         ok = False

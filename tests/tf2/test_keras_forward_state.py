@@ -183,3 +183,38 @@ def test_embedding_gradient_is_rows_whatever_the_batch(vocab: int, tmp_path: Pat
     found = discover(io.load(tmp_path / "sm", io.read(tmp_path / "sm")))
     emb_sites = [s for s in found.sites if s.variable == "emb/embeddings"]
     assert emb_sites and all(s.sparse and s.indices for s in emb_sites), emb_sites
+
+
+def test_write_index_agrees_with_descendants(model: tuple[Path, list[str]]) -> None:
+    """The gradient search skips tensors another variable's write depends on, by an index
+    built in one pass (``Body.index_writes``); it must say what walking every tensor's
+    descendants says."""
+    from optrewrite.tf2 import io, sites
+
+    src, _names = model
+    if src.name != "Adam":
+        pytest.skip("one optimizer is enough")
+    loaded = io.load(src, io.read(src))
+    bound = sites.bindings(loaded.meta)
+    fn = next(f for f in loaded.meta.graph_def.library.function
+              if f.signature.name.startswith("__inference_train") and any(bound.get(f.signature.name, {}).values()))
+    local = bound[fn.signature.name]
+    body = sites.Body.of(fn)
+    writes = {}
+    for name in body.order:
+        node = body.nodes[name]
+        if node.op in sites.WRITES:
+            var = sites._resource(body, node.input[0], local)
+            if var is not None and var.trainable:
+                writes[name] = var.node_id
+    assert len(set(writes.values())) > 5
+    body.index_writes(writes)
+    refs = [r for refs in body.out_refs.values() for r in refs]
+    checked = 0
+    for ref in refs:
+        below = body.tensor_descendants(ref)
+        for var in set(writes.values()):
+            expected = any(w in below for w, v in writes.items() if v != var)
+            assert body.writes_other_than(ref, var) == expected, (ref, var)
+            checked += 1
+    assert checked > 1000
