@@ -11,7 +11,11 @@ cached under ``--cache``. In fresh processes, in the same run:
   original, the guard on every variable, and guard + a clip that never triggers
   (max_norm 1e30), each as a ratio to the original.
 
-Prints a markdown table. ``python tools/bench_tf2.py [--variables N] [--steps S]``.
+``--model mobilenet`` times the rewrite alone on a real network instead: keras.applications
+MobileNetV2 (alpha 0.35, 32 x 32 inputs, no pretrained weights: 158 trainable variables, every
+convolution followed by batch normalization) with a dense head, one Keras 3 Adam step.
+
+Prints a markdown table. ``python tools/bench_tf2.py [--variables N] [--steps S] [--model mobilenet]``.
 """
 from __future__ import annotations
 
@@ -46,6 +50,28 @@ class M(tf.Module):
         return {"loss": loss}
 m = M()
 tf.saved_model.save(m, out, signatures={"train": m.train.get_concrete_function()})
+'''
+
+BUILD_MOBILENET = r'''
+import sys, tensorflow as tf, keras
+out = sys.argv[2]
+keras.utils.set_random_seed(1)
+base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, weights=None, include_top=False,
+                                      pooling="avg")
+inp = keras.Input((32, 32, 3), batch_size=2)
+net = keras.Model(inp, keras.layers.Dense(1, name="head")(base(inp)))
+opt = keras.optimizers.Adam(0.01)
+opt.build(net.trainable_variables)
+m = tf.Module()
+m.net, m.opt = net, opt
+@tf.function(input_signature=[tf.TensorSpec([2, 32, 32, 3]), tf.TensorSpec([2, 1])])
+def train(x, y):
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean((net(x, training=True) - y) ** 2)
+    opt.apply_gradients(zip(tape.gradient(loss, net.trainable_variables), net.trainable_variables))
+    return {"loss": loss}
+m.train = train
+tf.saved_model.save(m, out, signatures={"train": train.get_concrete_function()})
 '''
 
 FLOOR = r'''
@@ -98,15 +124,17 @@ def _run(code: str, *args: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--variables", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--steps", type=int, default=15, help="train steps timed per model (0: time the rewrite alone)")
     ap.add_argument("--repeats", type=int, default=3, help="rewrite and floor runs (median)")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "optrewrite-bench-tf2")
+    ap.add_argument("--model", choices=["dense", "mobilenet"], default="dense")
     a = ap.parse_args()
-    src = a.cache / f"adam-{a.variables}"
+    mobilenet = a.model == "mobilenet"
+    src = a.cache / ("mobilenet-v2" if mobilenet else f"adam-{a.variables}")
     if not (src / "saved_model.pb").exists():
         a.cache.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        _run(BUILD, str(a.variables), str(src))
+        _run(BUILD_MOBILENET if mobilenet else BUILD, str(a.variables), str(src))
         print(f"built {src} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -118,15 +146,18 @@ def main() -> None:
         for k in range(a.repeats):
             floors.append(float(_run(FLOOR, str(src), str(work / f"floor{k}"))))
             rewrites.append(float(_run(REWRITE, str(src), str(guard), str(work / f"guard{k}"))))
-        _run(REWRITE, str(src), str(clip), str(work / "clip"))
-        steps = json.loads(_run(STEP, str(a.steps), str(src), str(work / "guard0"), str(work / "clip")))
         size = (src / "saved_model.pb").stat().st_size
-        base = steps[str(src)]
         floor, rewrite = statistics.median(floors), statistics.median(rewrites)
-        print(f"| {a.variables} variables, Keras 3 Adam (saved_model.pb {size / 1e6:.1f} MB) | time | ratio |")
+        what = "MobileNetV2" if mobilenet else f"{a.variables} variables"
+        print(f"| {what}, Keras 3 Adam (saved_model.pb {size / 1e6:.1f} MB) | time | ratio |")
         print("|---|---|---|")
         print(f"| floor: parse + serialize saved_model.pb + copy variables/ | {floor:.2f} s | 1.00 |")
         print(f"| rewrite, guard on every variable (whole CLI run) | {rewrite:.2f} s | {rewrite / floor:.2f} |")
+        if a.steps <= 0 or mobilenet:
+            return
+        _run(REWRITE, str(src), str(clip), str(work / "clip"))
+        steps = json.loads(_run(STEP, str(a.steps), str(src), str(work / "guard0"), str(work / "clip")))
+        base = steps[str(src)]
         print(f"| train step, original (median of {a.steps}) | {base * 1e3:.1f} ms | 1.00 |")
         g = steps[str(work / "guard0")]
         c = steps[str(work / "clip")]

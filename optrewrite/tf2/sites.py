@@ -69,6 +69,7 @@ SKIPPED_FUNCTIONS = re.compile(r"^__inference__traced_(save|restore)_\d+$")
 _PASS_THROUGH = frozenset({"Identity"})
 _MAX_CANDIDATES = 24  # gradient candidates weighed per variable (the gradient is a few ops from the writes)
 _MAX_CACHED = 4096  # descendant sets a body keeps
+_INDEX_AFTER = 4  # descendant walks, in body sizes, after which a body indexes its writes
 
 
 @dataclass(frozen=True)
@@ -304,8 +305,10 @@ class Body:
     _split: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict, repr=False)
     _above: dict[str, set[str]] = field(default_factory=dict, repr=False)  # node -> its ancestors
     position: dict[str, int] = field(default_factory=dict)  # node -> its place in ``order``
-    sources: dict[str, list[str]] = field(default_factory=dict)  # node -> the nodes or args its inputs name
-    _write_reach: dict[str, frozenset[int]] = field(default_factory=dict, repr=False)  # see index_writes
+    edges: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # node -> (input, the node or arg it names)
+    _writes: dict[str, int] = field(default_factory=dict, repr=False)  # see index_writes
+    _walked: int = 0  # nodes the descendant walks have visited
+    _write_reach: dict[str, frozenset[int]] | None = field(default_factory=dict, repr=False)
     arg_position: dict[str, int] = field(default_factory=dict)  # input arg -> its place in the signature
 
     @classmethod
@@ -345,7 +348,7 @@ class Body:
                     users.append(name)
         return cls(fn, nodes, order, consumers, by_ref, out_refs,
                    position={name: i for i, name in enumerate(order)},
-                   sources={name: [src for _, src in e] for name, e in edges.items()},
+                   edges=edges,
                    arg_position={a.name: i for i, a in enumerate(fn.signature.input_arg)})
 
     def tensor_descendants(self, ref: str, *, data_only: bool = False, avoid: str | None = None) -> set[str]:
@@ -383,6 +386,7 @@ class Body:
                 if edge == avoid:
                     continue
                 work.extend((c, edge) for c in by_ref.get(edge, ()))
+        self._walked += len(seen)
         if len(self._descendants) < _MAX_CACHED:
             self._descendants[key] = seen
         return seen
@@ -390,7 +394,13 @@ class Body:
     def index_writes(self, writes: dict[str, int]) -> None:
         """Record, for every tensor, up to two of the variables (``writes``: write node ->
         variable id) whose writes are among its :meth:`tensor_descendants` (data and control
-        edges, an IdentityN output carrying its own input alone): one pass, last node first."""
+        edges, an IdentityN output carrying its own input alone): one pass, last node first,
+        made once the descendant walks have visited the body ``_INDEX_AFTER`` times over (a
+        search among thousands of tensors of one shape: batch-norm statistics)."""
+        self._writes = writes
+        self._write_reach = None
+
+    def _index(self, writes: dict[str, int]) -> dict[str, frozenset[int]]:
         reach: dict[str, frozenset[int]] = {}  # input string -> variables written below it
         node_reach: dict[str, frozenset[int]] = {}
         nothing: frozenset[int] = frozenset()
@@ -419,11 +429,15 @@ class Body:
                 if len(acc) < 2 and found and not found <= acc:
                     acc = acc | found
             node_reach[name] = acc
-        self._write_reach = reach
+        return reach
 
     def writes_other_than(self, ref: str, var: int) -> bool:
         """Whether a write of a variable other than ``var`` (one :meth:`index_writes` was
-        given) depends on the tensor ``ref``; False before any index."""
+        given) depends on the tensor ``ref``; False while there is no index."""
+        if self._write_reach is None:
+            if self._walked <= _INDEX_AFTER * len(self.nodes):
+                return False
+            self._write_reach = self._index(self._writes)
         found = self._write_reach.get(ref)
         return found is not None and bool(found - {var})
 
@@ -671,21 +685,26 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
     return [s for s in sites if s.var.node_id not in fused_vars] + fused_sites, skips
 
 
-def _from_variables(body: Body, local: dict[str, Variable | None]) -> set[str]:
+def _from_variables(body: Body, local: dict[str, Variable | None]) -> _Not:
     """The body nodes whose every input, data or control, comes from variables and constants
-    alone: no function input that is not a variable handle is upstream of them."""
-    pure: set[str] = set()
-    nodes, sources = body.nodes, body.sources
-    for name in body.order:
-        if all(src in pure if src in nodes else local.get(src) is not None for src in sources[name]):
-            pure.add(name)
-    return pure
+    alone: those no function input that is not a variable handle is upstream of."""
+    return _Not(body.descendants_of(a for a in body.arg_position if local.get(a) is None))
+
+
+class _Not:
+    """Every name but those of a set."""
+
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def __contains__(self, item: object) -> bool:
+        return item not in self.names
 
 
 class _AnyOf:
     """The union of some sets, without building it."""
 
-    def __init__(self, *sets: set[str]) -> None:
+    def __init__(self, *sets: Container[str]) -> None:
         self.sets = sets
 
     def __contains__(self, item: object) -> bool:
