@@ -8,14 +8,13 @@ is 0 gets its variables and Adam slots back; no other gradient is zero), compare
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from optrewrite.cli import main
+from .keras_heads import module_for, restore_masked, rewrite
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -36,10 +35,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     net = keras.Model(inp, [keras.layers.Dense(1, name="head_a")(h), keras.layers.Dense(1, name="head_b")(h)],
                       name="net")
     opt = keras.optimizers.Adam(0.01)
-    opt.build(net.trainable_variables)
-    state = [*net.variables, *opt.variables]
-    module = tf.Module()
-    module.net, module.opt, module.state_variables = net, opt, state
+    module, names = module_for(net, opt)
 
     @tf.function(input_signature=[tf.TensorSpec([BATCH, 32, 32, 3]), tf.TensorSpec([BATCH, 2]), tf.TensorSpec([2])])
     def train(x: Any, y: Any, w: Any) -> dict[str, Any]:
@@ -52,13 +48,12 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     module.train = train
     export_dir = tmp_path_factory.mktemp("keras_applications") / "mobilenet"
     tf.saved_model.save(module, str(export_dir), signatures={"train": train.get_concrete_function()})
-    return export_dir, [v.path for v in state]
+    return export_dir, names
 
 
 def _run(export_dir: Path, names: list[str], *, guard_by_hand: bool = False) -> list[dict[str, np.ndarray]]:
     loaded = tf.saved_model.load(str(export_dir))
     variables = dict(zip(names, loaded.state_variables))
-    optimizer = names[-1].split("/")[0] + "/"
     rng = np.random.default_rng(2)
     out = []
     for w in WEIGHTS:
@@ -68,20 +63,15 @@ def _run(export_dir: Path, names: list[str], *, guard_by_hand: bool = False) -> 
                                    w=tf.constant(np.asarray(w, np.float32)))
         masked = tuple(head for head, weight in zip(HEADS, w) if weight == 0)
         if guard_by_hand and masked:
-            slots = tuple(optimizer + m.replace("/", "_") for m in masked)
-            for n, v in variables.items():
-                if n.startswith(masked + slots):
-                    v.assign(before[n])
+            restore_masked(variables, before, masked)
         out.append({n: v.numpy() for n, v in variables.items()})
     return out
 
 
 def test_mobilenet_guarded_step_trains_like_the_reference(model: tuple[Path, list[str]], tmp_path: Path) -> None:
     src, names = model
-    spec, out, report = tmp_path / "spec.yaml", tmp_path / "out", tmp_path / "report.json"
-    spec.write_text("version: 1\nguard: {}\n")
-    assert main([str(src), "--spec", str(spec), "-o", str(out), "--report", str(report), "-q"]) == 0
-    counts = json.loads(report.read_text())["counts"]
+    out, report = rewrite(src, tmp_path, "version: 1\nguard: {}\n")
+    counts = report["counts"]
     trainable = [n for n in names if not n.startswith(names[-1].split("/")[0] + "/")
                  and "moving_" not in n]
     assert counts["updates_found"] == counts["guarded"] == len(trainable) > 150 and counts["skipped"] == 0

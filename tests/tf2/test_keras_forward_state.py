@@ -16,14 +16,13 @@ the variable's shape from the variable alone (Lamb's ``var ** 2`` for a norm, Ft
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from optrewrite.cli import main
+from .keras_heads import module_for, restore_masked, rewrite
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -52,12 +51,10 @@ def _build(export_dir: Path, optimizer: str) -> list[str]:
     h = keras.layers.Dense(3, activation="tanh", name="mid")(h)
     net = keras.Model(inp, [keras.layers.Dense(1, name="head_a")(h), keras.layers.Dense(1, name="head_b")(h)],
                       name="net")
+    # the dropout layer's seed generator is tracked through module.state_variables alone
     opt = OPTIMIZERS[optimizer]()
-    opt.build(net.trainable_variables)
-    state = [*net.variables, *opt.variables]
-    module = tf.Module()
-    module.net, module.opt = net, opt
-    module.state_variables = state  # the dropout layer's seed generator is tracked through this list alone
+    module, names = module_for(net, opt)
+    state = module.state_variables
 
     @tf.function(input_signature=[tf.TensorSpec([BATCH, 6, 3]), tf.TensorSpec([BATCH, 2]), tf.TensorSpec([2])])
     def train(x: Any, y: Any, w: Any) -> dict[str, Any]:
@@ -75,7 +72,7 @@ def _build(export_dir: Path, optimizer: str) -> list[str]:
     module.train, module.read = train, read
     tf.saved_model.save(module, str(export_dir), signatures={"train": train.get_concrete_function(),
                                                               "state": read.get_concrete_function()})
-    return [v.path for v in state]
+    return names
 
 
 @pytest.fixture(scope="module", params=sorted(OPTIMIZERS))
@@ -95,7 +92,6 @@ def _steps() -> list[dict[str, Any]]:
 def _run(export_dir: Path, names: list[str], *, guard_by_hand: bool = False) -> list[dict[str, np.ndarray]]:
     loaded = tf.saved_model.load(str(export_dir))
     variables = dict(zip(names, loaded.state_variables))
-    optimizer = names[-1].split("/")[0] + "/"  # the optimizer's variables come last
     out = []
     for feed in _steps():
         before = {n: v.numpy() for n, v in variables.items()}
@@ -105,19 +101,9 @@ def _run(export_dir: Path, names: list[str], *, guard_by_hand: bool = False) -> 
             masked = tuple(head for head, weight in zip(HEADS, w) if weight == 0)
             if len(masked) == 2:
                 masked += SHARED
-            slugs = tuple(optimizer + p.replace("/", "_") for p in masked)  # a slot: "adam/conv_kernel_momentum"
-            for n, v in variables.items():
-                if n.startswith(masked) or n.startswith(slugs):
-                    v.assign(before[n])
+            restore_masked(variables, before, masked)
         out.append({n: v.numpy() for n, v in variables.items()})
     return out
-
-
-def _rewrite(src: Path, tmp_path: Path, spec: str) -> tuple[Path, dict[str, Any]]:
-    (tmp_path / "spec.yaml").write_text(spec)
-    out, report = tmp_path / "out", tmp_path / "report.json"
-    assert main([str(src), "--spec", str(tmp_path / "spec.yaml"), "-o", str(out), "--report", str(report), "-q"]) == 0
-    return out, json.loads(report.read_text())
 
 
 def test_every_trainable_variable_is_found_by_its_keras_path(model: tuple[Path, list[str]], tmp_path: Path) -> None:
@@ -136,13 +122,13 @@ def test_every_trainable_variable_is_found_by_its_keras_path(model: tuple[Path, 
         if src.name == "Adam":
             assert {v.path for v in site.slots} == {f"adam/{slug}_momentum", f"adam/{slug}_velocity"}
     # the spec selects by those names
-    _out, report = _rewrite(src, tmp_path, "version: 1\nguard: {variables: ['head_b/*']}\n")
+    _out, report = rewrite(src, tmp_path, "version: 1\nguard: {variables: ['head_b/*']}\n")
     assert report["counts"]["guarded"] == 2 and report["counts"]["updates_found"] == len(trainable)
 
 
 def test_guarded_step_trains_like_the_reference(model: tuple[Path, list[str]], tmp_path: Path) -> None:
     src, names = model
-    out, _report = _rewrite(src, tmp_path, "version: 1\nguard: {}\n")
+    out, _report = rewrite(src, tmp_path, "version: 1\nguard: {}\n")
     original, reference, rewritten = _run(src, names), _run(src, names, guard_by_hand=True), _run(out, names)
     # the reference is not the original: masked steps changed the masked variables there
     assert any(not np.array_equal(o["head_b/kernel"], r["head_b/kernel"]) for o, r in zip(original, reference))

@@ -11,14 +11,13 @@ and Adam slots back. The rewritten SavedModel runs the same micro-steps two per 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from optrewrite.cli import main
+from .keras_heads import module_for, restore_masked, rewrite
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -36,10 +35,7 @@ def _build(export_dir: Path) -> list[str]:
     net = keras.Model(inp, [keras.layers.Dense(1, name="head_a")(h), keras.layers.Dense(1, name="head_b")(h)],
                       name="net")
     opt = keras.optimizers.Adam(0.05)
-    opt.build(net.trainable_variables)
-    state = [*net.variables, *opt.variables]
-    module = tf.Module()
-    module.net, module.opt, module.state_variables = net, opt, state
+    module, names = module_for(net, opt)
     spec = [tf.TensorSpec([None, BATCH, 3]), tf.TensorSpec([None, BATCH, 2]), tf.TensorSpec([None, 2])]
 
     @tf.function(input_signature=spec)
@@ -57,7 +53,7 @@ def _build(export_dir: Path) -> list[str]:
 
     module.train = train
     tf.saved_model.save(module, str(export_dir), signatures={"train": train.get_concrete_function()})
-    return [v.path for v in state]
+    return names
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +75,6 @@ def _run(export_dir: Path, names: list[str], per_call: int, *, guard_by_hand: bo
     """The state after every ``per_call`` micro-steps."""
     loaded = tf.saved_model.load(str(export_dir))
     variables = dict(zip(names, loaded.state_variables))
-    optimizer = names[-1].split("/")[0] + "/"  # its variables come last; "adam_2/" where "adam" was taken
     xs, ys, ws = _data()
     out = []
     for k in range(0, len(WEIGHTS), per_call):
@@ -89,31 +84,21 @@ def _run(export_dir: Path, names: list[str], per_call: int, *, guard_by_hand: bo
             masked = tuple(head for head, w in zip(HEADS, ws[k]) if w == 0)
             if len(masked) == 2:
                 masked += ("shared/",)
-            slots = tuple(optimizer + m.replace("/", "_") for m in masked)  # "adam/head_b_kernel_momentum"
-            for n, v in variables.items():
-                if n.startswith(masked + slots):
-                    v.assign(before[n])
+            restore_masked(variables, before, masked)
         out.append({n: v.numpy() for n, v in variables.items()})
     return out
 
 
-def _rewrite(src: Path, tmp_path: Path, spec: str) -> tuple[Path, dict[str, Any]]:
-    (tmp_path / "spec.yaml").write_text(spec)
-    out, report = tmp_path / "out", tmp_path / "report.json"
-    assert main([str(src), "--spec", str(tmp_path / "spec.yaml"), "-o", str(out), "--report", str(report), "-q"]) == 0
-    return out, json.loads(report.read_text())
-
-
 def test_updates_in_a_loop_body_are_found(model: tuple[Path, list[str]], tmp_path: Path) -> None:
     src, _names = model
-    _out, report = _rewrite(src, tmp_path, "version: 1\nguard: {}\n")
+    _out, report = rewrite(src, tmp_path, "version: 1\nguard: {}\n")
     assert report["counts"] == {"clipped": 0, "global_norm_clipped": 0, "guarded": 6, "skipped": 0,
                                 "updates_found": 6}
 
 
 def test_guard_acts_per_micro_step(model: tuple[Path, list[str]], tmp_path: Path) -> None:
     src, names = model
-    out, _report = _rewrite(src, tmp_path, "version: 1\nguard: {}\n")
+    out, _report = rewrite(src, tmp_path, "version: 1\nguard: {}\n")
     reference = _run(src, names, 1, guard_by_hand=True)[1::2]
     original = _run(src, names, 2)
     rewritten = _run(out, names, 2)
@@ -125,7 +110,7 @@ def test_guard_acts_per_micro_step(model: tuple[Path, list[str]], tmp_path: Path
 
 def test_clip_bounds_the_norm_after_every_micro_step(model: tuple[Path, list[str]], tmp_path: Path) -> None:
     src, names = model
-    out, report = _rewrite(src, tmp_path, f"version: 1\nclip:\n  - variables: ['head_a/kernel']\n"
+    out, report = rewrite(src, tmp_path, f"version: 1\nclip:\n  - variables: ['head_a/kernel']\n"
                                           f"    max_norm: {MAX_NORM}\n")
     assert report["counts"]["clipped"] == 1
     original = _run(src, names, 1)

@@ -1,0 +1,47 @@
+"""Helpers of the tests that train a two-head Keras 3 model saved with its optimizer.
+
+Such a test saves ``module.state_variables`` (the model's variables, then the optimizer's,
+by ``variable.path``), runs the original SavedModel step by step with the guard applied by
+hand — :func:`restore_masked` after each step — and compares it with the rewritten one.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optrewrite.cli import main
+
+
+def module_for(net: Any, opt: Any) -> tuple[Any, list[str]]:
+    """A tf.Module holding ``net`` and ``opt`` (built for the net's trainable variables) and
+    every variable of both as ``state_variables``; the variables' paths, in that order."""
+    import tensorflow as tf
+
+    opt.build(net.trainable_variables)
+    state = [*net.variables, *opt.variables]
+    module = tf.Module()
+    module.net, module.opt, module.state_variables = net, opt, state
+    return module, [v.path for v in state]
+
+
+def restore_masked(variables: dict[str, Any], before: dict[str, np.ndarray], masked: tuple[str, ...]) -> None:
+    """The guard's semantics by hand: every variable whose path starts with one of ``masked``
+    (``"head_b/"``), and its optimizer slots (``"adam/head_b_kernel_momentum"``), gets its
+    value from ``before`` back. The optimizer's variables come last in ``variables``."""
+    names = list(variables)
+    optimizer = names[-1].split("/")[0] + "/"  # "adam_2/" where "adam" was taken
+    slots = tuple(optimizer + m.replace("/", "_") for m in masked)
+    for name, var in variables.items():
+        if name.startswith(masked + slots):
+            var.assign(before[name])
+
+
+def rewrite(src: Path, tmp_path: Path, spec: str) -> tuple[Path, dict[str, Any]]:
+    """``optrewrite SRC --spec SPEC -o OUT --report R``: the output directory and the report."""
+    (tmp_path / "spec.yaml").write_text(spec)
+    out, report = tmp_path / "out", tmp_path / "report.json"
+    assert main([str(src), "--spec", str(tmp_path / "spec.yaml"), "-o", str(out), "--report", str(report), "-q"]) == 0
+    return out, json.loads(report.read_text())
