@@ -10,9 +10,9 @@ The reference is the original SavedModel run step by step, with the guard's sema
 by hand: after each step, a head whose loss weight was 0 (its gradient is all zero, and so
 are those of the shared layers when both weights are 0) gets its variables and its optimizer
 slots back from before the step. Dropout masks, batch statistics and the iteration counter
-advance in both runs. Besides Adam, the optimizers whose update math computes a tensor of
-the variable's shape from the variable alone (Lamb's ``var ** 2`` for a norm, Ftrl's
-``2 * l2_shrinkage * var``), which is no gradient either.
+advance in both runs. Besides Adam, two optimizers train the model whose update math computes
+a tensor of the variable's shape from the variable alone (Lamb's ``var ** 2`` for a norm,
+Ftrl's ``2 * l2_shrinkage * var``): no gradient either.
 """
 from __future__ import annotations
 
