@@ -51,6 +51,7 @@ from typing import Container, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from optrewrite.core import Skip
+from optrewrite.errors import InputError, quoted
 from optrewrite.tf import proto
 from optrewrite.tf.sites import UPDATE_OPS
 from optrewrite.tf.graph import TAG_ATTR
@@ -567,6 +568,11 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
             var = _resource(body, node.input[0], local)
             if var is None:
                 continue
+            arity = 3 if node.op in SCATTER_WRITES else 2 if node.op in DENSE_WRITES else None
+            data = body.split_inputs(name)[0]
+            if arity is not None and (len(data) != arity or data[0] != node.input[0]):
+                raise InputError(f"function {quoted(fname)}: node {quoted(name)} ({node.op}) has {len(data)} data "
+                                 f"inputs, {arity} expected, the variable first")
             target[name] = var
             resource_ref[name] = node.input[0]
             writes.setdefault(var.node_id, []).append(name)

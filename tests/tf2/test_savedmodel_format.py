@@ -304,6 +304,30 @@ def test_a_message_in_several_pieces_is_refused(models: dict[str, Path], tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+
+@pytest.mark.parametrize("inputs", [1, 3])
+def test_a_write_with_the_wrong_inputs_is_refused(models: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str], inputs: int) -> None:
+    """An ``AssignSubVariableOp`` of the step with one data input, or three: TensorFlow would not
+    load the function; exit 2, one line naming the node, nothing written."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    src = _copy_tree(models["adam"], tmp_path / "src")
+    pb = src / "saved_model.pb"
+    sm = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+    fn = next(f for f in sm.meta_graphs[0].graph_def.library.function if f.signature.name.startswith("__inference_train"))
+    write = next(n for n in fn.node_def if n.op == "AssignSubVariableOp")
+    data = [i for i in write.input if not i.startswith("^")]
+    controls = [i for i in write.input if i.startswith("^")]
+    del write.input[:]
+    write.input.extend([*(data[:1] if inputs == 1 else [*data, data[1]]), *controls])
+    pb.write_bytes(sm.SerializeToString())
+    capsys.readouterr()
+    assert _rewrite(src, _spec(tmp_path, GUARD_B), tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and write.name in err and "2 expected" in err, err
+    assert not (tmp_path / "out").exists()
+
 def _copy_tree(src: Path, dst: Path) -> Path:
     import shutil
 
