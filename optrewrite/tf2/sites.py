@@ -727,8 +727,10 @@ def _site_gradient(body: Body, ws: list[str], var: Variable, tainted: Container[
     if grad is None:
         grad = _gradient(body, ws, var, tainted, data_args, sparse=bool(scatter),
                          state_writes=state_writes, other_writes=others, data_only=True)
-    if not scatter and (grad is None or body.nodes.get(grad[1]) is not None
-                        and body.nodes[grad[1]].op == "UnsortedSegmentSum" or _segment_values(body, grad[0], ws[-1])):
+    densified = grad is not None and (body.nodes.get(grad[1]) is not None
+                                      and body.nodes[grad[1]].op == "UnsortedSegmentSum"
+                                      or _segment_values(body, grad[0], ws[-1]))
+    if not scatter and (grad is None or densified):
         # an IndexedSlices gradient the optimizer densifies (UnsortedSegmentSum) or scatters
         # into its slots: the site's gradient is the slices' values (as the reference and
         # the graph passes test them), found as rows of the variable; also where the values
