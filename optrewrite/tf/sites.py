@@ -134,12 +134,10 @@ def _update_variable(g: GraphEditor, update: proto.NodeDef, pos: int, what: str)
     if node.op in VARIABLE_OPS:
         return node
     direct = node.name == tensor.partition(":")[0]
-    if node.op in _PLACEHOLDERS:
-        value = node.attr.get("dtype")
-        if value is not None and value.WhichOneof("value") == "type" and value.type == proto.DT_RESOURCE:
-            source = "" if direct else f" (through {tensor!r})"
-            return (f"{what} input {node.name!r}{source} is a captured resource placeholder, as in a GraphDef "
-                    "of a TensorFlow 2 function; rewrite the TensorFlow 2 SavedModel instead")
+    if _captured(g, tensor) is not None:
+        source = "" if direct else f" (through {tensor!r})"
+        return (f"{what} input {node.name!r}{source} is a captured resource placeholder, as in a GraphDef "
+                "of a TensorFlow 2 function; rewrite the TensorFlow 2 SavedModel instead")
     kind = f"{_article(node.op)} {node.op} node" if node.op else "a node without op"
     if node.op in OPAQUE_VARIABLE_OPS:
         source = "is" if direct else f"comes through {node.name!r},"

@@ -309,7 +309,7 @@ class Body:
     edges: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # node -> (input, the node or arg it names)
     _writes: dict[str, int] = field(default_factory=dict, repr=False)  # see index_writes
     _walked: int = 0  # nodes the descendant walks have visited
-    _write_reach: dict[str, frozenset[int]] | None = field(default_factory=dict, repr=False)
+    _write_reach: dict[str, frozenset[int]] | None = field(default=None, repr=False)
     arg_position: dict[str, int] = field(default_factory=dict)  # input arg -> its place in the signature
 
     @classmethod
@@ -399,7 +399,7 @@ class Body:
         made once the descendant walks have visited the body ``_INDEX_AFTER`` times over (a
         search among thousands of tensors of one shape: batch-norm statistics)."""
         self._writes = writes
-        self._write_reach = None
+        self._write_reach = None  # made by writes_other_than
 
     def _index(self, writes: dict[str, int]) -> dict[str, frozenset[int]]:
         reach: dict[str, frozenset[int]] = {}  # input string -> variables written below it
@@ -436,7 +436,7 @@ class Body:
         """Whether a write of a variable other than ``var`` (one :meth:`index_writes` was
         given) depends on the tensor ``ref``; False while there is no index."""
         if self._write_reach is None:
-            if self._walked <= _INDEX_AFTER * len(self.nodes):
+            if not self._writes or self._walked <= _INDEX_AFTER * len(self.nodes):
                 return False
             self._write_reach = self._index(self._writes)
         found = self._write_reach.get(ref)
