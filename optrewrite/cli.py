@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import logging
 import os
 import select
@@ -218,6 +219,8 @@ def _rewrite_one(job: Job, mode: str, verify: bool, keep_report: bool, verify_ti
                               trust_seal=not keep_report)  # a report (the combined one) lists the sites
     except InputError as exc:
         return _Done(job.input, error=str(exc), exit_code=exc.exit_code, spec=job.spec)
+    finally:
+        gc.collect()  # what cycles the job left (see main)
     return _Done.of(job.input, report, mode, job.spec, keep_report=keep_report)
 
 
@@ -429,6 +432,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGHUP remove what the run wrote and exit with 128 + the signal's number.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    # A run allocates millions of small objects that live until it ends (names, edge tuples,
+    # consumer tables) and makes almost no reference cycles; the cyclic collector would scan
+    # them over and over (about a tenth of a large rewrite). Batches collect after each job.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _main_quietly(argv)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _main_quietly(argv: list[str]) -> int:
     with _signals_interrupt():
         try:
             code = _main(argv)

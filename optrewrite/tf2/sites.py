@@ -621,12 +621,11 @@ def find_sites(fn: proto.FunctionDef, local: dict[str, Variable | None]) -> tupl
                 skips.append(Skip(f"{fname}/{ws[-1]}", var.path, "its scatter writes use different indices"))
                 continue
             indices = idx.pop()
-        others = trainable_writes.difference(ws)
 
         grad = None
         for excluded in not_gradients:
             grad, site_indices, site_scatter = _site_gradient(body, ws, var, excluded, is_arg_input, state_writes,
-                                                              others, target, indices, scatter)
+                                                              trainable_writes, target, indices, scatter)
             if grad is not None:
                 indices, scatter = site_indices, site_scatter
                 break
@@ -718,15 +717,16 @@ class _AnyOf:
 
 
 def _site_gradient(body: Body, ws: list[str], var: Variable, tainted: Container[str], data_args: set[str],
-                   state_writes: set[str], others: set[str], target: dict[str, Variable], indices: str | None,
+                   state_writes: set[str], trainable_writes: set[str], target: dict[str, Variable],
+                   indices: str | None,
                    scatter: list[str]) -> tuple[tuple[str, str] | None, str | None, list[str]]:
     """The gradient of the variable written by ``ws`` (see :func:`_gradient`), with the indices
     and scatter writes of its rows where the optimizer densifies or scatters IndexedSlices."""
     grad = _gradient(body, ws, var, tainted, data_args, sparse=bool(scatter), state_writes=state_writes,
-                     other_writes=others)
+                     trainable_writes=trainable_writes)
     if grad is None:
         grad = _gradient(body, ws, var, tainted, data_args, sparse=bool(scatter),
-                         state_writes=state_writes, other_writes=others, data_only=True)
+                         state_writes=state_writes, trainable_writes=trainable_writes, data_only=True)
     densified = grad is not None and (body.nodes.get(grad[1]) is not None
                                       and body.nodes[grad[1]].op == "UnsortedSegmentSum"
                                       or _segment_values(body, grad[0], ws[-1]))
@@ -736,7 +736,7 @@ def _site_gradient(body: Body, ws: list[str], var: Variable, tainted: Container[
         # the graph passes test them), found as rows of the variable; also where the values
         # happen to have the variable's shape (as many looked-up rows as the table has)
         rows = _gradient(body, ws, var, tainted, data_args, sparse=True, state_writes=state_writes,
-                         other_writes=others)
+                         trainable_writes=trainable_writes)
         if rows is not None and (grad is None or rows[0] == grad[0] or grad[1] in body.tensor_descendants(rows[0])):
             below = body.tensor_descendants(rows[0])
             segs = [n for n in body.order if n in below and body.nodes[n].op == "UnsortedSegmentSum"
@@ -814,7 +814,7 @@ def _indices_dtype(body: Body, scatter: list[str]) -> int:
 
 
 def _gradient(body: Body, ws: list[str], var: Variable, blocked: Container[str], data_args: set[str],
-              *, sparse: bool, state_writes: set[str], other_writes: set[str],
+              *, sparse: bool, state_writes: set[str], trainable_writes: set[str],
               data_only: bool = False) -> tuple[str, str] | None:
     """The variable's gradient among the tensors its last write depends on: no constant, the
     variable's dtype and shape (rows of it when ``sparse``), no read of a non-trainable variable
@@ -822,8 +822,9 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: Container[str],
     the slots) depend on (an optimizer's ``g * (1 - beta)`` feeds one slot, ``g`` feeds them
     all), then the closest to the writes that no other such candidate upstream of it bypasses
     on its way to a write (``g1 + g2`` of a variable used twice is the gradient, not ``g1``;
-    FTRL's ``g`` and not ``square(g)``, which feeds both slots too); a tensor that also feeds another trainable
-    variable's writes (``other_writes``) is upstream of the gradient. Returns (body input string, producing node)."""
+    FTRL's ``g`` and not ``square(g)``, which feeds both slots too); a tensor that also feeds
+    another trainable variable's writes (``trainable_writes`` but ``ws``) is upstream of the
+    gradient. Returns (body input string, producing node)."""
     last = ws[-1]
     starts = [body.nodes[last].input[2 if body.nodes[last].op in SCATTER_WRITES else 1]]
     seen: set[str] = set()
@@ -852,7 +853,7 @@ def _gradient(body: Body, ws: list[str], var: Variable, blocked: Container[str],
             # write that takes it as data (automatic control dependencies chain every update
             # of an If branch after every gradient)
             others_below = body.tensor_descendants(ref, data_only=True) if data_only else below
-            if last in below and others_below.isdisjoint(other_writes):
+            if last in below and trainable_writes.intersection(others_below).issubset(ws):
                 if data_only and any(not body.depends(last, w) for w in state_writes.intersection(others_below)):
                     # it feeds state this update does not read (other variables' slots,
                     # batch-norm statistics): a forward tensor of the variable's shape, which
