@@ -189,6 +189,7 @@ class FunctionEditor:
 
 
 BRANCH_OPS = frozenset({"If", "StatelessIf", "Case", "StatelessCase"})
+LOOP_OPS = frozenset({"While", "StatelessWhile"})
 
 
 def branches(node: proto.NodeDef) -> list[str]:

@@ -55,7 +55,7 @@ from optrewrite.errors import InputError, quoted
 from optrewrite.tf import proto
 from optrewrite.tf.sites import UPDATE_OPS
 from optrewrite.tf.graph import TAG_ATTR
-from optrewrite.tf2.functions import BRANCH_OPS, branches, node_of
+from optrewrite.tf2.functions import BRANCH_OPS, LOOP_OPS, branches, node_of
 
 DENSE_WRITES = frozenset({"AssignSubVariableOp", "AssignAddVariableOp", "AssignVariableOp"})
 SCATTER_WRITES = frozenset({"ResourceScatterAdd", "ResourceScatterSub", "ResourceScatterUpdate"})
@@ -65,7 +65,6 @@ OTHER_WRITES = frozenset({"ResourceScatterMul", "ResourceScatterDiv", "ResourceS
 WRITES = DENSE_WRITES | SCATTER_WRITES | OTHER_WRITES
 READS = frozenset({"ReadVariableOp", "ResourceGather", "ResourceGatherNd", "VariableShape"})
 CALLS = frozenset({"StatefulPartitionedCall", "PartitionedCall"})
-LOOPS = frozenset({"While", "StatelessWhile"})
 SKIPPED_FUNCTIONS = re.compile(r"^__inference__traced_(save|restore)_\d+$")
 _PASS_THROUGH = frozenset({"Identity"})
 _MAX_CANDIDATES = 24  # gradient candidates weighed per variable (the gradient is a few ops from the writes)
@@ -249,7 +248,7 @@ def bindings(meta: proto.MetaGraphDef) -> dict[str, dict[str, Variable | None]]:
         seen.add(fname)
         local = bound[fname]
         for node in fn.node_def:
-            kept = _loop_invariant(node, functions) if node.op in LOOPS else None
+            kept = _loop_invariant(node, functions) if node.op in LOOP_OPS else None
             for callee, data in _callees(node):
                 target = functions.get(callee)
                 if target is None or SKIPPED_FUNCTIONS.match(callee):
@@ -268,12 +267,12 @@ def _callees(node: proto.NodeDef) -> list[tuple[str, list[str]]]:
     ``f`` takes all data inputs, an ``If``'s / ``Case``'s branches all but the first (the
     predicate or branch index), a ``While``'s body and condition all (the loop variables; a
     variable the body uses is one that it passes on unchanged)."""
-    if node.op not in CALLS and node.op not in BRANCH_OPS and node.op not in LOOPS:
+    if node.op not in CALLS and node.op not in BRANCH_OPS and node.op not in LOOP_OPS:
         return []
     data = [i for i in node.input if not i.startswith("^")]
     if node.op in CALLS:
         return [(node.attr["f"].func.name, data)] if "f" in node.attr else []
-    if node.op in LOOPS:
+    if node.op in LOOP_OPS:
         return [(node.attr[k].func.name, data) for k in ("body", "cond") if k in node.attr]
     return [(name, data[1:]) for name in branches(node)]
 

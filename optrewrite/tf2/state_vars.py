@@ -8,9 +8,13 @@ then makes the variables real, everywhere a SavedModel keeps state:
    (appended, after the captures it had), and so does every function that calls such a body
    (``StatefulPartitionedCall`` / ``PartitionedCall`` and direct calls), up the call chain;
    the branches of one ``If`` / ``Case`` get the same args (they take the same inputs). Each
-   call node passes its own arg on (``Tin`` grows to match). A ``While`` body or another
-   function-valued attr on the way is refused (an InputError): a loop would need the handle
-   as a loop variable.
+   call node passes its own arg on (``Tin`` grows to match). A ``While`` / ``StatelessWhile``
+   takes the handle as a new loop variable, after the ones it had: its ``T``,
+   ``output_shapes`` (a handle is a scalar) and ``_output_shapes`` / ``_num_original_outputs``
+   grow; its condition gets the arg, and its body gets the arg and returns it unchanged as a
+   new output (a loop variable a body passes on is the same variable in every iteration).
+   Another function-valued attr on the way is refused (an InputError), as is a loop body
+   that some other node also calls (its outputs would change under that caller).
 2. **Object graph.** A ``trackable_dict_wrapper`` node under the root, ``optrewrite_counters``,
    holds one ``SavedVariable`` per counter (int64 scalar, not trainable), keyed by the
    counter's name: ``tf.saved_model.load(...).optrewrite_counters["w/optrewrite_skipped_zero"]``.
@@ -44,7 +48,7 @@ from optrewrite.errors import InputError
 from optrewrite.tf import proto
 from optrewrite.tf.graph import TAG_ATTR
 from optrewrite.tf2.io import quiet_stderr
-from optrewrite.tf2.functions import BRANCH_OPS, LibraryEditor, branches
+from optrewrite.tf2.functions import BRANCH_OPS, LOOP_OPS, LibraryEditor, branches
 
 CONTAINER = "optrewrite_counters"  # the root's child that holds the counters
 SIGNATURE = "optrewrite_counters"  # the signature that reads them
@@ -87,14 +91,16 @@ def _escape(local_name: str) -> str:
 
 
 def _calls(node: proto.NodeDef, functions: set[str]) -> tuple[str, list[str]]:
-    """How ``node`` runs library functions: ("call", [f]), ("branch", branches),
-    ("other", [names]) for any other function-valued attr, or ("", [])."""
+    """How ``node`` runs library functions: ("call", [f]), ("branch", branches), ("loop",
+    [body, cond]), ("other", [names]) for any other function-valued attr, or ("", [])."""
     if node.op in CALL_OPS and "f" in node.attr:
         return "call", [node.attr["f"].func.name]
     if node.op in functions:
         return "call", [node.op]
     if node.op in BRANCH_OPS:
         return "branch", branches(node)
+    if node.op in LOOP_OPS and "body" in node.attr and "cond" in node.attr:
+        return "loop", [node.attr["body"].func.name, node.attr["cond"].func.name]
     names = [v.func.name for v in node.attr.values() if v.HasField("func")]
     names += [f.name for v in node.attr.values() if v.HasField("list") for f in v.list.func]
     return ("other", names) if names else ("", [])
@@ -121,9 +127,9 @@ def thread(meta: proto.MetaGraphDef, library: LibraryEditor, keys: list[str]) ->
                     continue
                 if kind == "other":
                     raise InputError(f"guard.counters: {caller}/{node} runs a function that updates a counted "
-                                     "variable through a loop or another function-valued attr; the counter's handle "
-                                     "cannot be passed there")
-                targets = [caller, *callees] if kind == "branch" else [caller]
+                                     "variable through a function-valued attr the counter's handle cannot be "
+                                     "passed to")
+                targets = [caller, *callees] if kind in ("branch", "loop") else [caller]
                 for t in targets:
                     if not want <= needs.setdefault(t, set()):
                         needs[t] |= want
@@ -131,6 +137,14 @@ def thread(meta: proto.MetaGraphDef, library: LibraryEditor, keys: list[str]) ->
 
     def ordered(name: str) -> list[str]:
         return sorted(needs.get(name, ()), key=order.__getitem__)
+
+    loop_bodies = {callees[0] for found in calls.values() for _, kind, callees in found
+                   if kind == "loop" and needs.get(callees[0])}
+    for caller, found in calls.items():
+        for node, kind, callees in found:
+            if kind != "loop" and loop_bodies.intersection(callees):
+                raise InputError(f"guard.counters: {caller}/{node} calls {callees[0]}, the body of a loop that "
+                                 "updates a counted variable: the body's new output would change that call")
 
     # 1. args, then the call nodes inside functions
     for name in library.functions:
@@ -146,14 +160,20 @@ def thread(meta: proto.MetaGraphDef, library: LibraryEditor, keys: list[str]) ->
             fn.arg_attr[index].attr["_user_specified_name"].s = arg.encode()
             if "_input_shapes" in fn.attr:
                 fn.attr["_input_shapes"].list.shape.add()
+            if name in loop_bodies:  # the loop variable passes on unchanged
+                taken = {a.name for a in fn.signature.input_arg} | {a.name for a in fn.signature.output_arg}
+                out = _unique(taken, f"{arg}_out")
+                fn.signature.output_arg.add(name=out, type=proto.DT_RESOURCE).handle_data.add(
+                    dtype=proto.DT_INT64).shape.CopyFrom(proto.TensorShapeProto())
+                fn.ret[out] = arg
     for caller, found in calls.items():
         for node, kind, callees in found:
-            want = ordered(callees[0]) if callees and kind in ("call", "branch") else []
+            want = ordered(callees[0]) if callees and kind in ("call", "branch", "loop") else []
             if not want:
                 continue
             editor = library.function(caller)
             editor.add_inputs(node, [editor.capture(k) for k in want])
-            _grow_tin(editor.node(node), len(want))
+            _grow_call(editor.node(node), kind, len(want))
 
     # 2. object graph: the container and the counters, bound to the concrete functions
     graph = meta.object_graph_def
@@ -199,7 +219,7 @@ def thread(meta: proto.MetaGraphDef, library: LibraryEditor, keys: list[str]) ->
     init = _init_op(meta)
     for i, node in enumerate(list(top.node)[:first_node]):
         kind, callees = _calls(node, names)
-        want = ordered(callees[0]) if callees and kind in ("call", "branch") else []
+        want = ordered(callees[0]) if callees and kind in ("call", "branch", "loop") else []
         if kind == "other" and any(needs.get(c) for c in callees):
             raise InputError(f"guard.counters: the graph node {node.name} runs a function that updates a counted "
                              "variable through a function-valued attr the counter's handle cannot be passed to")
@@ -208,7 +228,7 @@ def thread(meta: proto.MetaGraphDef, library: LibraryEditor, keys: list[str]) ->
             at = next((j for j, x in enumerate(inputs) if x.startswith("^")), len(inputs))
             del node.input[:]
             node.input.extend([*inputs[:at], *(handles[k] for k in want), *inputs[at:]])
-            _grow_tin(node, len(want))
+            _grow_call(node, kind, len(want))
             edit.nodes.add(i)
     if init is not None:
         for key in keys:
@@ -230,9 +250,20 @@ def thread(meta: proto.MetaGraphDef, library: LibraryEditor, keys: list[str]) ->
     return edit
 
 
-def _grow_tin(node: proto.NodeDef, count: int) -> None:
-    if "Tin" in node.attr:
-        node.attr["Tin"].list.type.extend([proto.DT_RESOURCE] * count)
+def _grow_call(node: proto.NodeDef, kind: str, count: int) -> None:
+    """The attrs of a node that now passes ``count`` more resource handles: a call's ``Tin``;
+    a loop's ``T`` and the shapes of its outputs, which are its loop variables."""
+    if kind != "loop":
+        if "Tin" in node.attr:
+            node.attr["Tin"].list.type.extend([proto.DT_RESOURCE] * count)
+        return
+    node.attr["T"].list.type.extend([proto.DT_RESOURCE] * count)
+    for key in ("output_shapes", "_output_shapes"):
+        if key in node.attr:
+            for _ in range(count):
+                node.attr[key].list.shape.add()
+    if "_num_original_outputs" in node.attr:
+        node.attr["_num_original_outputs"].i += count
 
 
 def _unique(taken: set[str], name: str) -> str:

@@ -8,6 +8,11 @@ step of its own.
 The reference is the original SavedModel called one micro-step at a time (``n = 1``), with the
 guard's semantics applied by hand after each: a head whose loss weight was 0 gets its variables
 and Adam slots back. The rewritten SavedModel runs the same micro-steps two per call.
+
+``guard.counters`` counts per micro-step too: the counter's handle enters the loop as a new
+loop variable. The expected counts come from the loss weights: a head's gradient is all zero
+exactly in the micro-steps that weight its loss 0, the shared layer's in those that weight
+both losses 0.
 """
 from __future__ import annotations
 
@@ -117,3 +122,50 @@ def test_clip_bounds_the_norm_after_every_micro_step(model: tuple[Path, list[str
     assert max(np.linalg.norm(s["head_a/kernel"]) for s in original) > 2 * MAX_NORM, "the clip never acts"
     for s in _run(out, names, 1):
         assert np.linalg.norm(s["head_a/kernel"]) <= MAX_NORM * (1 + 1e-6)
+
+
+def test_counters_count_each_micro_step(model: tuple[Path, list[str]], tmp_path: Path) -> None:
+    src, names = model
+    out, report = rewrite(src, tmp_path, "version: 1\nguard:\n  counters: true\n")
+    assert report["counts"]["guarded"] == 6
+    reference = _run(src, names, 1, guard_by_hand=True)[1::2]
+    rewritten = _run(out, names, 2)
+    for t, (ref, got) in enumerate(zip(reference, rewritten)):
+        for n in names:
+            assert np.array_equal(ref[n], got[n]), (t, n)
+    ws = np.asarray(WEIGHTS)
+    masked = {"head_a/": int(np.sum(ws[:, 0] == 0)), "head_b/": int(np.sum(ws[:, 1] == 0)),
+              "shared/": int(np.sum((ws == 0).all(axis=1)))}
+    assert masked == {"head_a/": 3, "head_b/": 3, "shared/": 1}
+    loaded = tf.saved_model.load(str(out))
+    xs, ys, ws_in = _data()
+    for k in range(0, len(WEIGHTS), 2):
+        loaded.signatures["train"](xs=xs[k:k + 2], ys=ys[k:k + 2], ws=ws_in[k:k + 2])
+    counts = {name: int(value) for name, value in loaded.signatures["optrewrite_counters"]().items()}
+    assert counts == {f"{layer}{part}/optrewrite_skipped_zero": n for layer, n in masked.items()
+                      for part in ("kernel", "bias")}
+
+
+def test_counters_refuse_a_loop_body_that_is_also_called(model: tuple[Path, list[str]], tmp_path: Path) -> None:
+    """A new loop variable is a new output of the body: a call of the same body elsewhere
+    would get one output more than it declares, so the rewrite is exit 2, nothing written."""
+    import shutil
+
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    from optrewrite.cli import main
+
+    src, _names = model
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((src / "saved_model.pb").read_bytes())
+    library = saved.meta_graphs[0].graph_def.library
+    step = next(f for f in library.function for n in f.node_def if n.op == "While")
+    body = next(n for n in step.node_def if n.op == "While").attr["body"].func.name
+    call = step.node_def.add(name="also_calls_the_body", op="PartitionedCall")
+    call.attr["f"].func.name = body
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    (bad / "saved_model.pb").write_bytes(saved.SerializeToString())
+    (tmp_path / "spec.yaml").write_text("version: 1\nguard:\n  counters: true\n")
+    assert main([str(bad), "--spec", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert not (tmp_path / "out").exists()
