@@ -47,13 +47,22 @@ def test_every_generated_case_exits_0_with_a_graph_or_2_with_one_line(
 
 def test_every_seed_graph_rewrites_and_verifies(seed_graphs: tuple[fuzzing.Seed, ...]) -> None:
     """The seeds are valid: a guard of every variable rewrites each, and the output runs."""
+    kinds = {seed.kind for seed in seed_graphs}
+    assert kinds >= {"graphdef", "metagraph", "onnx"} and ("savedmodel" in kinds) == _has_tensorflow()
     for seed in seed_graphs:
-        suffix = {"graphdef": ".pb", "metagraph": ".meta", "onnx": ".onnx"}[seed.kind]
+        suffix = {"graphdef": ".pb", "metagraph": ".meta", "onnx": ".onnx", "savedmodel": ""}[seed.kind]
         spec = GUARD + ("updates: " + repr([dict(u) for u in seed.updates]) + "\n" if seed.updates else "")
-        outcome = fuzzing.run_case(fuzzing.Case(seed.name, suffix, seed.data, spec.encode(), verify=True))
+        files = seed.files if seed.kind == "savedmodel" else None
+        outcome = fuzzing.run_case(fuzzing.Case(seed.name, suffix, seed.data, spec.encode(), verify=True, files=files))
         assert outcome.ok and outcome.rc in (0, 2), (seed.name, outcome.rc, outcome.stderr, outcome.violations)
         if outcome.rc == 2:  # the rewritten seeds carry a plan of another spec
             assert seed.name.endswith(":rewritten") and "already rewritten" in outcome.stderr
+
+
+def _has_tensorflow() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorflow") is not None
 
 
 # --------------------------------------------------------------------------- regressions: helpers

@@ -267,8 +267,7 @@ def one(seed: int, index: int, verify: bool, save: Path | None, timeout: float) 
     print(case.describe())
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
-        (save / f"input{case.suffix}").write_bytes(case.data)
-        (save / "spec.yaml").write_bytes(case.spec)
+        fuzzing.write_input(case, save)
         argv = fuzzing.argv_for(case, save)
         print(f"saved; run: optrewrite {' '.join(argv)}")
     handler = logging.StreamHandler(sys.stdout)  # main logs an internal error's traceback at debug level
@@ -304,8 +303,7 @@ def signals(count: int, seed: int, verify: bool) -> int:
         case = fuzzing.Case(**{**case.__dict__, "path": "plain", "explain": False})
         d = Path(tempfile.mkdtemp(prefix="optrewrite-signal-"))
         try:
-            (d / f"input{case.suffix}").write_bytes(case.data)
-            (d / "spec.yaml").write_bytes(case.spec)
+            before = fuzzing.digest(fuzzing.write_input(case, d))
             argv = fuzzing.argv_for(case, d)
             setup = sorted(p.name for p in d.iterdir())
             which = rng.choice([sig.SIGINT, sig.SIGTERM, sig.SIGHUP])
@@ -317,7 +315,7 @@ def signals(count: int, seed: int, verify: bool) -> int:
             rc = proc.returncode
             left = sorted(p.name for p in d.iterdir())
             problems = []
-            if (d / f"input{case.suffix}").read_bytes() != case.data or (d / "spec.yaml").read_bytes() != case.spec:
+            if fuzzing.digest(d / f"input{case.suffix}") != before or (d / "spec.yaml").read_bytes() != case.spec:
                 problems.append("the input or the spec changed")
             if rc in (128 + which, -which, 2) and left != setup:
                 problems.append(f"exit {rc} left {sorted(set(left) - set(setup))}")

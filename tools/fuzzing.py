@@ -13,11 +13,15 @@ tools/fuzz.py):
    (several optimizers, dense and sparse gradients, ref and resource variables), written as a
    binary or text GraphDef or as a MetaGraphDef; ONNX training steps from tests/onnx (one
    preview-training node, the whole two-task step, decomposed steps named by ``updates:``);
-   and some of these already rewritten;
+   TensorFlow 2 SavedModels built with tests/tf2/models.py (a Keras 3 step, a tf.compat.v1
+   fused optimizer in a tf.function, a loss-scaled step: :func:`savedmodel_seeds`), a
+   directory each; and some of these already rewritten;
 2. a spec (:func:`draw_spec`): guard (with its options), clip, global_norm_clip, lower and updates over the
    seed's real variable names and names it lacks, dims in and out of range, odd norms, and
    odd YAML (tags, anchors, deep nesting, huge integers, bytes that are not UTF-8, ...);
-3. zero, one or two corruptions (:data:`CORRUPTIONS`) of the seed's proto, then its bytes.
+3. zero, one or two corruptions (:data:`CORRUPTIONS`) of the seed's proto, then its bytes; a
+   SavedModel's corruptions edit a function body (as a GraphDef's), the object graph, the
+   signatures, or the directory's other files (:data:`SAVEDMODEL_CORRUPTIONS`).
 
 :func:`run_case` runs one case in-process and lists the promises it broke.
 
@@ -34,6 +38,7 @@ import io
 import json
 import os
 import random
+import shutil
 import signal
 import tempfile
 import threading
@@ -109,7 +114,8 @@ class DrawChooser:
 class Seed:
     """A valid input graph to start from.
 
-    ``kind`` is "graphdef", "metagraph" (``data`` is the binary message) or "onnx";
+    ``kind`` is "graphdef", "metagraph" (``data`` is the binary message), "onnx" or
+    "savedmodel" (``data`` is ``saved_model.pb``, ``files`` the directory's other files);
     ``variables`` are (name, rank) of the tensors a spec may select, updated or not;
     ``updates`` the spec entries naming a decomposed ONNX step's update sites.
     """
@@ -120,6 +126,7 @@ class Seed:
     variables: tuple[tuple[str, int | None], ...]
     updates: tuple[dict[str, Any], ...] = ()
     preview: bool = False  # holds ai.onnx.preview.training nodes (can be lowered)
+    files: tuple[tuple[str, bytes], ...] = ()  # a SavedModel's other files by relative path; "x/": a folder
 
 
 def _tf_variables(graph: Any) -> tuple[tuple[str, int | None], ...]:
@@ -256,6 +263,56 @@ def onnx_seeds() -> list[Seed]:
     return out
 
 
+# (tests/tf2/models.py builder, case): Keras 3 assign updates with an embedding, fused
+# ResourceApply ops in a tf.function, updates in the branch of a loss scale's If.
+SAVEDMODEL_BUILDS = (("keras", "Adam"), ("v1", "Adam"), ("loss_scaled", "keras-LossScaleOptimizer-Adam"))
+
+
+def savedmodel_seeds() -> list[Seed]:
+    """SavedModels of tests/tf2/models.py; none when TensorFlow is not installed."""
+    try:
+        import tensorflow  # noqa: F401, PLC0415
+    except ImportError:
+        return []
+    from tests.tf2 import models  # noqa: PLC0415
+
+    out = []
+    with tempfile.TemporaryDirectory(prefix="optrewrite-fuzz-seed-") as tmp:
+        for kind, case in SAVEDMODEL_BUILDS:
+            root = models.save(models.BUILDERS[kind](case), Path(tmp) / "model")
+            files = tuple((f"{p.relative_to(root).as_posix()}/", b"") if p.is_dir() else
+                          (p.relative_to(root).as_posix(), p.read_bytes())
+                          for p in sorted(root.rglob("*")) if p.name != "saved_model.pb")
+            data = (root / "saved_model.pb").read_bytes()
+            out.append(Seed(f"savedmodel:{kind}:{case}", "savedmodel", data, _savedmodel_variables(data),
+                            files=files))
+            shutil.rmtree(root)
+    return out
+
+
+def _savedmodel_meta(data: bytes) -> Any:
+    """The MetaGraphDef of a ``saved_model.pb`` (field 2 of the SavedModel message)."""
+    from optrewrite.tf import proto  # noqa: PLC0415
+    from optrewrite.tf.io import top_level_fields  # noqa: PLC0415
+
+    meta = proto.MetaGraphDef()
+    (start, end), = [(p, e) for number, _s, p, e in top_level_fields(data) if number == 2]
+    meta.ParseFromString(data[start:end])
+    return meta
+
+
+def _savedmodel_bytes(meta: Any) -> bytes:
+    """``saved_model.pb`` holding ``meta``: schema version 1, then the one MetaGraphDef."""
+    return b"\x08\x01" + _field(2, meta.SerializeToString())
+
+
+def _savedmodel_variables(data: bytes) -> tuple[tuple[str, int | None], ...]:
+    from optrewrite.tf2.sites import variables  # noqa: PLC0415
+
+    found = variables(_savedmodel_meta(data).object_graph_def).values()
+    return tuple((v.path, None if v.shape is None else len(v.shape)) for v in found)
+
+
 REWRITE_SPEC = "version: 1\nguard: {}\nclip:\n  - variables: ['*']\n    max_norm: 1.5\n"
 
 
@@ -293,7 +350,7 @@ def rewritten_seeds(base: Sequence[Seed]) -> list[Seed]:
 @functools.cache
 def seeds() -> tuple[Seed, ...]:
     base = [*fixture_seeds(), *tf_seeds(), *onnx_seeds()]
-    return tuple(base + rewritten_seeds(base))
+    return tuple(base + rewritten_seeds(base) + savedmodel_seeds())
 
 
 # --------------------------------------------------------------------------- specs
@@ -694,6 +751,155 @@ TF_CORRUPTIONS: dict[str, Callable[[Chooser, _TfGraph], bool]] = {
 }  # fmt: skip
 
 
+# TensorFlow 2 SavedModels ----------------------------------------------------
+
+
+class _FunctionBody:
+    """A FunctionDef seen as a GraphDef (its ``node_def`` as ``node``), for the TF corruptions."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    @property
+    def node(self) -> Any:
+        return self.fn.node_def
+
+    def Clear(self) -> None:  # noqa: N802 - the protobuf method it stands for
+        self.fn.Clear()
+
+
+class _SavedModel:
+    """A SavedModel under corruption: its MetaGraphDef, its other files and symbolic links."""
+
+    def __init__(self, meta: Any, files: Sequence[tuple[str, bytes]]) -> None:
+        self.meta = meta
+        self.files = dict(files)
+        self.links: dict[str, str] = {}
+        self.functions = list(meta.graph_def.library.function)
+        # the step's functions first: those that write variables
+        self.focus = [f for f in self.functions if any("Assign" in n.op or "Apply" in n.op for n in f.node_def)]
+
+
+def sm_function_body(c: Chooser, m: _SavedModel) -> bool:
+    """One of the GraphDef corruptions, in one function body."""
+    fn = _pick(c, m.functions, m.focus)
+    if fn is None or not fn.node_def:
+        return False
+    corrupt = c.choice([f for k, f in TF_CORRUPTIONS.items() if k != "empty_graph" or c.chance(0.2)])
+    return corrupt(c, _TfGraph(_FunctionBody(fn)))
+
+
+def sm_signature(c: Chooser, m: _SavedModel) -> bool:
+    """A function's signature or returns: an arg dropped or retyped, a return naming another tensor."""
+    fn = _pick(c, m.functions, m.focus)
+    if fn is None:
+        return False
+    sig = fn.signature
+    what = c.integer(0, 3)
+    if what == 0 and sig.input_arg:
+        del sig.input_arg[c.integer(0, len(sig.input_arg) - 1)]
+    elif what == 1 and sig.input_arg:
+        sig.input_arg[c.integer(0, len(sig.input_arg) - 1)].type = c.choice(TF_DTYPES)
+    elif what == 2 and fn.ret:
+        key = c.choice(sorted(fn.ret))
+        refs = [a.name for a in sig.input_arg] + [f"{n.name}:output:0" for n in fn.node_def[:20]]
+        fn.ret[key] = c.choice([*refs, "no_such:output:0", "", "^x"])
+    elif what == 3:
+        sig.name = c.choice([f.signature.name for f in m.functions] + ["", "renamed"])
+    else:
+        return False
+    return True
+
+
+def sm_object_graph(c: Chooser, m: _SavedModel) -> bool:
+    """The object graph: a child, a slot or a bound input naming another node (or none), a
+    variable renamed, retyped or reshaped, a node dropped."""
+    og = m.meta.object_graph_def
+    if not og.nodes:
+        return False
+    bad_ids = [-1, -5, 2**31 - 1, 10**6, len(og.nodes), c.integer(0, len(og.nodes) - 1)]
+    what = c.integer(0, 5)
+    node = c.choice(og.nodes)
+    variables = [n for n in og.nodes if n.WhichOneof("kind") == "variable"]
+    if what == 0 and node.children:
+        c.choice(node.children).node_id = c.choice(bad_ids)
+    elif what == 1:
+        node.slot_variables.add(original_variable_node_id=c.choice(bad_ids), slot_name=c.choice(["m", ""]),
+                                slot_variable_node_id=c.choice(bad_ids))
+    elif what == 2 and og.concrete_functions:
+        cf = og.concrete_functions[c.choice(sorted(og.concrete_functions))]
+        if cf.bound_inputs and c.chance(0.7):
+            cf.bound_inputs[c.integer(0, len(cf.bound_inputs) - 1)] = c.choice(bad_ids)
+        else:
+            cf.bound_inputs.append(c.choice(bad_ids))
+    elif what == 3 and variables:
+        v = c.choice(variables).variable
+        choice = c.integer(0, 2)
+        if choice == 0:
+            v.name = c.choice(["", "a/b", "net/head_a/kernel", "\x1b[2J", "x" * 5000])
+        elif choice == 1:
+            v.dtype = c.choice(TF_DTYPES)
+        else:
+            _huge_shape(c, v.shape)
+    elif what == 4 and len(og.nodes) > 1:
+        del og.nodes[c.integer(1, len(og.nodes) - 1)]
+    elif what == 5:
+        node.Clear()
+    else:
+        return False
+    return True
+
+
+def sm_signature_def(c: Chooser, m: _SavedModel) -> bool:
+    """A SignatureDef: gone, or naming a tensor or method that is not there."""
+    sigs = m.meta.signature_def
+    if not sigs:
+        return False
+    key = c.choice(sorted(sigs))
+    if c.chance(0.3):
+        del sigs[key]
+    elif c.chance(0.5):
+        sigs[key].method_name = c.choice(["", "tensorflow/serving/train", "x"])
+    else:
+        for info in list(sigs[key].inputs.values())[:1]:
+            info.name = c.choice(["no_such:0", "", "train_x:7"])
+    return True
+
+
+def sm_files(c: Chooser, m: _SavedModel) -> bool:
+    """The directory: variables/ or its index gone, a data file cut short, fingerprint.pb
+    garbage, a symbolic link or a folder where a file was."""
+    names = sorted(n for n in m.files if not n.endswith("/"))
+    what = c.integer(0, 5)
+    if what == 0:
+        for name in [n for n in m.files if n.startswith("variables/")]:
+            del m.files[name]
+    elif what == 1 and "variables/variables.index" in m.files:
+        del m.files["variables/variables.index"]
+    elif what == 2 and names:
+        name = c.choice(names)
+        m.files[name] = m.files[name][: c.integer(0, len(m.files[name]))]
+    elif what == 3:
+        m.files["fingerprint.pb"] = c.choice([b"", b"\xff" * 7, b"\x08\x01"])
+    elif what == 4 and names:
+        name = c.choice(["assets/link", names[0] + ".link", "variables/variables.index"])
+        m.files.pop(name, None)
+        m.links[name] = c.choice(["/etc/passwd", "../spec.yaml", "variables.data-00000-of-00001"])
+    elif what == 5:
+        name = c.choice(["variables/variables.index", "assets/sub"])
+        m.files.pop(name, None)
+        m.files[f"{name}/"] = b""
+    else:
+        return False
+    return True
+
+
+SAVEDMODEL_CORRUPTIONS: dict[str, Callable[[Chooser, _SavedModel], bool]] = {
+    "function_body": sm_function_body, "function_signature": sm_signature, "object_graph": sm_object_graph,
+    "signature_def": sm_signature_def, "savedmodel_files": sm_files,
+}  # fmt: skip
+
+
 # ONNX ------------------------------------------------------------------------
 
 
@@ -910,7 +1116,7 @@ ONNX_CORRUPTIONS: dict[str, Callable[[Chooser, _OnnxModel], bool]] = {
 }  # fmt: skip
 
 BYTE_CORRUPTIONS = ("truncate", "flip_bytes", "other_format", "deep_nesting")
-CORRUPTIONS = tuple(sorted({*TF_CORRUPTIONS, *ONNX_CORRUPTIONS, *BYTE_CORRUPTIONS}))
+CORRUPTIONS = tuple(sorted({*TF_CORRUPTIONS, *ONNX_CORRUPTIONS, *SAVEDMODEL_CORRUPTIONS, *BYTE_CORRUPTIONS}))
 
 
 def _corrupt_bytes(c: Chooser, kind: str, data: bytes, seed: Seed, other: Seed | None) -> bytes:
@@ -971,17 +1177,30 @@ class Case:
     verify: bool = False  # pass --verify
     explain: bool = False  # also run ``optrewrite explain`` on it
     path: str = "plain"  # one of PATH_FAULTS: where -o and --report point
+    # a SavedModel: ``data`` is its saved_model.pb, these its other files ("x/": a folder)
+    # and symbolic links (path, target); the input and output are directories
+    files: tuple[tuple[str, bytes], ...] | None = None
+    links: tuple[tuple[str, str], ...] = ()
+    by_pb: bool = False  # the command line names the SavedModel by its saved_model.pb
+
+    @property
+    def directory(self) -> bool:
+        return self.files is not None
 
     @property
     def kind(self) -> str:
         return "+".join(self.corruptions) or "none"
 
     def __repr__(self) -> str:
-        return f"Case({self.seed!r}, input{self.suffix}, {len(self.data)} bytes, {self.kind}, {self.flags()})"
+        return f"Case({self.seed!r}, {self.input_name}, {len(self.data)} bytes, {self.kind}, {self.flags()})"
+
+    @property
+    def input_name(self) -> str:
+        return "input/saved_model.pb" if self.directory else f"input{self.suffix}"
 
     def describe(self) -> str:
         spec = self.spec.decode("utf-8", "replace")
-        return (f"seed {self.seed}, input{self.suffix} ({len(self.data)} bytes), corruptions {self.kind}, "
+        return (f"seed {self.seed}, {self.input_name} ({len(self.data)} bytes), corruptions {self.kind}, "
                 f"flags {self.flags()}, paths {self.path}{', then explain' if self.explain else ''}\nspec:\n{spec[:2000]}")
 
     def flags(self) -> list[str]:
@@ -1020,6 +1239,8 @@ def draw_case(c: Chooser, pool: Sequence[Seed] | None = None, *, verify: bool = 
     seed = c.choice(pool)
     spec = draw_spec(c, seed)
     count = c.choice([1, 1, 1, 0, 2]) if c.chance(0.85) else 0
+    if seed.kind == "savedmodel":
+        return _draw_savedmodel_case(c, seed, spec, count, verify=verify)
     onnx_seed = seed.kind == "onnx"
     table: dict[str, Callable[..., bool]] = dict(ONNX_CORRUPTIONS if onnx_seed else TF_CORRUPTIONS)
     kinds = [c.choice([*table, *BYTE_CORRUPTIONS]) for _ in range(count)]
@@ -1057,6 +1278,23 @@ def draw_case(c: Chooser, pool: Sequence[Seed] | None = None, *, verify: bool = 
     return Case(seed=seed.name, suffix=suffix, data=data, spec=spec, corruptions=tuple(applied),
                 lower=c.chance(0.1) if onnx_seed else c.chance(0.01), report=c.chance(0.2), verify=verify,
                 explain=c.chance(0.15), path=path)
+
+
+def _draw_savedmodel_case(c: Chooser, seed: Seed, spec: bytes, count: int, *, verify: bool) -> Case:
+    kinds = [c.choice([*SAVEDMODEL_CORRUPTIONS, *BYTE_CORRUPTIONS]) for _ in range(count)]
+    target = _SavedModel(_savedmodel_meta(seed.data), seed.files)
+    applied = [k for k in kinds if k in SAVEDMODEL_CORRUPTIONS and SAVEDMODEL_CORRUPTIONS[k](c, target)]
+    data = _savedmodel_bytes(target.meta)
+    for kind in kinds:
+        if kind in BYTE_CORRUPTIONS:
+            data = _corrupt_bytes(c, kind, data, seed, None)
+            applied.append(kind)
+    path = c.choice(PATH_FAULTS) if c.chance(0.1) else "plain"
+    # --verify loads the SavedModel in TensorFlow in a child process (seconds): one case in ten
+    return Case(seed=seed.name, suffix="", data=data, spec=spec, corruptions=tuple(applied), report=c.chance(0.2),
+                verify=verify and c.chance(0.1), explain=c.chance(0.15), path=path,
+                files=tuple(sorted(target.files.items())), links=tuple(sorted(target.links.items())),
+                by_pb=c.chance(0.2))
 
 
 def case_at(seed: int, index: int, pool: Sequence[Seed] | None = None, *, verify: bool = False) -> Case:
@@ -1114,10 +1352,22 @@ def _time_limit(seconds: float | None):  # type: ignore[no-untyped-def]
         signal.signal(signal.SIGALRM, previous)
 
 
-def _check_output(path: Path, suffix: str) -> str | None:
-    """Why the written output does not load, or None."""
+def _check_output(path: Path, suffix: str, case: Case | None = None) -> str | None:
+    """Why the written output does not load, or None; a SavedModel also has every file of the
+    input but ``fingerprint.pb`` with the same bytes (and those of ``variables/`` where the
+    rewrite added counters to the checkpoint)."""
     try:
-        if suffix == ".onnx":
+        if case is not None and case.directory:
+            from optrewrite.tf2 import io as tf2_io  # noqa: PLC0415
+
+            loaded = tf2_io.load(path, (path / "saved_model.pb").read_bytes())
+            counters = any(c.local_name.startswith("optrewrite_counters")
+                           for c in loaded.meta.object_graph_def.nodes[0].children)
+            for name, data in case.files or ():
+                kept = name != "fingerprint.pb" and not name.endswith("/")
+                if kept and not (counters and name.startswith("variables/")) and (path / name).read_bytes() != data:
+                    return f"{name} was not carried over byte for byte"
+        elif suffix == ".onnx":
             import onnx  # noqa: PLC0415
 
             onnx.checker.check_model(str(path))
@@ -1134,6 +1384,8 @@ def argv_for(case: Case, directory: Path) -> list[str]:
     """The command line of ``case`` in ``directory``, after making the links its path fault needs."""
     src, spec = directory / f"input{case.suffix}", directory / "spec.yaml"
     out, report = directory / f"output{case.suffix}", directory / "report.json" if case.report else None
+    if case.by_pb:
+        src = src / "saved_model.pb"  # the SavedModel named by its saved_model.pb
     fault = case.path
     if fault == "output_is_input":
         out = src
@@ -1195,10 +1447,8 @@ def run_case(case: Case, *, timeout: float | None = 120.0) -> Outcome:
     """
     with tempfile.TemporaryDirectory(prefix="optrewrite-fuzz-") as tmp:
         d = Path(tmp)
-        src, out = d / f"input{case.suffix}", d / f"output{case.suffix}"
-        src.write_bytes(case.data)
-        (d / "spec.yaml").write_bytes(case.spec)
-        before = hashlib.sha256(case.data).hexdigest()
+        src, out = write_input(case, d), d / f"output{case.suffix}"
+        before = digest(src)
         problems: list[str] = []
         command = argv_for(case, d)  # makes the links a path fault needs
         spec_before = (d / "spec.yaml").read_bytes()
@@ -1213,8 +1463,8 @@ def run_case(case: Case, *, timeout: float | None = 120.0) -> Outcome:
         rc, stderr = _main(command, timeout, problems)
         seconds = time.perf_counter() - start
         _check_exit("", rc, stderr, problems)
-        if hashlib.sha256(src.read_bytes()).hexdigest() != before:
-            problems.append("the input file changed")
+        if digest(src) != before:
+            problems.append("the input changed")
         if (d / "spec.yaml").read_bytes() != spec_before:
             problems.append("the spec changed")
         left = sorted(p.name for p in d.iterdir())
@@ -1228,7 +1478,7 @@ def run_case(case: Case, *, timeout: float | None = 120.0) -> Outcome:
             if not out.exists():
                 problems.append("exit 0 without an output")
             else:
-                why = _check_output(out, case.suffix)
+                why = _check_output(out, case.suffix, case)
                 if why:
                     problems.append(f"exit 0 with an output that does not load: {why}")
             if set(left) - allowed:
@@ -1239,6 +1489,48 @@ def run_case(case: Case, *, timeout: float | None = 120.0) -> Outcome:
                 except (OSError, ValueError) as exc:
                     problems.append(f"exit 0 without a readable report: {exc}")
         return Outcome(rc=rc, stderr=stderr, seconds=seconds, violations=problems)
+
+
+def write_input(case: Case, directory: Path) -> Path:
+    """Write the case's input (a file, or a SavedModel's directory) and ``spec.yaml`` into
+    ``directory``; the input's path."""
+    src = directory / f"input{case.suffix}"
+    if case.directory:
+        _write_savedmodel(src, case)
+    else:
+        src.write_bytes(case.data)
+    (directory / "spec.yaml").write_bytes(case.spec)
+    return src
+
+
+def _write_savedmodel(root: Path, case: Case) -> None:
+    root.mkdir()
+    (root / "saved_model.pb").write_bytes(case.data)
+    for name, data in case.files or ():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.endswith("/"):
+            path.mkdir(exist_ok=True)
+        else:
+            path.write_bytes(data)
+    for name, target in case.links:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).symlink_to(target)
+
+
+def digest(path: Path) -> str:
+    """The bytes of a file, or of every entry under a directory (links by their target)."""
+    h = hashlib.sha256()
+    if not path.is_dir() or path.is_symlink():
+        h.update(path.read_bytes() if path.exists() else b"<gone>")
+        return h.hexdigest()
+    for p in sorted(path.rglob("*")):
+        h.update(str(p.relative_to(path)).encode() + b"\0")
+        if p.is_symlink():
+            h.update(b"link:" + os.readlink(p).encode())
+        elif p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def save_seeds(path: Path) -> None:

@@ -24,10 +24,11 @@ Nothing here serializes; :func:`serialize` splices the output bytes (optrewrite.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 from optrewrite import passes, seal
 from optrewrite.core import Outcome, Skip
-from optrewrite.errors import InputError, SpecError
+from optrewrite.errors import InputError, SpecError, shorten
 from optrewrite.report import Report, SiteEntry
 from optrewrite.spec import Spec
 from optrewrite.tf import proto
@@ -170,15 +171,24 @@ def recorded_plan(meta: proto.MetaGraphDef) -> str | None:
     return values[0].decode(errors="replace") if values else ""
 
 
+def _found(skips: Sequence[Skip]) -> str:
+    """What a refusal for lack of updates names: the first update found and why it is
+    skipped, short enough for one line (the names come from the graph), and how many more."""
+    if not skips:
+        return " (no function writes a trainable variable from a gradient)"
+    first = skips[0]
+    more = f", and {len(skips) - 1} more: optrewrite explain lists them" if len(skips) > 1 else ""
+    return f" (found: {shorten(first.variable or first.update, 60)}: {shorten(first.reason, 80)}{more})"
+
+
 def rewrite_savedmodel(loaded: io.SavedModelFile, spec: Spec) -> Outcome:
     report = Report(input=str(loaded.path), format=FORMAT_NAME)
     found = discover(loaded)
     sites = found.sites
     report.skipped = merge_skips(found.skips)
     if not sites and _selects(spec):
-        what = "; ".join(f"{s.variable or s.update}: {s.reason}" for s in found.skips[:3])
         raise InputError(f"{loaded.path}: the SavedModel has no optimizer update the spec could select"
-                         + (f" (found: {what})" if what else " (no function writes a trainable variable from a gradient)"))
+                         + _found(report.skipped))
     ranks: dict[str, int | None] = {}
     dtypes: dict[str, str] = {}
     for s in sites:

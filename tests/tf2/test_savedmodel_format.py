@@ -642,3 +642,30 @@ def test_verify_errors_never_quote_the_runtime_text(tmp_path: Path, capsys: Any)
     assert "does not run either" in err and "an Assert failed" in err, err
     assert "271828" not in err, err
     assert not out.exists()
+
+
+def test_a_refusal_naming_many_skipped_updates_stays_one_short_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every update skipped, the names long: the line names the first and counts the rest."""
+    long = "counter_with_a_name_as_long_as_a_generated_one_" * 3
+
+    class Counters(tf.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.counts = [tf.Variable(tf.zeros([2], tf.int32), name=f"{long}{k}") for k in range(6)]
+
+        @tf.function(input_signature=[tf.TensorSpec([2], tf.int32)])
+        def step(self, x: Any) -> Any:
+            for v in self.counts:
+                v.assign_add(x)
+            return {"n": self.counts[0].read_value()}
+
+    src = tmp_path / "counters"
+    m = Counters()
+    tf.saved_model.save(m, str(src), signatures={"step": m.step.get_concrete_function()})
+    capsys.readouterr()
+    assert _rewrite(src, _spec(tmp_path, "version: 1\nguard: {}\n"), tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) <= 300, err
+    assert "(found: counts/0: the variable is int32; only float variables are rewritten, and 5 more: " in err, err
+    assert not (tmp_path / "out").exists()
