@@ -140,11 +140,12 @@ def thread(meta: proto.MetaGraphDef, library: LibraryEditor, keys: list[str]) ->
 
     loop_bodies = {callees[0] for found in calls.values() for _, kind, callees in found
                    if kind == "loop" and needs.get(callees[0])}
-    for caller, found in calls.items():
-        for node, kind, callees in found:
-            if kind != "loop" and loop_bodies.intersection(callees):
-                raise InputError(f"guard.counters: {caller}/{node} calls {callees[0]}, the body of a loop that "
-                                 "updates a counted variable: the body's new output would change that call")
+    graph_calls = [("the graph", n.name, *_calls(n, names)) for n in meta.graph_def.node]
+    for caller, node, kind, callees in [*((c, *f) for c, found in calls.items() for f in found), *graph_calls]:
+        shared = sorted(loop_bodies.intersection(callees))
+        if kind != "loop" and shared:
+            raise InputError(f"guard.counters: {caller}/{node} runs {shared[0]}, the body of a loop that updates "
+                             "a counted variable: the body's new output would change that call")
 
     # 1. args, then the call nodes inside functions
     for name in library.functions:
