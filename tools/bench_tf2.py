@@ -103,7 +103,8 @@ steps = int(sys.argv[1])
 rng = np.random.default_rng(1)
 models = {path: tf.saved_model.load(path).signatures["train"] for path in sys.argv[2:]}
 first = next(iter(models.values()))
-inputs = {k: rng.uniform(-1, 1, spec.shape).astype(np.float32) for k, spec in first.structured_input_signature[1].items()}
+specs = first.structured_input_signature[1]
+inputs = {k: rng.uniform(-1, 1, spec.shape).astype(np.float32) for k, spec in specs.items()}
 times = {path: [] for path in models}
 for _ in range(3):
     for f in models.values():

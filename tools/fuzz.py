@@ -20,8 +20,8 @@ Measured on the 2-core reference machine (Python 3.11, TensorFlow 2.21, onnxrunt
 ``python tools/fuzz.py --cases 10000 --seed 0``: 268 s wall (119-133 s before SavedModels
 joined the seeds: about 940 of the cases, each loading TensorFlow's fingerprinting, one in
 ten verified in a child TensorFlow), two workers of at most 553 MB RSS, no worker crash;
-1,229 cases exit 0 (written and verified), 8,771 exit 2, no violation. Seeds 1 and 2 (10,000 cases each, 122-132 s) found one more violation between
-them, since fixed (an ai.onnx opset newer than onnx knows, which onnxruntime refused only
+1,229 cases exit 0 (written and verified), 8,771 exit 2, no violation. Seeds 1 and 2
+(10,000 cases each, 122-132 s) found one more violation between them, since fixed (an ai.onnx opset newer than onnx knows, which onnxruntime refused only
 after the rewrite).
 """
 from __future__ import annotations
