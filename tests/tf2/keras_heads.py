@@ -45,3 +45,24 @@ def rewrite(src: Path, tmp_path: Path, spec: str) -> tuple[Path, dict[str, Any]]
     out, report = tmp_path / "out", tmp_path / "report.json"
     assert main([str(src), "--spec", str(tmp_path / "spec.yaml"), "-o", str(out), "--report", str(report), "-q"]) == 0
     return out, json.loads(report.read_text())
+
+
+def train_steps(export_dir: Path, names: list[str], steps: list[tuple[dict[str, np.ndarray], tuple[float, float]]],
+                *, guard_by_hand: bool) -> list[dict[str, np.ndarray]]:
+    """Load ``export_dir`` and call its ``train`` signature once per step, on that step's inputs
+    and loss weights (``w``, head a's and head b's); every variable of ``names`` after each.
+    ``guard_by_hand``: after each step, :func:`restore_masked` the heads a zero weight masks
+    (and ``shared/`` when both are)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(export_dir))
+    variables = dict(zip(names, loaded.state_variables))
+    out = []
+    for inputs, weights in steps:
+        before = {n: v.numpy() for n, v in variables.items()}
+        loaded.signatures["train"](**inputs, w=np.asarray(weights, np.float32))
+        if guard_by_hand:
+            masked = tuple(head for head, w in zip(("head_a/", "head_b/"), weights) if w == 0)
+            restore_masked(variables, before, masked + (("shared/",) if len(masked) == 2 else ()))
+        out.append({n: v.numpy() for n, v in variables.items()})
+    return out

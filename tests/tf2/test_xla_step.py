@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .keras_heads import module_for, restore_masked, rewrite
+from .keras_heads import module_for, rewrite, train_steps
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -46,20 +46,10 @@ def _build(export_dir: Path) -> list[str]:
     return names
 
 
-def _run(export_dir: Path, names: list[str], *, guard_by_hand: bool) -> list[dict[str, np.ndarray]]:
-    loaded = tf.saved_model.load(str(export_dir))
-    variables = dict(zip(names, loaded.state_variables))
+def _steps() -> list[tuple[dict[str, np.ndarray], tuple[float, float]]]:
     rng = np.random.default_rng(6)
-    out = []
-    for weights in WEIGHTS:
-        x, y = rng.normal(size=(BATCH, 3)).astype(np.float32), rng.normal(size=(BATCH, 3)).astype(np.float32)
-        before = {n: v.numpy() for n, v in variables.items()}
-        loaded.signatures["train"](x=x, y=y, w=np.asarray(weights, np.float32))
-        if guard_by_hand:
-            masked = tuple(head for head, w in zip(HEADS, weights) if w == 0)
-            restore_masked(variables, before, masked + (("shared/",) if len(masked) == 2 else ()))
-        out.append({n: v.numpy() for n, v in variables.items()})
-    return out
+    return [({"x": rng.normal(size=(BATCH, 3)).astype(np.float32), "y": rng.normal(size=(BATCH, 3)).astype(np.float32)},
+             weights) for weights in WEIGHTS]
 
 
 def test_an_xla_step_keeps_masked_variables_exactly_and_rounds_updates_alike(tmp_path: Path) -> None:
@@ -67,8 +57,8 @@ def test_an_xla_step_keeps_masked_variables_exactly_and_rounds_updates_alike(tmp
     names = _build(src)
     out, report = rewrite(src, tmp_path, "version: 1\nguard: {}\n")
     assert report["counts"]["guarded"] == 6, report["counts"]
-    reference = _run(src, names, guard_by_hand=True)
-    rewritten = _run(out, names, guard_by_hand=False)
+    reference = train_steps(src, names, _steps(), guard_by_hand=True)
+    rewritten = train_steps(out, names, _steps(), guard_by_hand=False)
     kept = 0
     for step, weights in enumerate(WEIGHTS[1:], 1):
         masked = tuple(head for head, w in zip(HEADS, weights) if w == 0)
