@@ -291,14 +291,10 @@ def savedmodel_seeds() -> list[Seed]:
 
 
 def _savedmodel_meta(data: bytes) -> Any:
-    """The MetaGraphDef of a ``saved_model.pb`` (field 2 of the SavedModel message)."""
-    from optrewrite.tf import proto  # noqa: PLC0415
-    from optrewrite.tf.io import top_level_fields  # noqa: PLC0415
+    """The MetaGraphDef of a seed's ``saved_model.pb``."""
+    from optrewrite.tf2 import io as tf2_io  # noqa: PLC0415
 
-    meta = proto.MetaGraphDef()
-    (start, end), = [(p, e) for number, _s, p, e in top_level_fields(data) if number == 2]
-    meta.ParseFromString(data[start:end])
-    return meta
+    return tf2_io.load(Path("saved_model.pb"), data).meta
 
 
 def _savedmodel_bytes(meta: Any) -> bytes:

@@ -27,16 +27,30 @@ def module_for(net: Any, opt: Any) -> tuple[Any, list[str]]:
     return module, [v.path for v in state]
 
 
-def restore_masked(variables: dict[str, Any], before: dict[str, np.ndarray], masked: tuple[str, ...]) -> None:
-    """The guard's semantics by hand: every variable whose path starts with one of ``masked``
-    (``"head_b/"``), and its optimizer slots (``"adam/head_b_kernel_momentum"``), gets its
-    value from ``before`` back. The optimizer's variables come last in ``variables``."""
-    names = list(variables)
+HEADS = ("head_a/", "head_b/")
+
+
+def masked_by(weights: Any, shared: tuple[str, ...] = ("shared/",)) -> tuple[str, ...]:
+    """The variable prefixes a step's loss weights (head a's, head b's) mask: each head whose
+    weight is 0, and the ``shared`` layers too when both are (no gradient reaches them then)."""
+    masked = tuple(head for head, w in zip(HEADS, weights) if w == 0)
+    return masked + shared if len(masked) == len(HEADS) else masked
+
+
+def masked_names(names: list[str], masked: tuple[str, ...]) -> list[str]:
+    """The variables of ``names`` whose path starts with one of ``masked`` (``"head_b/"``), and
+    their optimizer slots (``"adam/head_b_kernel_momentum"``); the optimizer's variables come
+    last in ``names``."""
     optimizer = names[-1].split("/")[0] + "/"  # "adam_2/" where "adam" was taken
     slots = tuple(optimizer + m.replace("/", "_") for m in masked)
-    for name, var in variables.items():
-        if name.startswith(masked + slots):
-            var.assign(before[name])
+    return [name for name in names if name.startswith(masked + slots)]
+
+
+def restore_masked(variables: dict[str, Any], before: dict[str, np.ndarray], masked: tuple[str, ...]) -> None:
+    """The guard's semantics by hand: the :func:`masked_names` of ``variables`` get their value
+    from ``before`` back."""
+    for name in masked_names(list(variables), masked):
+        variables[name].assign(before[name])
 
 
 def rewrite(src: Path, tmp_path: Path, spec: str) -> tuple[Path, dict[str, Any]]:
@@ -47,12 +61,12 @@ def rewrite(src: Path, tmp_path: Path, spec: str) -> tuple[Path, dict[str, Any]]
     return out, json.loads(report.read_text())
 
 
-def train_steps(export_dir: Path, names: list[str], steps: list[tuple[dict[str, np.ndarray], tuple[float, float]]],
-                *, guard_by_hand: bool) -> list[dict[str, np.ndarray]]:
+def train_steps(export_dir: Path, names: list[str], steps: list[tuple[dict[str, Any], Any]], *,
+                guard_by_hand: bool, shared: tuple[str, ...] = ("shared/",)) -> list[dict[str, np.ndarray]]:
     """Load ``export_dir`` and call its ``train`` signature once per step, on that step's inputs
     and loss weights (``w``, head a's and head b's); every variable of ``names`` after each.
-    ``guard_by_hand``: after each step, :func:`restore_masked` the heads a zero weight masks
-    (and ``shared/`` when both are)."""
+    ``guard_by_hand``: after each step, :func:`restore_masked` what the weights mask
+    (:func:`masked_by`)."""
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(export_dir))
@@ -62,7 +76,6 @@ def train_steps(export_dir: Path, names: list[str], steps: list[tuple[dict[str, 
         before = {n: v.numpy() for n, v in variables.items()}
         loaded.signatures["train"](**inputs, w=np.asarray(weights, np.float32))
         if guard_by_hand:
-            masked = tuple(head for head, w in zip(("head_a/", "head_b/"), weights) if w == 0)
-            restore_masked(variables, before, masked + (("shared/",) if len(masked) == 2 else ()))
+            restore_masked(variables, before, masked_by(weights, shared))
         out.append({n: v.numpy() for n, v in variables.items()})
     return out

@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .keras_heads import module_for, restore_masked, rewrite
+from .keras_heads import module_for, rewrite, train_steps
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 BATCH = 4
 SHARED = ("conv/", "bn/gamma", "bn/beta", "mid/")  # trained by both heads
-HEADS = ("head_a/", "head_b/")
 WEIGHTS = [(1, 1), (1, 0), (0, 1), (1, 1), (0, 0), (1, 0), (0.5, 2), (0, 1)]
 OPTIMIZERS = {
     "Adam": lambda: keras.optimizers.Adam(0.05),
@@ -82,28 +81,14 @@ def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     return export_dir, _build(export_dir, request.param)
 
 
-def _steps() -> list[dict[str, Any]]:
+def _steps() -> list[tuple[dict[str, Any], tuple[float, float]]]:
     rng = np.random.default_rng(11)
-    return [{"x": tf.constant(rng.normal(size=(BATCH, 6, 3)).astype(np.float32)),
-             "y": tf.constant(rng.normal(size=(BATCH, 2)).astype(np.float32)),
-             "w": tf.constant(np.asarray(w, np.float32))} for w in WEIGHTS]
+    return [({"x": tf.constant(rng.normal(size=(BATCH, 6, 3)).astype(np.float32)),
+              "y": tf.constant(rng.normal(size=(BATCH, 2)).astype(np.float32))}, w) for w in WEIGHTS]
 
 
 def _run(export_dir: Path, names: list[str], *, guard_by_hand: bool = False) -> list[dict[str, np.ndarray]]:
-    loaded = tf.saved_model.load(str(export_dir))
-    variables = dict(zip(names, loaded.state_variables))
-    out = []
-    for feed in _steps():
-        before = {n: v.numpy() for n, v in variables.items()}
-        loaded.signatures["train"](**feed)
-        if guard_by_hand:
-            w = feed["w"].numpy()
-            masked = tuple(head for head, weight in zip(HEADS, w) if weight == 0)
-            if len(masked) == 2:
-                masked += SHARED
-            restore_masked(variables, before, masked)
-        out.append({n: v.numpy() for n, v in variables.items()})
-    return out
+    return train_steps(export_dir, names, _steps(), guard_by_hand=guard_by_hand, shared=SHARED)
 
 
 def test_every_trainable_variable_is_found_by_its_keras_path(model: tuple[Path, list[str]], tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .keras_heads import restore_masked, rewrite
+from .keras_heads import masked_by, restore_masked, rewrite
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
@@ -70,14 +70,11 @@ def _run(export_dir: Path, names: list[str], *, guard_by_hand: bool) -> list[dic
     variables = dict(zip(names, loaded.state_variables))
     tracked = {f"tracked/{k}": v for k, v in enumerate(loaded.tracked)}
     out = []
-    for (x, ya, yb, wa, wb), (weight_a, weight_b) in zip(_data(), WEIGHTS):
+    for (x, ya, yb, wa, wb), weights in zip(_data(), WEIGHTS):
         before = {n: v.numpy() for n, v in variables.items()}
         loaded.signatures["train"](x=x, ya=ya, yb=yb, wa=wa, wb=wb)
         if guard_by_hand:
-            masked = tuple(head for head, w in (("head_a/", weight_a), ("head_b/", weight_b)) if w == 0)
-            if len(masked) == 2:
-                masked += ("shared/",)
-            restore_masked(variables, before, masked)
+            restore_masked(variables, before, masked_by(weights))
         out.append({n: v.numpy() for n, v in [*variables.items(), *tracked.items()]})
     return out
 

@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .keras_heads import module_for, restore_masked, rewrite
+from .keras_heads import masked_by, module_for, restore_masked, rewrite
 
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
 BATCH = 4
 WEIGHTS = [(1, 1), (1, 0), (0, 1), (0, 0), (1, 1), (0, 1), (2, 0.5), (1, 0)]
-HEADS = ("head_a/", "head_b/")
 MAX_NORM = 0.4
 
 
@@ -86,10 +85,7 @@ def _run(export_dir: Path, names: list[str], per_call: int, *, guard_by_hand: bo
         before = {n: v.numpy() for n, v in variables.items()}
         loaded.signatures["train"](xs=xs[k:k + per_call], ys=ys[k:k + per_call], ws=ws[k:k + per_call])
         if guard_by_hand:
-            masked = tuple(head for head, w in zip(HEADS, ws[k]) if w == 0)
-            if len(masked) == 2:
-                masked += ("shared/",)
-            restore_masked(variables, before, masked)
+            restore_masked(variables, before, masked_by(ws[k]))
         out.append({n: v.numpy() for n, v in variables.items()})
     return out
 
